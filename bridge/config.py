@@ -1,0 +1,417 @@
+"""Configuration: TOML file -> frozen dataclasses, with errors that name file, key path and reason.
+
+Owns the schema of `/etc/serial-bridge/config.toml` (see docs/config.md). Nothing here opens a
+device or a socket: `load_config` only reads and validates, so `check-config` and SIGHUP reload can
+use it without side effects.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_CONFIG_PATH = Path("/etc/serial-bridge/config.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/serial-bridge")
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file; each line says `FILE: KEY: reason`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+    "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_size(value: object) -> int:
+    """`16MiB`, `4096`, `64 KiB` -> bytes. Raises ValueError with the reason."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 16MiB, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size such as 16MiB, got {type(value).__name__}")
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size (examples: 4096, 64KiB, 16MiB, 1GiB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: object) -> float:
+    """`250ms`, `5s`, `2m`, `1h`, or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s, got a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as 5s, got {type(value).__name__}")
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)\s*", value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (examples: 250ms, 5s, 30m, 12h)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Character framing such as 8N1: data bits, parity (N/E/O/M/S), stop bits."""
+
+    data_bits: int = 8
+    parity: str = "N"
+    stop_bits: int = 1
+
+    @classmethod
+    def parse(cls, text: object) -> Framing:
+        if not isinstance(text, str):
+            raise ValueError("expected a string such as \"8N1\"")
+        m = re.fullmatch(r"([5-8])([NEOMSneoms])([12])", text.strip())
+        if not m:
+            raise ValueError(f"{text!r} is not a framing (examples: 8N1, 7E1, 8N2)")
+        return cls(int(m.group(1)), m.group(2).upper(), int(m.group(3)))
+
+    def __str__(self) -> str:
+        return f"{self.data_bits}{self.parity}{self.stop_bits}"
+
+    @property
+    def bits_per_char(self) -> int:
+        """Bits on the wire per character, start bit included."""
+        return 1 + self.data_bits + (0 if self.parity == "N" else 1) + self.stop_bits
+
+
+@dataclass(frozen=True)
+class LineConfig:
+    """One GPIO control line (`nmi`, `reset`, `power`, `power_sense`)."""
+
+    gpio: int
+    active_high: bool = True
+    pulse: float = 0.2
+    long_pulse: float = 5.0
+
+
+@dataclass(frozen=True)
+class LinesConfig:
+    """A port's control lines: GPIO pins, or a QEMU QMP socket standing in for them."""
+
+    nmi: LineConfig | None = None
+    reset: LineConfig | None = None
+    power: LineConfig | None = None
+    power_sense: LineConfig | None = None
+    qmp: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return any((self.nmi, self.reset, self.power, self.power_sense, self.qmp))
+
+
+@dataclass(frozen=True)
+class PortConfig:
+    """One target machine: its console device and optional control lines."""
+
+    name: str
+    device: str
+    baud: int = 115200
+    framing: Framing = field(default_factory=Framing)
+    flow: str = "none"
+    description: str = ""
+    lines: LinesConfig = field(default_factory=LinesConfig)
+    break_duration: float = 0.25
+    sysrq_deny: frozenset[str] = frozenset()
+    client_buffer: int = 1024 * 1024
+    scrollback: int = 1024 * 1024
+    max_clients: int = 256
+    on_release: bytes = b""
+    writer_idle_timeout: float = 0.0
+    require_totp: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Listeners, TLS material, state directory and connection limits."""
+
+    listen: tuple[tuple[str, int], ...] = (("0.0.0.0", 8443),)
+    state_dir: Path = DEFAULT_STATE_DIR
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    hostnames: tuple[str, ...] = ()
+    origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    max_connections_per_user: int = 64
+    session_idle: float = 30 * 60.0
+    session_lifetime: float = 12 * 3600.0
+    require_totp: bool = False
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The per-port ring log on flash."""
+
+    size: int = 16 * 1024 * 1024
+    flush_interval: float = 5.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    """Which gpiozero pin factory drives control lines: `default` (the Pi's) or `mock`."""
+
+    pin_factory: str = "default"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
+    ports: dict[str, PortConfig] = field(default_factory=dict)
+
+
+class _Table:
+    """A TOML table being read: typed getters that record problems instead of raising."""
+
+    def __init__(self, data: dict[str, Any], path: str, problems: list[str], where: str) -> None:
+        self.data, self.path, self.problems, self.where = data, path, problems, where
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def problem(self, name: str, reason: str) -> None:
+        self.problems.append(f"{self.where}: {self.key(name)}: {reason}")
+
+    def get(self, name: str, default: T, convert: Callable[[Any], T]) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        try:
+            return convert(self.data[name])
+        except (ValueError, TypeError) as exc:
+            self.problem(name, str(exc))
+            return default
+
+    def table(self, name: str) -> _Table | None:
+        self.seen.add(name)
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.problem(name, "expected a table")
+            return None
+        return _Table(value, self.key(name), self.problems, self.where)
+
+    def done(self) -> None:
+        for extra in sorted(set(self.data) - self.seen):
+            self.problem(extra, "unknown key")
+
+
+def _typed(kind: type, what: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"expected {what}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _positive_int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`0.0.0.0:8443`, `[::1]:8443`, `localhost:8443` -> (host, port)."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
+    if not m:
+        raise ValueError(f"{value!r} is not host:port (examples: 0.0.0.0:8443, [::1]:8443)")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return host, port
+
+
+def _listen_list(value: Any) -> tuple[tuple[str, int], ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("expected a non-empty list of host:port strings")
+    return tuple(parse_listen(_typed(str, "a host:port string")(v)) for v in items)
+
+
+def _escaped_bytes(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("expected a string (TOML escapes such as \"\\u0004\" or \"exit\\r\")")
+    return value.encode("utf-8")
+
+
+_FLOW = ("none", "rtscts", "xonxoff")
+_PIN_FACTORIES = ("default", "mock", "lgpio", "rpigpio", "pigpio", "native")
+_SYSRQ_KEYS = set("0123456789abcdefghijklmnopqrstuvwxyz")
+_PORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _line(table: _Table, name: str, output: bool) -> LineConfig | None:
+    t = table.table(name)
+    if t is None:
+        return None
+    gpio = t.get("gpio", -1, _typed(int, "a GPIO number"))
+    if "gpio" not in t.data:
+        t.problem("gpio", "missing (the BCM GPIO number of this line)")
+    active_high = t.get("active_high", True, _typed(bool, "true or false"))
+    pulse, long_pulse = 0.2, 5.0
+    if output:
+        pulse = t.get("pulse", 0.2, parse_duration)
+        long_pulse = t.get("long_pulse", 5.0, parse_duration)
+    t.done()
+    return LineConfig(gpio, active_high, pulse, long_pulse)
+
+
+def _lines(table: _Table | None) -> LinesConfig:
+    if table is None:
+        return LinesConfig()
+    lines = LinesConfig(
+        nmi=_line(table, "nmi", True),
+        reset=_line(table, "reset", True),
+        power=_line(table, "power", True),
+        power_sense=_line(table, "power_sense", False),
+        qmp=table.get("qmp", None, _typed(str, "a path to a QMP unix socket")),
+    )
+    table.done()
+    return lines
+
+
+def _sysrq_deny(value: Any) -> frozenset[str]:
+    keys = value if isinstance(value, list) else list(value) if isinstance(value, str) else None
+    if keys is None or not all(isinstance(k, str) and k.lower() in _SYSRQ_KEYS for k in keys):
+        raise ValueError("expected SysRq keys, such as \"c\" or [\"c\", \"b\"]")
+    return frozenset(k.lower() for k in keys)
+
+
+def _port(name: str, t: _Table) -> PortConfig:
+    if not _PORT_NAME.fullmatch(name):
+        t.problems.append(
+            f"{t.where}: {t.path}: port names use letters, digits, '_', '-', '.' (max 64)"
+        )
+    device = t.get("device", "", _typed(str, "a device path or URL"))
+    if not device:
+        t.problem("device", "missing (a device path such as /dev/serial/by-id/..., or a URL)")
+    flow = t.get("flow", "none", _typed(str, "a string"))
+    if flow not in _FLOW:
+        t.problem("flow", f"{flow!r} is not one of {', '.join(_FLOW)}")
+    port = PortConfig(
+        name=name,
+        device=device,
+        baud=t.get("baud", 115200, _positive_int),
+        framing=t.get("framing", Framing(), Framing.parse),
+        flow=flow,
+        description=t.get("description", "", _typed(str, "a string")),
+        lines=_lines(t.table("lines")),
+        break_duration=t.get("break_duration", 0.25, parse_duration),
+        sysrq_deny=t.get("sysrq_deny", frozenset(), _sysrq_deny),
+        client_buffer=t.get("client_buffer", 1024 * 1024, parse_size),
+        scrollback=t.get("scrollback", 1024 * 1024, parse_size),
+        max_clients=t.get("max_clients", 256, _positive_int),
+        on_release=t.get("on_release", b"", _escaped_bytes),
+        writer_idle_timeout=t.get("writer_idle_timeout", 0.0, parse_duration),
+        require_totp=t.get("require_totp", False, _typed(bool, "true or false")),
+    )
+    t.done()
+    return port
+
+
+def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> Config:
+    """Validate an already-parsed TOML document; `where` names it in error messages."""
+    problems: list[str] = []
+    root = _Table(data, "", problems, where)
+
+    server = ServerConfig()
+    if (t := root.table("server")) is not None:
+        state_dir = t.get("state_dir", str(DEFAULT_STATE_DIR), _typed(str, "a directory path"))
+        cert = t.get("tls_cert", None, _typed(str, "a file path"))
+        key = t.get("tls_key", None, _typed(str, "a file path"))
+        if (cert is None) != (key is None):
+            t.problem("tls_cert" if cert is None else "tls_key", "tls_cert and tls_key go together")
+        client_ca = t.get("client_ca", None, _typed(str, "a file path"))
+        server = ServerConfig(
+            listen=t.get("listen", server.listen, _listen_list),
+            state_dir=Path(state_dir),
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if key else None,
+            hostnames=t.get("hostnames", (), _string_list),
+            origins=t.get("origins", (), _string_list),
+            trusted_proxies=t.get("trusted_proxies", (), _string_list),
+            max_connections_per_user=t.get("max_connections_per_user", 64, _positive_int),
+            session_idle=t.get("session_idle", server.session_idle, parse_duration),
+            session_lifetime=t.get("session_lifetime", server.session_lifetime, parse_duration),
+            require_totp=t.get("require_totp", False, _typed(bool, "true or false")),
+            client_ca=Path(client_ca) if client_ca else None,
+        )
+        t.done()
+
+    log = LogConfig()
+    if (t := root.table("log")) is not None:
+        log = LogConfig(
+            size=t.get("size", log.size, parse_size),
+            flush_interval=t.get("flush_interval", log.flush_interval, parse_duration),
+            enabled=t.get("enabled", True, _typed(bool, "true or false")),
+        )
+        if log.size < 64 * 1024:
+            t.problem("size", "must be at least 64KiB")
+        t.done()
+
+    gpio = GpioConfig()
+    if (t := root.table("gpio")) is not None:
+        gpio = GpioConfig(pin_factory=t.get("pin_factory", "default", _typed(str, "a string")))
+        if gpio.pin_factory not in _PIN_FACTORIES:
+            t.problem("pin_factory", f"{gpio.pin_factory!r} is not one of {_PIN_FACTORIES}")
+        t.done()
+
+    ports: dict[str, PortConfig] = {}
+    if (t := root.table("ports")) is not None:
+        for name in t.data:
+            if (pt := t.table(name)) is not None:
+                ports[name] = _port(name, pt)
+        t.done()
+    root.done()
+    if problems:
+        raise ConfigError(problems)
+    return Config(path=path, server=server, log=log, gpio=gpio, ports=ports)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file. Raises ConfigError naming the file, key and reason."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax: {exc}"]) from exc
+    return parse_config(data, str(path), path)
