@@ -1,0 +1,265 @@
+"""Network serial endpoints over telnet (`telnet://host:port`): ser2net, terminal servers, QEMU.
+
+Owns `TelnetTransport` (a `ConsoleTransport`), the telnet protocol parsing (`TelnetParser`: IAC
+sequences removed from the byte stream, option negotiation answered) and `parse_telnet_url`.
+
+Negotiation policy: we offer and accept BINARY and SUPPRESS-GO-AHEAD in both directions and let
+the server ECHO; everything else is refused. Nothing ever waits for negotiation, so a server that
+never negotiates (or a plain TCP port) works too. BREAK is telnet `IAC BRK`: a ser2net port or
+QEMU's telnet chardev turns it into a real break condition on the target's UART.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import Callable
+
+from bridge.hw.interfaces import DeviceUnavailable, TransportSink
+
+IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
+BRK = 243
+OPT_BINARY, OPT_ECHO, OPT_SGA = 0, 1, 3
+
+WE_DO = frozenset({OPT_BINARY, OPT_SGA})
+"""Options we perform when asked (answer DO with WILL)."""
+THEY_MAY = frozenset({OPT_BINARY, OPT_SGA, OPT_ECHO})
+"""Options we let the server perform (answer WILL with DO)."""
+
+_DATA, _IAC, _OPTION, _SUB, _SUB_IAC = range(5)
+_HIGH_WATER = 64 * 1024
+
+
+def parse_telnet_url(url: str) -> tuple[str, int]:
+    """`telnet://host:port` or `telnet://[::1]:port` -> (host, port). Raises ValueError."""
+    m = re.fullmatch(r"telnet://(?:\[([0-9A-Fa-f:.]+)\]|([^:/\[\]\s]+)):(\d+)/?", url.strip())
+    if not m:
+        raise ValueError(f"{url!r} is not a telnet URL (example: telnet://127.0.0.1:2000)")
+    port = int(m.group(3))
+    if not 0 < port <= 65535:
+        raise ValueError(f"{url!r}: port {port} is out of range")
+    return m.group(1) or m.group(2), port
+
+
+def escape_iac(data: bytes) -> bytes:
+    """Double every 0xFF so the server reads it as data, not as a command."""
+    return data.replace(b"\xff", b"\xff\xff") if b"\xff" in data else data
+
+
+class TelnetParser:
+    """Splits a telnet byte stream into data and commands; keeps state across chunks.
+
+    `feed(chunk)` returns the data bytes; `reply(bytes)` is called with negotiation answers."""
+
+    def __init__(self, reply: Callable[[bytes], None]) -> None:
+        self._reply = reply
+        self._state = _DATA
+        self._verb = 0
+        self.local: dict[int, bool] = {}  # options we perform (WILL) and their state
+        self.remote: dict[int, bool] = {}  # options the server performs
+        self._asked_local: set[int] = set()
+        self._asked_remote: set[int] = set()
+
+    def offer(self) -> bytes:
+        """Our opening offers: WILL/DO BINARY and SGA (a plain TCP peer just sees bytes)."""
+        out = bytearray()
+        for opt in (OPT_BINARY, OPT_SGA):
+            self._asked_local.add(opt)
+            self._asked_remote.add(opt)
+            out += bytes((IAC, WILL, opt, IAC, DO, opt))
+        return bytes(out)
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._state == _DATA and chunk.find(b"\xff") < 0:
+            return chunk  # fast path: no telnet command in this chunk
+        out = bytearray()
+        i, n = 0, len(chunk)
+        while i < n:
+            state = self._state
+            if state == _DATA:
+                j = chunk.find(b"\xff", i)
+                if j < 0:
+                    out += chunk[i:]
+                    break
+                out += chunk[i:j]
+                self._state = _IAC
+                i = j + 1
+                continue
+            byte = chunk[i]
+            i += 1
+            if state == _IAC:
+                if byte == IAC:
+                    out.append(IAC)
+                    self._state = _DATA
+                elif byte in (DO, DONT, WILL, WONT):
+                    self._verb = byte
+                    self._state = _OPTION
+                elif byte == SB:
+                    self._state = _SUB
+                else:  # NOP, DM, GA, AYT, ... : nothing to do for a console
+                    self._state = _DATA
+            elif state == _OPTION:
+                self._negotiate(self._verb, byte)
+                self._state = _DATA
+            elif state == _SUB:
+                j = chunk.find(b"\xff", i - 1)
+                if j < 0:
+                    break  # the rest of this chunk is subnegotiation payload
+                i = j + 1
+                self._state = _SUB_IAC
+            elif state == _SUB_IAC:
+                self._state = _DATA if byte == SE else _SUB
+        return bytes(out)
+
+    def _negotiate(self, verb: int, opt: int) -> None:
+        if verb in (DO, DONT):
+            table, asked, allowed, yes, no = self.local, self._asked_local, WE_DO, WILL, WONT
+        else:
+            table, asked, allowed, yes, no = self.remote, self._asked_remote, THEY_MAY, DO, DONT
+        wanted = verb in (DO, WILL)
+        was_asked = opt in asked
+        asked.discard(opt)
+        if wanted:
+            if opt in allowed:
+                if not table.get(opt) and not was_asked:
+                    self._reply(bytes((IAC, yes, opt)))
+                table[opt] = True
+            elif not was_asked:
+                self._reply(bytes((IAC, no, opt)))
+        else:
+            if table.get(opt) and not was_asked:
+                self._reply(bytes((IAC, no, opt)))
+            table[opt] = False
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: TelnetTransport) -> None:
+        self.owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        self.owner._received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost(exc)
+
+    def pause_writing(self) -> None:
+        self.owner._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.owner._can_write.set()
+
+
+class TelnetTransport:
+    """A console reached through a telnet server. Writes escape 0xFF; BREAK is IAC BRK."""
+
+    def __init__(
+        self, host: str, port: int, description: str = "", *, connect_timeout: float = 10.0
+    ) -> None:
+        self.host, self.port = host, port
+        self.description = description or f"telnet://{host}:{port}"
+        self.connect_timeout = connect_timeout
+        self._transport: asyncio.Transport | None = None
+        self._sink: TransportSink | None = None
+        self._parser = TelnetParser(self._send_raw)
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._closing = False
+        self._lost_exc: Exception | None = None
+        self._is_lost = False
+
+    async def open(self, sink: TransportSink) -> None:
+        if self._transport is not None or self._closing:
+            raise RuntimeError(f"{self.description}: a transport is opened at most once")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, _ = await loop.create_connection(
+                    lambda: _Protocol(self), self.host, self.port
+                )
+        except TimeoutError as exc:
+            raise DeviceUnavailable(
+                f"{self.description}: no answer within {self.connect_timeout:g} s"
+            ) from exc
+        except OSError as exc:
+            raise DeviceUnavailable(f"{self.description}: {exc.strerror or exc}") from exc
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Resume writers only once the buffer is empty; pause above _HIGH_WATER.
+        transport.set_write_buffer_limits(high=_HIGH_WATER, low=0)
+        self._sink = sink
+        self._transport = transport
+        transport.write(self._parser.offer())
+
+    @property
+    def options(self) -> dict[str, dict[int, bool]]:
+        """Negotiated option state (for diagnostics and tests): {"local": ..., "remote": ...}."""
+        return {"local": dict(self._parser.local), "remote": dict(self._parser.remote)}
+
+    async def write(self, data: bytes) -> None:
+        transport = self._usable()
+        transport.write(escape_iac(data))
+        await self._wait_writable()
+
+    async def drain(self) -> None:
+        """Wait until our write buffer is empty (the bytes are in the kernel's socket buffer)."""
+        transport = self._usable()
+        if transport.get_write_buffer_size() == 0:
+            return
+        # High water 0 pauses us now; with low water 0 we are resumed once the buffer is empty.
+        transport.set_write_buffer_limits(high=0, low=0)
+        try:
+            await self._wait_writable()
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=_HIGH_WATER, low=0)
+
+    async def send_break(self, duration: float) -> None:
+        """Send IAC BRK. Telnet cannot say how long a break lasts (the server picks: QEMU and
+        ser2net use their own length), so `duration` is honoured as a quiet time: earlier writes
+        are drained first and nothing else is sent by this call until `duration` has passed, which
+        keeps a following SysRq key in a separate read on the server side."""
+        await self.drain()
+        self._usable().write(bytes((IAC, BRK)))
+        await self.drain()
+        await asyncio.sleep(duration)
+
+    async def close(self) -> None:
+        self._closing = True
+        transport, self._transport = self._transport, None
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        self._can_write.set()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _usable(self) -> asyncio.Transport:
+        if self._transport is None or self._is_lost or self._transport.is_closing():
+            raise ConnectionResetError(f"{self.description}: not connected")
+        return self._transport
+
+    async def _wait_writable(self) -> None:
+        if not self._can_write.is_set():
+            await self._can_write.wait()
+            if self._is_lost:
+                raise ConnectionResetError(f"{self.description}: connection lost while writing")
+
+    def _send_raw(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _received(self, data: bytes) -> None:
+        clean = self._parser.feed(data)
+        if clean and self._sink is not None and not self._closing:
+            self._sink.data_received(clean)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._is_lost = True
+        self._can_write.set()
+        if not self._closing and self._sink is not None:
+            self._sink.connection_lost(exc)
