@@ -1,4 +1,4 @@
-"""A real Linux guest for system tests: Debian's cloud kernel + a busybox initramfs under QEMU (TCG).
+"""A real Linux guest for system tests: Debian's cloud kernel and a busybox initramfs in QEMU.
 
 Owns fetching and caching the kernel (`ensure_kernel`), building the initramfs (`build_initramfs`)
 and `QemuGuest`, an async context manager that starts `qemu-system-x86_64` paused with ttyS0 on a
@@ -107,22 +107,25 @@ def ensure_kernel() -> Path:
         package = kernel_package()
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             work = Path(tmp)
-            _run(["apt-get", "download", package], cwd=work)
+            try:
+                _run(["apt-get", "download", package], cwd=work)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc} (stale package lists? run apt-get update)") from exc
             debs = sorted(work.glob(f"{package}_*.deb"))
             if not debs:
                 raise RuntimeError(f"apt-get download {package} produced no .deb")
             with subprocess.Popen(
                 ["dpkg-deb", "--fsys-tarfile", str(debs[0])], stdout=subprocess.PIPE
             ) as deb:
-                _run_tar = subprocess.run(
+                untar = subprocess.run(
                     ["tar", "-x", "-C", str(work), "--wildcards", "./boot/vmlinuz-*"],
                     stdin=deb.stdout,
                     capture_output=True,
                     text=True,
                     timeout=300,
                 )
-            if deb.returncode != 0 or _run_tar.returncode != 0:
-                raise RuntimeError(f"extracting the kernel from {debs[0].name}: {_run_tar.stderr}")
+            if deb.returncode != 0 or untar.returncode != 0:
+                raise RuntimeError(f"extracting the kernel from {debs[0].name}: {untar.stderr}")
             found = sorted((work / "boot").glob("vmlinuz-*"))
             if not found:
                 raise RuntimeError(f"{debs[0].name} holds no boot/vmlinuz-*")
