@@ -1,0 +1,187 @@
+"""Audit trail: who did what, append-only JSON lines under ``state_dir/audit/``.
+
+This module owns the audit files: ``audit.jsonl`` (current) and ``audit.jsonl.1`` ...
+``audit.jsonl.<keep>`` (older; rotated when the current file would exceed ``max_bytes``, the
+oldest is deleted). Directory mode 0700, files 0600. Each line is one JSON object with at least
+``time`` (ISO-8601 UTC, milliseconds, ``Z``) and ``event``; each line goes to the file in a single
+unbuffered ``write`` (not fsync'ed: the SD card is spared, the kernel writes it back within
+seconds). Several processes (the daemon and a ``serial-bridge user`` command) may share the
+directory: writes and rotation hold an ``flock`` on the directory.
+
+Never a secret: :meth:`AuditLog.record` raises ``ValueError`` (a programming error) for a field
+named password, token, secret, totp, code, cookie or keystrokes, or ending in ``_<that>``, at any
+depth. Name what was changed instead (``name="ci-bot"`` for a token, never its value).
+
+Events and their fields (``user`` is who acted, ``peer`` the client address):
+
+- ``login`` — ``user``, ``peer``, ``ok`` (bool), ``reason`` on failure
+- ``logout`` — ``user``, ``peer``
+- ``attach`` / ``detach`` — ``user``, ``port``, ``mode`` ("ro"|"rw"), ``peer``
+- ``takeover`` — ``user``, ``port``, ``previous`` (user who lost the lease)
+- ``break`` — ``user``, ``port``; ``sysrq`` — ``user``, ``port``, ``keys``
+- ``nmi``, ``reset`` — ``user``, ``port``; ``power`` — ``user``, ``port``, ``action``
+- ``user-add`` / ``user-del`` / ``user-passwd`` / ``user-totp`` — ``user``, ``name`` (the account
+  changed), ``role`` / ``ports`` where relevant
+- ``token-create`` / ``token-revoke`` — ``user``, ``name`` (the token's name)
+- ``config-reload`` — ``ok``, ``reason`` on rejection
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FILE_NAME = "audit.jsonl"
+FORBIDDEN_FIELDS = frozenset(
+    {"password", "token", "secret", "totp", "code", "cookie", "keystrokes"}
+)
+EVENTS = (
+    "login", "logout", "attach", "detach", "takeover", "break", "sysrq", "nmi", "reset", "power",
+    "user-add", "user-del", "user-passwd", "user-totp", "token-create", "token-revoke",
+    "config-reload",
+)  # fmt: skip
+
+
+def _check_fields(fields: dict[str, Any], path: str = "") -> None:
+    for key, value in fields.items():
+        name = str(key).lower()
+        if name in FORBIDDEN_FIELDS or name.rsplit("_", 1)[-1] in FORBIDDEN_FIELDS:
+            raise ValueError(f"audit field {path}{key!r} may carry a secret; refusing to record it")
+        if isinstance(value, dict):
+            _check_fields(value, f"{path}{key}.")
+
+
+def iso_time(when: float) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. 2026-11-23T06:00:00.000Z."""
+    stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def _parse_time(stamp: object) -> float | None:
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class AuditLog:
+    """Append-only, size-bounded audit trail in one directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int = 10 * 1024 * 1024,
+        keep: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes <= 0 or keep < 1:
+            raise ValueError("max_bytes must be positive and keep at least 1")
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._clock = clock
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        self.path = self.directory / FILE_NAME
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Append one event line; raises ValueError for a field that may hold a secret."""
+        _check_fields(fields)
+        if "time" in fields:
+            raise ValueError("audit field 'time' is reserved")
+        entry = {"time": iso_time(self._clock()), "event": event, **fields}
+        line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
+        with self._locked():
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            if size and size + len(line) > self.max_bytes:
+                self._rotate()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def _rotate(self) -> None:
+        self._numbered(self.keep).unlink(missing_ok=True)
+        for n in range(self.keep - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self._numbered(n), self._numbered(n + 1))
+        os.replace(self.path, self._numbered(1))
+
+    def _numbered(self, n: int) -> Path:
+        return self.directory / f"{FILE_NAME}.{n}"
+
+    def files(self) -> list[Path]:
+        """Existing audit files, newest first."""
+        paths = [self.path, *(self._numbered(n) for n in range(1, self.keep + 1))]
+        return [p for p in paths if p.exists()]
+
+    def query(
+        self,
+        user: str | None = None,
+        port: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` matching events, oldest first.
+
+        ``user`` matches who acted (``user``) or the account changed (``name`` of user-* events);
+        ``since`` is a wall-clock time; unreadable lines (a torn last line) are skipped.
+        """
+        found: list[dict[str, Any]] = []
+        for path in self.files():
+            try:
+                lines = path.read_bytes().splitlines()
+            except FileNotFoundError:
+                continue  # rotated away meanwhile
+            older = False
+            for raw in reversed(lines):
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict):
+                    continue
+                if since is not None:
+                    when = _parse_time(entry.get("time"))
+                    if when is None:
+                        continue
+                    if when < since:
+                        older = True
+                        continue
+                if user is not None and user not in (entry.get("user"), _subject(entry)):
+                    continue
+                if port is not None and entry.get("port") != port:
+                    continue
+                found.append(entry)
+                if len(found) >= limit:
+                    return found[::-1]
+            if older:
+                break  # files are in time order: the older ones hold nothing newer
+        return found[::-1]
+
+
+def _subject(entry: dict[str, Any]) -> object:
+    event = entry.get("event")
+    return entry.get("name") if isinstance(event, str) and event.startswith("user-") else None
