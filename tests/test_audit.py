@@ -1,0 +1,140 @@
+"""Audit trail: lines appear, rotate within bounds, are private and never carry a secret."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.audit import EVENTS, AuditLog, iso_time
+
+
+class Clock:
+    def __init__(self, now: float = 1_790_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+EXAMPLES: list[tuple[str, dict[str, Any]]] = [
+    ("login", {"user": "alice", "peer": "192.0.2.7", "ok": True}),
+    ("login", {"user": "mallory", "peer": "198.51.100.9", "ok": False, "reason": "bad password"}),
+    ("logout", {"user": "alice", "peer": "192.0.2.7"}),
+    ("attach", {"user": "alice", "port": "lab1", "mode": "rw", "peer": "192.0.2.7"}),
+    ("detach", {"user": "alice", "port": "lab1", "mode": "rw", "peer": "192.0.2.7"}),
+    ("takeover", {"user": "bob", "port": "lab1", "previous": "alice"}),
+    ("break", {"user": "bob", "port": "lab1"}),
+    ("sysrq", {"user": "bob", "port": "lab1", "keys": "REISUB"}),
+    ("nmi", {"user": "root", "port": "lab1"}),
+    ("reset", {"user": "root", "port": "lab2"}),
+    ("power", {"user": "root", "port": "lab2", "action": "cycle"}),
+    ("user-add", {"user": "root", "name": "carol", "role": "viewer"}),
+    ("user-del", {"user": "root", "name": "carol"}),
+    ("user-passwd", {"user": "root", "name": "alice"}),
+    ("user-totp", {"user": "root", "name": "alice"}),
+    ("token-create", {"user": "root", "name": "ci-bot"}),
+    ("token-revoke", {"user": "root", "name": "ci-bot"}),
+    ("config-reload", {"ok": True}),
+]
+
+
+def test_every_documented_event_is_recorded(tmp_path: Path) -> None:
+    clock = Clock()
+    audit = AuditLog(tmp_path / "audit", clock=clock)
+    for event, fields in EXAMPLES:
+        audit.record(event, **fields)
+        clock.now += 1
+    got = lines(tmp_path / "audit" / "audit.jsonl")
+    assert [e["event"] for e in got] == [e for e, _ in EXAMPLES]
+    assert {e for e, _ in EXAMPLES} == set(EVENTS)
+    for entry, (_, fields) in zip(got, EXAMPLES, strict=True):
+        assert {k: entry[k] for k in fields} == fields
+    assert got[0]["time"] == iso_time(1_790_000_000.0) == "2026-09-21T14:13:20.000Z"
+
+
+def test_modes_are_private(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "state" / "audit")
+    audit.record("logout", user="alice", peer="::1")
+    assert stat.S_IMODE((tmp_path / "state" / "audit").stat().st_mode) == 0o700
+    assert stat.S_IMODE(audit.path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"password": "hunter2"},
+        {"Token": "abc"},
+        {"secret": "s"},
+        {"totp": "123456"},
+        {"code": "123456"},
+        {"cookie": "sid=1"},
+        {"keystrokes": "rm -rf /\r"},
+        {"new_password": "x"},
+        {"api_token": "x"},
+        {"request": {"headers": {"session_cookie": "x"}}},
+    ],
+)
+def test_secret_fields_are_refused(tmp_path: Path, fields: dict[str, Any]) -> None:
+    audit = AuditLog(tmp_path)
+    with pytest.raises(ValueError, match="secret"):
+        audit.record("login", user="alice", **fields)
+    assert not audit.path.exists() or audit.path.read_text() == ""
+
+
+def test_time_is_reserved(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        AuditLog(tmp_path).record("login", time="yesterday")
+
+
+def test_rotation_bounds_size_and_keeps_newest(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path, max_bytes=1000, keep=3)
+    for i in range(200):
+        audit.record("sysrq", user="bob", port="lab1", keys="h", n=i)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+    for path in tmp_path.iterdir():
+        assert path.stat().st_size <= 1000
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    kept = [e["n"] for p in reversed(audit.files()) for e in lines(p)]
+    assert kept == list(range(200 - len(kept), 200))  # contiguous, newest last
+    for n in (1, 2, 3):  # rotated files were filled up to the bound, not rotated early
+        assert (tmp_path / f"audit.jsonl.{n}").stat().st_size > 1000 - 200
+
+
+def test_query_filters_and_limit_across_rotated_files(tmp_path: Path) -> None:
+    clock = Clock(1000.0)
+    audit = AuditLog(tmp_path, max_bytes=2000, keep=5, clock=clock)
+    for i in range(60):
+        port = "lab1" if i % 2 else "lab2"
+        audit.record("attach", user=["alice", "bob", "carol"][i % 3], port=port, mode="ro", n=i)
+        clock.now += 10
+    audit.record("user-passwd", user="root", name="alice")
+    assert len(audit.files()) > 2
+    all_events = audit.query()
+    assert [e.get("n") for e in all_events[:-1]] == sorted(e["n"] for e in all_events[:-1])
+    alice = audit.query(user="alice")
+    assert alice[-1]["event"] == "user-passwd"
+    assert all(e["n"] % 3 == 0 for e in alice[:-1])
+    lab1 = audit.query(port="lab1", limit=5)
+    assert [e["n"] for e in lab1] == [51, 53, 55, 57, 59]
+    recent = audit.query(since=1000.0 + 10 * 55)
+    assert [e.get("n") for e in recent] == [55, 56, 57, 58, 59, None]
+    assert audit.query(user="bob", port="lab1", since=1000.0 + 10 * 50) == [
+        e for e in audit.query() if e.get("n") in (55,)
+    ]
+
+
+def test_query_skips_torn_line(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path)
+    audit.record("logout", user="alice", peer="::1")
+    with audit.path.open("a") as f:
+        f.write('{"time": "2026-01-01T00:00:00.000Z", "ev')
+    assert [e["user"] for e in audit.query()] == ["alice"]
