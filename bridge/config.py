@@ -29,8 +29,17 @@ class ConfigError(Exception):
 
 
 _SIZE_UNITS = {
-    "": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-    "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -78,7 +87,7 @@ class Framing:
     @classmethod
     def parse(cls, text: object) -> Framing:
         if not isinstance(text, str):
-            raise ValueError("expected a string such as \"8N1\"")
+            raise ValueError('expected a string such as "8N1"')
         m = re.fullmatch(r"([5-8])([NEOMSneoms])([12])", text.strip())
         if not m:
             raise ValueError(f"{text!r} is not a framing (examples: 8N1, 7E1, 8N2)")
@@ -264,7 +273,7 @@ def _listen_list(value: Any) -> tuple[tuple[str, int], ...]:
 
 def _escaped_bytes(value: Any) -> bytes:
     if not isinstance(value, str):
-        raise ValueError("expected a string (TOML escapes such as \"\\u0004\" or \"exit\\r\")")
+        raise ValueError('expected a string (TOML escapes such as "\\u0004" or "exit\\r")')
     return value.encode("utf-8")
 
 
@@ -307,7 +316,7 @@ def _lines(table: _Table | None) -> LinesConfig:
 def _sysrq_deny(value: Any) -> frozenset[str]:
     keys = value if isinstance(value, list) else list(value) if isinstance(value, str) else None
     if keys is None or not all(isinstance(k, str) and k.lower() in _SYSRQ_KEYS for k in keys):
-        raise ValueError("expected SysRq keys, such as \"c\" or [\"c\", \"b\"]")
+        raise ValueError('expected SysRq keys, such as "c" or ["c", "b"]')
     return frozenset(k.lower() for k in keys)
 
 

@@ -1,4 +1,4 @@
-"""The small interfaces every piece of hardware sits behind, so tests and `demo` can swap in fakes."""
+"""The small interfaces every piece of hardware sits behind, so tests and `demo` swap in fakes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ class DeviceUnavailable(OSError):
 
 
 class UnsupportedAction(Exception):
-    """This port's lines cannot do the asked action (for example NMI on a port without an NMI line)."""
+    """This port's lines cannot do the asked action (say NMI on a port without an NMI line)."""
 
 
 class TransportSink(Protocol):
@@ -30,7 +30,7 @@ class ConsoleTransport(Protocol):
         """Open the device and start delivering reads to `sink`. Raises DeviceUnavailable."""
 
     async def write(self, data: bytes) -> None:
-        """Send bytes in order, paced at the line rate; returns once the device accepted them all."""
+        """Send bytes in order, paced at the line rate; returns once the device took them all."""
 
     async def drain(self) -> None:
         """Wait until earlier writes have left the bridge (best effort for network transports)."""
@@ -65,7 +65,7 @@ class ControlLines(Protocol):
         """on | off | force-off | cycle | status. Raises UnsupportedAction where it cannot."""
 
     def power_state(self) -> str:
-        """"on", "off" or "unknown" (no sense line)."""
+        """ "on", "off" or "unknown" (no sense line)."""
 
     async def close(self) -> None:
         """Release every line in its inactive state."""

@@ -1,0 +1,129 @@
+"""`serial-bridge user ...` and `serial-bridge token ...`: managing who may use the bridge.
+
+These commands edit the users/tokens files in the config's `state_dir` (the daemon picks changes up
+at once) and record each change in the audit trail. Passwords are read from a prompt, or one line
+of standard input with `--password-stdin`; they are never taken from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+
+from bridge.audit import AuditLog
+from bridge.auth.passwords import hash_password
+from bridge.auth.policy import ROLES
+from bridge.auth.store import StoreError, UserStore
+from bridge.cli import add_config_arg, load_or_exit
+
+MIN_PASSWORD = 8
+
+
+def read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != password:
+            raise StoreError("the passwords differ")
+    if len(password) < MIN_PASSWORD:
+        raise StoreError(f"a password needs at least {MIN_PASSWORD} characters")
+    return password
+
+
+def _stores(args: argparse.Namespace) -> tuple[UserStore, AuditLog]:
+    config = load_or_exit(args)
+    state_dir = config.server.state_dir
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return UserStore(state_dir), AuditLog(state_dir / "audit")
+
+
+def run_user(args: argparse.Namespace) -> int:
+    users, audit = _stores(args)
+    try:
+        if args.action == "list":
+            for user in sorted(users.users().values(), key=lambda u: u.name):
+                ports = ",".join(user.ports) if user.ports is not None else "*"
+                totp = " totp" if user.totp_secret else ""
+                print(f"{user.name}\t{user.role}\tports={ports}{totp}")
+            return 0
+        if not args.name:
+            raise StoreError(f"user {args.action} needs a NAME")
+        if args.action == "add":
+            only = [p for p in args.ports.split(",") if p] if args.ports else None
+            users.add(args.name, args.role, hash_password(read_password(args)), only)
+            audit.record("user-add", user=args.name, role=args.role, by="cli")
+            print(f"added user {args.name} ({args.role})")
+        elif args.action == "del":
+            users.delete(args.name)
+            audit.record("user-del", user=args.name, by="cli")
+            print(f"deleted user {args.name} and their tokens")
+        elif args.action == "passwd":
+            if users.get(args.name) is None:
+                raise StoreError(f"no user {args.name!r}")
+            users.set_password(args.name, hash_password(read_password(args)))
+            audit.record("user-passwd", user=args.name, by="cli")
+            print(f"changed the password of {args.name}; their sessions end")
+        else:
+            print("serial-bridge: TOTP enrolment is not available yet", file=sys.stderr)
+            return 1
+    except StoreError as exc:
+        print(f"serial-bridge: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_token(args: argparse.Namespace) -> int:
+    users, audit = _stores(args)
+    try:
+        if args.action == "create":
+            if not args.name:
+                raise StoreError("token create needs the user NAME")
+            label = args.label or f"{args.name}-{time.strftime('%Y%m%d%H%M%S')}"
+            secret = users.create_token(args.name, label)
+            audit.record("token-create", user=args.name, label=label, by="cli")
+            print(secret)
+            print(f"(token {label!r} for {args.name}; shown once, store it now)", file=sys.stderr)
+        elif args.action == "list":
+            for token in users.tokens():
+                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(token.created))
+                print(f"{token.id}\t{token.name}\t{token.user}\t{created}")
+        else:
+            if not args.name:
+                raise StoreError("token revoke needs a token id or label")
+            token = users.revoke_token(args.name)
+            audit.record("token-revoke", user=token.user, label=token.name, by="cli")
+            print(f"revoked token {token.name} ({token.id}) of {token.user}")
+    except StoreError as exc:
+        print(f"serial-bridge: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("user", help="add, delete, list users; change passwords; enroll TOTP")
+    p.add_argument("action", choices=["add", "del", "list", "passwd", "totp"])
+    p.add_argument("name", nargs="?", help="user name")
+    p.add_argument("--role", choices=ROLES, default="viewer", help="role for `add`")
+    p.add_argument(
+        "--ports",
+        default=None,
+        metavar="P,...",
+        help="limit the user to these ports (default: all)",
+    )
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from one line of standard input",
+    )
+    add_config_arg(p)
+    p.set_defaults(func=run_user)
+
+    p = sub.add_parser("token", help="API tokens for scripts (Authorization: Bearer)")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("name", nargs="?", help="user NAME (create) or token id/label (revoke)")
+    p.add_argument("--label", default=None, help="a label for the new token")
+    add_config_arg(p)
+    p.set_defaults(func=run_token)

@@ -1,0 +1,51 @@
+"""Authorisation: roles and per-user port lists. Every route and websocket message asks here.
+
+| permission | viewer | operator | admin |
+| read (console, log)                      | yes | yes | yes |
+| write (keys, BREAK, SysRq, takeover)     |     | yes | yes |
+| lines (NMI, reset, power)                |     |     | yes |
+| admin (users, tokens, audit)             |     |     | yes |
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+ROLES = ("viewer", "operator", "admin")
+
+
+class Permission(enum.Enum):
+    READ = "read"
+    WRITE = "write"
+    LINES = "lines"
+    ADMIN = "admin"
+
+
+_GRANTS: dict[str, frozenset[Permission]] = {
+    "viewer": frozenset({Permission.READ}),
+    "operator": frozenset({Permission.READ, Permission.WRITE}),
+    "admin": frozenset(Permission),
+}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated user as a request carries it."""
+
+    user: str
+    role: str
+    ports: frozenset[str] | None  # None: every port
+    via: str  # "session", "token" or "certificate"
+    session_id: str | None = None
+    token_id: str | None = None
+
+    def may_see_port(self, port: str) -> bool:
+        return self.ports is None or port in self.ports
+
+
+def allowed(identity: Identity, permission: Permission, port: str | None = None) -> bool:
+    """True when `identity` holds `permission` (on `port`, when one is named)."""
+    if permission not in _GRANTS.get(identity.role, frozenset()):
+        return False
+    return port is None or identity.may_see_port(port)

@@ -1,0 +1,176 @@
+"""Users and API tokens on disk: `state_dir/users.json` and `state_dir/tokens.json`, mode 0600.
+
+Only hashes are stored: scrypt for passwords, SHA-256 for tokens (a token is 256 random bits, so a
+fast hash is enough). Files are replaced atomically (write, fsync, rename) and re-read when they
+change on disk, so `serial-bridge user ...` run beside the daemon takes effect at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.auth.policy import ROLES
+
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+TOKEN_PREFIX = "sbt_"
+
+
+class StoreError(Exception):
+    """A user or token operation that cannot be done (unknown name, bad role, ...)."""
+
+
+@dataclass
+class User:
+    name: str
+    role: str
+    password: str  # scrypt hash
+    ports: list[str] | None = None
+    totp_secret: str | None = None
+    totp_last_step: int = 0
+    created: float = field(default_factory=time.time)
+    generation: int = 0  # bumped on password change: sessions of older generations end
+
+
+@dataclass
+class Token:
+    id: str
+    name: str
+    user: str
+    hash: str
+    created: float = field(default_factory=time.time)
+
+
+def write_private(path: Path, data: Any) -> None:
+    """Atomically replace `path` with JSON `data`, mode 0600."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _JsonFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self.data: dict[str, Any] = {}
+
+    def load(self) -> dict[str, Any]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self.data = None, {}
+            return self.data
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp != self._stamp:
+            self.data = json.loads(self.path.read_text())
+            self._stamp = stamp
+        return self.data
+
+    def save(self, data: dict[str, Any]) -> None:
+        write_private(self.path, data)
+        self.data = data
+        st = self.path.stat()
+        self._stamp = (st.st_mtime_ns, st.st_ino)
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class UserStore:
+    """Users and tokens of one state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._users = _JsonFile(state_dir / "users.json")
+        self._tokens = _JsonFile(state_dir / "tokens.json")
+
+    # users
+    def users(self) -> dict[str, User]:
+        return {name: User(**u) for name, u in self._users.load().items()}
+
+    def get(self, name: str) -> User | None:
+        raw = self._users.load().get(name)
+        return User(**raw) if raw is not None else None
+
+    def put(self, user: User) -> None:
+        data = dict(self._users.load())
+        data[user.name] = asdict(user)
+        self._users.save(data)
+
+    def add(self, name: str, role: str, password_hash: str, ports: list[str] | None) -> User:
+        if not USER_NAME.fullmatch(name):
+            raise StoreError(f"invalid user name {name!r} (letters, digits, _ . @ -; max 64)")
+        if role not in ROLES:
+            raise StoreError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+        if self.get(name) is not None:
+            raise StoreError(f"user {name!r} exists already")
+        user = User(name=name, role=role, password=password_hash, ports=ports)
+        self.put(user)
+        return user
+
+    def delete(self, name: str) -> None:
+        data = dict(self._users.load())
+        if data.pop(name, None) is None:
+            raise StoreError(f"no user {name!r}")
+        self._users.save(data)
+        tokens = {k: v for k, v in self._tokens.load().items() if v["user"] != name}
+        self._tokens.save(tokens)
+
+    def set_password(self, name: str, password_hash: str) -> None:
+        user = self.get(name)
+        if user is None:
+            raise StoreError(f"no user {name!r}")
+        user.password = password_hash
+        user.generation += 1
+        self.put(user)
+
+    # tokens
+    def create_token(self, user: str, name: str) -> str:
+        """A new token for `user`; returns the secret, which is never stored."""
+        if self.get(user) is None:
+            raise StoreError(f"no user {user!r}")
+        token_id = secrets.token_hex(6)
+        secret = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+        data = dict(self._tokens.load())
+        data[token_id] = asdict(Token(token_id, name, user, hash_token(secret)))
+        self._tokens.save(data)
+        return secret
+
+    def tokens(self) -> list[Token]:
+        return [Token(**t) for t in self._tokens.load().values()]
+
+    def revoke_token(self, token_id_or_name: str) -> Token:
+        data = dict(self._tokens.load())
+        for key, raw in data.items():
+            if token_id_or_name in (key, raw["name"]):
+                del data[key]
+                self._tokens.save(data)
+                return Token(**raw)
+        raise StoreError(f"no token {token_id_or_name!r}")
+
+    def check_token(self, secret: str) -> Token | None:
+        """The token for a presented secret, compared in constant time; None if unknown."""
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+            return None
+        token_id = secret[len(TOKEN_PREFIX) :].split("_", 1)[0]
+        raw = self._tokens.load().get(token_id)
+        if raw is None:
+            hmac.compare_digest(hash_token(secret), hash_token(""))
+            return None
+        if not hmac.compare_digest(raw["hash"], hash_token(secret)):
+            return None
+        return Token(**raw)

@@ -1,0 +1,142 @@
+"""The `serial-bridge` command: argument parsing and dispatch to the modules that do the work.
+
+Each command module exposes `register(sub)`, which adds its subcommand and sets `func`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bridge import __version__
+from bridge.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+COMMAND_MODULES = (
+    "bridge.admin",
+    "bridge.remote",
+    "bridge.demo",
+    "bridge.udev",
+    "bridge.selftest",
+)
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"config file (default: $SERIAL_BRIDGE_CONFIG or {DEFAULT_CONFIG_PATH})",
+    )
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        return Path(args.config)
+    return Path(os.environ.get("SERIAL_BRIDGE_CONFIG", str(DEFAULT_CONFIG_PATH)))
+
+
+def load_or_exit(args: argparse.Namespace) -> Config:
+    """The validated config, or exit 2 printing every problem (file, key, reason)."""
+    try:
+        return load_config(config_path(args))
+    except ConfigError as exc:
+        print("serial-bridge: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from bridge.auth.store import UserStore
+    from bridge.daemon import serve
+
+    config = load_or_exit(args)
+    setup_logging(args.verbose)
+    if not UserStore(config.server.state_dir).users():
+        print(
+            f"serial-bridge: no users in {config.server.state_dir}: add an admin first:\n"
+            f"  serial-bridge user add NAME --role admin --config {config_path(args)}",
+            file=sys.stderr,
+        )
+        return 1
+    return asyncio.run(serve(config))
+
+
+def run_check_config(args: argparse.Namespace) -> int:
+    config = load_or_exit(args)
+    print(
+        f"{config_path(args)}: OK ({len(config.ports)} port(s): "
+        f"{', '.join(config.ports) or 'none'})"
+    )
+    return 0
+
+
+def run_cert_show(args: argparse.Namespace) -> int:
+    from bridge.tls import cert_paths, fingerprint
+
+    config = load_or_exit(args)
+    cert = config.server.tls_cert or cert_paths(config.server.state_dir)[0]
+    if not cert.exists():
+        print(
+            f"serial-bridge: no certificate at {cert} yet (it is made on first start)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"certificate: {cert}\nfingerprint: {fingerprint(cert)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serial-bridge",
+        description="A secure remote serial console: UARTs and control lines over TLS websocket.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"serial-bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the daemon")
+    add_config_arg(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser("check-config", help="validate the config file and print every problem")
+    add_config_arg(p)
+    p.set_defaults(func=run_check_config)
+
+    p = sub.add_parser("cert", help="the server certificate")
+    p.add_argument("action", choices=["show"])
+    add_config_arg(p)
+    p.set_defaults(func=run_cert_show)
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130

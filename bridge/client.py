@@ -1,0 +1,249 @@
+"""The client library for the bridge's HTTPS/websocket API, used by the CLI and by lab scripts.
+
+The server's certificate is pinned: by `--fingerprint SHA256:...`, or trust-on-first-use into a
+known_hosts-style file (`~/.config/serial-bridge/known_hosts`), with a loud refusal when a known
+bridge presents a different certificate later. Credentials: an API token (`SERIAL_BRIDGE_TOKEN`,
+or a token file), or a user name and password that log in for a session cookie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import ssl
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+
+
+class ClientError(Exception):
+    """A failure the CLI reports in one line (and exits non-zero)."""
+
+
+class PinMismatch(ClientError):
+    """The bridge presented a certificate other than the pinned one."""
+
+
+class ApiError(ClientError):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(f"HTTP {status}: {message}")
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "serial-bridge"
+
+
+@dataclass(frozen=True)
+class Target:
+    """`https://HOST:PORT/PORTNAME` split into its parts."""
+
+    base: str  # https://host:port
+    host: str
+    port: int
+    name: str | None
+
+    @property
+    def hostport(self) -> str:
+        return self.base.removeprefix("https://")
+
+
+def parse_url(url: str) -> Target:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ClientError(f"{url!r}: expected https://HOST:PORT/PORTNAME")
+    port = parts.port or 443
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    name = parts.path.strip("/") or None
+    return Target(f"https://{shown}:{port}", host, port, name)
+
+
+class KnownHosts:
+    """`host:port SHA256:hex` lines: the certificates this user has trusted."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_dir() / "known_hosts"
+
+    def get(self, hostport: str) -> str | None:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == hostport:
+                return parts[1]
+        return None
+
+    def add(self, hostport: str, fingerprint: str) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(f"{hostport} {fingerprint}\n")
+
+
+async def peer_fingerprint(host: str, port: int, wait: float = 10.0) -> str:
+    """The SHA-256 fingerprint of the certificate a TLS server presents (no verification)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ctx), wait
+        )
+    except (OSError, TimeoutError) as exc:
+        raise ClientError(f"cannot reach {host}:{port}: {exc}") from exc
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+def _fp_bytes(fingerprint: str) -> bytes:
+    hexpart = fingerprint.removeprefix("SHA256:").replace(":", "").lower()
+    try:
+        digest = bytes.fromhex(hexpart)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise ClientError(f"{fingerprint!r} is not a SHA256:<64 hex digits> fingerprint")
+    return digest
+
+
+def normalise_fingerprint(fingerprint: str) -> str:
+    return "SHA256:" + _fp_bytes(fingerprint).hex()
+
+
+class BridgeClient:
+    """An authenticated connection to one bridge."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        fingerprint: str | None = None,
+        known_hosts: KnownHosts | None = None,
+        notice: Any = None,
+    ) -> None:
+        self.target = parse_url(url)
+        self.token, self.user, self.password = token, user, password
+        self.fingerprint = normalise_fingerprint(fingerprint) if fingerprint else None
+        self.known_hosts = known_hosts or KnownHosts()
+        self.notice = notice or (lambda text: print(text, file=sys.stderr))
+        self.session: aiohttp.ClientSession | None = None
+        self.csrf: str | None = None
+
+    async def _pin(self) -> str:
+        if self.fingerprint:
+            return self.fingerprint
+        known = self.known_hosts.get(self.target.hostport)
+        if known:
+            return known
+        seen = await peer_fingerprint(self.target.host, self.target.port)
+        self.notice(
+            f"serial-bridge: first connection to {self.target.hostport}; trusting its "
+            f"certificate {seen} (saved in {self.known_hosts.path})"
+        )
+        self.known_hosts.add(self.target.hostport, seen)
+        return seen
+
+    async def __aenter__(self) -> BridgeClient:
+        pin = await self._pin()
+        connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(_fp_bytes(pin)))
+        headers = {"Origin": self.target.base}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self.session = aiohttp.ClientSession(
+            connector=connector, headers=headers, cookie_jar=aiohttp.CookieJar(unsafe=True)
+        )
+        try:
+            if not self.token and self.user is not None:
+                body = await self.request(
+                    "POST", "/api/login", {"username": self.user, "password": self.password or ""}
+                )
+                self.csrf = body.get("csrf")
+        except BaseException:
+            await self.session.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def _headers(self) -> dict[str, str]:
+        return {"X-CSRF-Token": self.csrf} if self.csrf else {}
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        assert self.session is not None
+        try:
+            async with self.session.request(
+                method, self.target.base + path, json=body, headers=self._headers()
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise ApiError(resp.status, _error_text(text))
+                return json.loads(text) if text else None
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise PinMismatch(_mismatch(self.target.hostport, self.known_hosts.path)) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(f"{self.target.base}: {exc}") from exc
+
+    async def stream(self, path: str, query: dict[str, str]) -> aiohttp.ClientResponse:
+        """A streaming GET (the caller reads `resp.content` and closes it)."""
+        assert self.session is not None
+        url = f"{self.target.base}{path}?{urlencode(query)}" if query else self.target.base + path
+        try:
+            resp = await self.session.get(
+                url, headers=self._headers(), timeout=aiohttp.ClientTimeout(total=None)
+            )
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise PinMismatch(_mismatch(self.target.hostport, self.known_hosts.path)) from exc
+        if resp.status >= 400:
+            text = await resp.text()
+            resp.release()
+            raise ApiError(resp.status, _error_text(text))
+        return resp
+
+    async def console(
+        self, port: str, mode: str = "rw", takeover: bool = False, start: int | None = None
+    ) -> aiohttp.ClientWebSocketResponse:
+        assert self.session is not None
+        query = {"mode": mode, "takeover": "1" if takeover else "0"}
+        if start is not None:
+            query["from"] = str(start)
+        url = f"{self.target.base}/api/ports/{port}/console?{urlencode(query)}"
+        try:
+            return await self.session.ws_connect(
+                url, headers=self._headers(), max_msg_size=0, autoping=True, heartbeat=30.0
+            )
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise PinMismatch(_mismatch(self.target.hostport, self.known_hosts.path)) from exc
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ApiError(exc.status, exc.message or "websocket refused") from exc
+
+
+def _error_text(text: str) -> str:
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()[:200]
+    return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+
+
+def _mismatch(hostport: str, path: Path) -> str:
+    return (
+        f"REFUSED: the certificate of {hostport} is not the one pinned in {path}.\n"
+        "Someone may be intercepting the connection, or the bridge's certificate changed. "
+        "Check its fingerprint on the bridge (`serial-bridge cert show`), then remove the "
+        "old line from that file or pass --fingerprint."
+    )

@@ -1,0 +1,240 @@
+"""`serial-bridge connect`: an interactive terminal onto a port, like `ssh` to a console server.
+
+The local terminal is put in raw mode and restored on every exit path (escape, server gone,
+signal, exception). Escapes are recognised after a newline, as in ssh: `~.` disconnect, `~B` send
+BREAK, `~?` help, `~~` a literal tilde. A dropped link reconnects by itself and resumes from the
+last offset received, so nothing the target printed meanwhile is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import termios
+import tty
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+
+from bridge.client import ApiError, BridgeClient, ClientError
+
+HELP = (
+    "\r\nSupported escapes (after a newline):\r\n"
+    "  ~.  disconnect\r\n  ~B  send BREAK (then a key for SysRq)\r\n"
+    "  ~?  this help\r\n  ~~  send a literal ~\r\n"
+)
+
+
+class EscapeParser:
+    """Splits keyboard input into bytes to send and escape commands."""
+
+    def __init__(self) -> None:
+        self.line_start = True
+        self.tilde = False
+
+    def feed(self, data: bytes) -> Iterator[tuple[str, bytes]]:
+        """Yields ("send", bytes), ("disconnect", b""), ("break", b""), ("help", b"")."""
+        if not self.tilde and b"~" not in data:  # fast path: no escapes possible
+            if data:
+                self.line_start = data[-1:] in (b"\r", b"\n")
+                yield "send", data
+            return
+        out = bytearray()
+        for byte in data:
+            ch = bytes((byte,))
+            if self.tilde:
+                self.tilde = False
+                if ch == b".":
+                    if out:
+                        yield "send", bytes(out)
+                    yield "disconnect", b""
+                    return
+                if ch in (b"B", b"b"):
+                    if out:
+                        yield "send", bytes(out)
+                        out.clear()
+                    yield "break", b""
+                    continue
+                if ch == b"?":
+                    yield "help", b""
+                    continue
+                out += b"~" if ch == b"~" else b"~" + ch
+            elif ch == b"~" and self.line_start:
+                self.tilde = True
+                continue
+            else:
+                out += ch
+            self.line_start = ch in (b"\r", b"\n")
+        if out:
+            yield "send", bytes(out)
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    """Raw mode on a tty for the duration; always restored."""
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+
+
+def _say(text: str) -> None:
+    os.write(sys.stderr.fileno(), f"\r\n[serial-bridge] {text}\r\n".encode())
+
+
+class Terminal:
+    def __init__(self, client: BridgeClient, port: str, read_only: bool, takeover: bool) -> None:
+        self.client, self.port = client, port
+        self.mode = "ro" if read_only else "rw"
+        self.takeover = takeover
+        self.offset: int | None = None
+        self.parser = EscapeParser()
+        self.quit = asyncio.Event()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.out_fd = sys.stdout.fileno()
+        self.outbox: asyncio.Queue[bytes | str] = asyncio.Queue()
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "hello":
+            self.offset = int(msg["offset"])
+            writer = msg.get("writer")
+            _say(
+                f"connected to {self.port} ({msg.get('mode')}"
+                + (f", writer: {writer}" if writer and msg.get("mode") != "rw" else "")
+                + ("" if msg.get("online") else ", port OFFLINE")
+                + "); ~? for help"
+            )
+        elif kind == "status":
+            event = msg.get("event")
+            if event in ("online", "offline"):
+                _say(f"port {self.port} is {event}")
+            elif event in ("takeover", "release", "idle-release", "lease", "closed"):
+                _say(
+                    f"{event} by {msg.get('actor', '?')}; you are {msg.get('mode')}"
+                    + (f" ({msg['reason']})" if msg.get("reason") else "")
+                )
+        elif kind == "gap":
+            _say(f"missed output {msg['from']}..{msg['to']} (too slow; see `serial-bridge log`)")
+            self.offset = int(msg["to"])
+        elif kind == "error":
+            _say(f"error: {msg.get('message')}")
+        elif kind == "result":
+            _say(f"{msg.get('action')} done")
+
+    def _on_stdin(self) -> None:
+        try:
+            data = os.read(0, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.quit.set()
+            return
+        for action, payload in self.parser.feed(data):
+            if action == "disconnect":
+                self.quit.set()
+                return
+            self._act(action, payload)
+
+    def _act(self, action: str, payload: bytes) -> None:
+        ws = self.ws
+        if action == "help":
+            os.write(sys.stderr.fileno(), HELP.encode())
+        elif ws is None or ws.closed:
+            return
+        elif action == "break":
+            self.outbox.put_nowait(json.dumps({"type": "break"}))
+        else:
+            self.outbox.put_nowait(payload)
+
+    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Sends keyboard input in order; a closed socket ends it (the session reconnects)."""
+        while True:
+            item = await self.outbox.get()
+            if isinstance(item, str):
+                await ws.send_str(item)
+            else:
+                await ws.send_bytes(item)
+
+    async def _session(self) -> str:
+        """One websocket session; returns why it ended: "quit", "lost" or "denied"."""
+        start = self.offset
+        ws = await self.client.console(self.port, self.mode, self.takeover, start)
+        self.takeover = False
+        self.ws = ws
+        quit_wait = asyncio.ensure_future(self.quit.wait())
+        sender = asyncio.ensure_future(self._send_loop(ws))
+        try:
+            while True:
+                receive = asyncio.ensure_future(ws.receive())
+                done, _ = await asyncio.wait(
+                    {receive, quit_wait}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if quit_wait in done:
+                    receive.cancel()
+                    return "quit"
+                msg = receive.result()
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    os.write(self.out_fd, msg.data)
+                    if self.offset is not None:
+                        self.offset += len(msg.data)
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    self._on_message(json.loads(msg.data))
+                else:
+                    if ws.close_code == 1008:
+                        _say("closed by the bridge: the session ended")
+                        return "denied"
+                    return "lost"
+        finally:
+            quit_wait.cancel()
+            sender.cancel()
+            self.ws = None
+            await ws.close()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.quit.set)
+        loop.add_reader(0, self._on_stdin)
+        delay = 0.5
+        try:
+            while not self.quit.is_set():
+                try:
+                    why = await self._session()
+                except ApiError as exc:
+                    _say(str(exc))
+                    return 1
+                except (ClientError, aiohttp.ClientError, OSError) as exc:
+                    why = "lost"
+                    _say(f"connection failed: {exc}")
+                if why == "quit":
+                    return 0
+                if why == "denied":
+                    return 1
+                _say(f"link lost; reconnecting in {delay:.1f}s (resuming at offset {self.offset})")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.quit.wait(), delay)
+                delay = min(delay * 2, 5.0)
+            return 0
+        finally:
+            loop.remove_reader(0)
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+
+
+async def interactive(client: BridgeClient, port: str, read_only: bool, takeover: bool) -> int:
+    with raw_terminal(0):
+        try:
+            return await Terminal(client, port, read_only, takeover).run()
+        finally:
+            os.write(sys.stderr.fileno(), b"\r\n[serial-bridge] disconnected\r\n")

@@ -1,0 +1,178 @@
+"""The composition root: builds ports, users, sessions, audit, TLS and the web app from a Config,
+starts the listeners, and runs until told to stop. The only place real or fake hardware is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from bridge import sdnotify
+from bridge.audit import AuditLog
+from bridge.auth.sessions import SessionStore
+from bridge.auth.store import UserStore
+from bridge.config import Config, PortConfig
+from bridge.hw.factory import make_lines, make_transport
+from bridge.hw.interfaces import ConsoleTransport
+from bridge.port import Port
+from bridge.ringlog import RingLog
+from bridge.tls import ensure_certificate, fingerprint, server_context
+from bridge.web.app import AppState, create_app
+
+log = logging.getLogger(__name__)
+TransportFactory = Callable[[PortConfig], ConsoleTransport]
+
+
+class AccessLog(AbstractAccessLogger):
+    """Method, path (never the query string), status, size, time and peer; no headers."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.3fs',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time,
+        )
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+
+
+class Daemon:
+    """One running bridge: its ports and listeners."""
+
+    def __init__(
+        self, config: Config, transport_factory: TransportFactory = make_transport
+    ) -> None:
+        self.config = config
+        self.transport_factory = transport_factory
+        self.state: AppState | None = None
+        self.runner: web.AppRunner | None = None
+        self.addresses: list[tuple[str, int]] = []
+        self.ssl_context: ssl.SSLContext | None = None
+        self.fingerprint = ""
+
+    def _make_port(self, cfg: PortConfig, audit: AuditLog) -> Port:
+        ringlog = None
+        if self.config.log.enabled:
+            path = self.config.server.state_dir / "logs" / f"{cfg.name}.ring"
+            ringlog = RingLog.open(path, self.config.log.size, self.config.log.flush_interval)
+
+        def on_event(kind: str, fields: dict[str, Any]) -> None:
+            audit.record(kind, **fields)
+
+        lines = make_lines(cfg, self.config.gpio)
+        return Port(cfg, self.transport_factory, lines, self.config.log, ringlog, on_event)
+
+    async def start(self) -> None:
+        server = self.config.server
+        prepare_state_dir(server.state_dir)
+        if server.tls_cert and server.tls_key:
+            cert, key = server.tls_cert, server.tls_key
+        else:
+            names = [h for h, _ in server.listen] + list(server.hostnames)
+            cert, key, created = ensure_certificate(server.state_dir, names)
+            if created:
+                log.info("generated a self-signed certificate in %s", cert.parent)
+        self.fingerprint = fingerprint(cert)
+        log.info("certificate fingerprint %s", self.fingerprint)
+        self.ssl_context = server_context(cert, key, server.client_ca)
+        audit = AuditLog(server.state_dir / "audit")
+        ports: dict[str, Port] = {}
+        try:
+            for name, cfg in self.config.ports.items():
+                ports[name] = self._make_port(cfg, audit)
+        except Exception:
+            for port in ports.values():
+                await port.close()
+            raise
+        self.state = AppState(
+            config=self.config,
+            ports=ports,
+            users=UserStore(server.state_dir),
+            sessions=SessionStore(server.session_idle, server.session_lifetime),
+            audit=audit,
+            fingerprint=self.fingerprint,
+        )
+        for port in ports.values():
+            port.start()
+        app = create_app(self.state)
+        self.runner = web.AppRunner(
+            app, access_log_class=AccessLog, handle_signals=False, shutdown_timeout=2.0
+        )
+        await self.runner.setup()
+        for host, port_number in server.listen:
+            site = web.TCPSite(
+                self.runner, host, port_number, ssl_context=self.ssl_context, backlog=512
+            )
+            await site.start()
+        for running in self.runner.sites:
+            server_obj: Any = getattr(running, "_server", None)
+            for sock in getattr(server_obj, "sockets", []) or []:
+                self.addresses.append(sock.getsockname()[:2])
+        log.info("listening on %s", ", ".join(f"https://{_hostport(a)}" for a in self.addresses))
+
+    def urls(self) -> list[str]:
+        return [f"https://{_hostport(a)}" for a in self.addresses]
+
+    async def stop(self, reason: str = "the bridge is shutting down") -> None:
+        if self.state is not None:
+            for session in list(self.state.sockets.values()):
+                with contextlib.suppress(Exception):
+                    await session.ws.close(code=1001, message=reason.encode()[:120])
+            for port in self.state.ports.values():
+                await port.close(reason)
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(config: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT (graceful; a second signal exits at once)."""
+    daemon = Daemon(config)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting at once")
+            raise SystemExit(1)
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    sdnotify.ready()
+    watchdog = loop.create_task(sdnotify.run_watchdog())
+    try:
+        await stop.wait()
+    finally:
+        sdnotify.stopping()
+        watchdog.cancel()
+        try:
+            await asyncio.wait_for(daemon.stop(), timeout=5.0)
+        except TimeoutError:
+            log.error("shutdown took more than 5 s; exiting anyway")
+    return 0

@@ -1,0 +1,227 @@
+"""The UART transport: a real serial device (or pyserial URL) read and written from the event loop.
+
+Reads: the device fd is registered with `loop.add_reader`; each wake-up does one large
+non-blocking `os.read` (64 KiB), so there is no thread per port and no busy loop. A read that
+returns no data, or fails, means the device is gone: the sink's `connection_lost` is called.
+
+Writes: paced at the line rate (baud / bits per character) by a token bucket that lets a short
+burst (a keystroke, a line) through at once, and wait for `add_writer` readiness when the kernel's
+tty buffer is full, so a 1 MiB paste reaches the target complete and in order without blocking the
+loop. BREAK is the break condition held for a duration we time ourselves (pyserial's
+`send_break(duration)` ignores the duration on Linux).
+
+pyserial URLs (`rfc2217://`, `socket://`, `loop://`) have no usable fd for the event loop; their
+reads run in the default executor with a short timeout instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+import serial
+
+from bridge.config import PortConfig
+from bridge.hw.interfaces import DeviceUnavailable, TransportSink
+
+READ_SIZE = 64 * 1024
+_PARITY = {
+    "N": serial.PARITY_NONE,
+    "E": serial.PARITY_EVEN,
+    "O": serial.PARITY_ODD,
+    "M": serial.PARITY_MARK,
+    "S": serial.PARITY_SPACE,
+}
+_BYTESIZE = {5: serial.FIVEBITS, 6: serial.SIXBITS, 7: serial.SEVENBITS, 8: serial.EIGHTBITS}
+_STOPBITS = {1: serial.STOPBITS_ONE, 2: serial.STOPBITS_TWO}
+
+
+class LinePacer:
+    """Token bucket at the line rate: `allowance()` bytes may be written now."""
+
+    def __init__(self, bytes_per_second: float, burst_seconds: float = 0.02) -> None:
+        self.rate = bytes_per_second
+        self.burst = max(64.0, bytes_per_second * burst_seconds)
+        self.tokens = self.burst
+        self.stamp = 0.0
+
+    def allowance(self, now: float) -> int:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return int(self.tokens)
+
+    def spend(self, n: int) -> None:
+        self.tokens -= n
+
+    def wait_for(self, n: int) -> float:
+        """Seconds until `n` bytes (at most a burst) may be written."""
+        return max(0.0, (min(n, self.burst) - self.tokens) / self.rate)
+
+
+class UartTransport:
+    """A serial device opened exclusively with the port's baud, framing and flow control."""
+
+    def __init__(self, cfg: PortConfig) -> None:
+        self.cfg = cfg
+        self.description = f"{cfg.device} {cfg.baud} {cfg.framing}"
+        self._serial: Any = None
+        self._fd = -1
+        self._sink: TransportSink | None = None
+        self._pacer = LinePacer(cfg.baud / cfg.framing.bits_per_char)
+        self._write_lock = asyncio.Lock()
+        self._writable: asyncio.Future[None] | None = None
+        self._url_reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _make_serial(self) -> Any:
+        cfg = self.cfg
+        kwargs: dict[str, Any] = dict(
+            baudrate=cfg.baud,
+            bytesize=_BYTESIZE[cfg.framing.data_bits],
+            parity=_PARITY[cfg.framing.parity],
+            stopbits=_STOPBITS[cfg.framing.stop_bits],
+            rtscts=cfg.flow == "rtscts",
+            xonxoff=cfg.flow == "xonxoff",
+            timeout=0,
+            write_timeout=0,
+        )
+        if "://" in cfg.device:
+            kwargs["timeout"] = 0.1
+            return serial.serial_for_url(cfg.device, do_not_open=True, **kwargs)
+        ser = serial.Serial(None, exclusive=True, **kwargs)
+        ser.port = cfg.device
+        return ser
+
+    async def open(self, sink: TransportSink) -> None:
+        try:
+            ser = self._make_serial()
+            ser.open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DeviceUnavailable(f"{self.cfg.device}: {exc}") from exc
+        self._serial, self._sink = ser, sink
+        loop = asyncio.get_running_loop()
+        fd = getattr(ser, "fd", None)
+        if isinstance(fd, int) and fd >= 0:
+            self._fd = fd
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._on_readable)
+        else:
+            self._url_reader = asyncio.create_task(self._read_url())
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if not data:
+            self._lost(None)
+            return
+        assert self._sink is not None
+        self._sink.data_received(data)
+
+    async def _read_url(self) -> None:
+        loop = asyncio.get_running_loop()
+        ser = self._serial
+        try:
+            while not self._closed:
+                data = await loop.run_in_executor(None, lambda: ser.read(READ_SIZE))
+                if data and self._sink is not None:
+                    self._sink.data_received(data)
+        except (serial.SerialException, OSError) as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        sink = self._sink
+        self._release()
+        if sink is not None:
+            sink.connection_lost(exc)
+
+    def _on_writable(self) -> None:
+        asyncio.get_running_loop().remove_writer(self._fd)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    async def _wait_writable(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._writable = loop.create_future()
+        loop.add_writer(self._fd, self._on_writable)
+        try:
+            await self._writable
+        finally:
+            self._writable = None
+
+    async def write(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._write_lock:
+            view = memoryview(data)
+            while view:
+                if self._serial is None:
+                    raise DeviceUnavailable(f"{self.cfg.device}: not open")
+                allowed = self._pacer.allowance(loop.time())
+                if allowed <= 0:
+                    await asyncio.sleep(self._pacer.wait_for(len(view)))
+                    continue
+                piece = view[:allowed]
+                if self._fd < 0:
+                    n = await loop.run_in_executor(None, self._serial.write, bytes(piece))
+                else:
+                    try:
+                        n = os.write(self._fd, piece)
+                    except (BlockingIOError, InterruptedError):
+                        await self._wait_writable()
+                        continue
+                    except OSError as exc:
+                        raise DeviceUnavailable(f"{self.cfg.device}: {exc}") from exc
+                self._pacer.spend(n)
+                view = view[n:]
+
+    async def drain(self) -> None:
+        """Wait (bounded) until the kernel's output queue is empty, so a BREAK comes after it."""
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while self._serial is not None and asyncio.get_running_loop().time() < deadline:
+            try:
+                if not self._serial.out_waiting:
+                    return
+            except (OSError, serial.SerialException, AttributeError, NotImplementedError):
+                return
+            await asyncio.sleep(0.005)
+
+    async def send_break(self, duration: float) -> None:
+        if self._serial is None:
+            raise DeviceUnavailable(f"{self.cfg.device}: not open")
+        async with self._write_lock:
+            try:
+                self._serial.break_condition = True
+                await asyncio.sleep(duration)
+            finally:
+                with contextlib.suppress(OSError, serial.SerialException):
+                    if self._serial is not None:
+                        self._serial.break_condition = False
+
+    def _release(self) -> None:
+        ser, self._serial, self._sink = self._serial, None, None
+        if self._fd >= 0:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._fd)
+            loop.remove_writer(self._fd)
+            self._fd = -1
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(DeviceUnavailable(f"{self.cfg.device}: closed"))
+        if ser is not None:
+            with contextlib.suppress(OSError, serial.SerialException):
+                ser.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._url_reader = self._url_reader, None
+        self._sink = None
+        self._release()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

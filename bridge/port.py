@@ -1,0 +1,421 @@
+"""The port hub: the only reader of a target's console, and the single place its actions go through.
+
+One `Port` per configured target. It opens the transport (retrying while the device is missing),
+numbers every output byte with a monotonically increasing offset, keeps the scrollback and the ring
+log, fans chunks out to subscribers (bridge.fanout), holds the writer lease, and runs BREAK,
+SysRq, NMI, reset and power one at a time. The network side calls its methods; it never touches
+hardware itself (bridge.hw does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bridge.config import LogConfig, PortConfig
+from bridge.fanout import Chunk, Outlet, Subscriber
+from bridge.hw.interfaces import (
+    ActionResult,
+    ConsoleTransport,
+    ControlLines,
+    DeviceUnavailable,
+)
+from bridge.scrollback import Scrollback
+
+log = logging.getLogger(__name__)
+REOPEN_INTERVAL = 1.0
+
+
+class PortError(Exception):
+    """A request the port cannot carry out; `status` is the HTTP status that fits."""
+
+    status = 400
+
+
+class PortOffline(PortError):
+    status = 503
+
+
+class NotWriter(PortError):
+    status = 403
+
+
+class ActionBusy(PortError):
+    status = 409
+
+
+class TooManyClients(PortError):
+    status = 503
+
+
+class Viewer(Outlet, Protocol):
+    """A connected client as the hub sees it: an outlet for output plus control messages."""
+
+    def send_message(self, message: dict[str, Any]) -> None: ...
+
+
+class RingLogLike(Protocol):
+    """What the hub needs of bridge.ringlog.RingLog."""
+
+    @property
+    def next_offset(self) -> int: ...
+
+    @property
+    def oldest_offset(self) -> int: ...
+
+    def append(self, data: bytes) -> None: ...
+
+    def add_marker(self, event: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def read(self, start: int, max_bytes: int) -> tuple[int, bytes]: ...
+
+    def close(self) -> None: ...
+
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(eq=False)
+class Attachment:
+    """One client attached to a port."""
+
+    id: int
+    user: str
+    peer: str
+    viewer: Viewer
+    subscriber: Subscriber
+    wants_write: bool
+    last_input: float = field(default_factory=time.monotonic)
+
+
+class Port:
+    """The hub of one target machine."""
+
+    def __init__(
+        self,
+        cfg: PortConfig,
+        transport_factory: Callable[[PortConfig], ConsoleTransport],
+        lines: ControlLines,
+        log_cfg: LogConfig | None = None,
+        ringlog: RingLogLike | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._make_transport = transport_factory
+        self.lines = lines
+        self.ringlog = ringlog
+        self._flush_interval = log_cfg.flush_interval if log_cfg else 5.0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._on_event = on_event
+        start = ringlog.next_offset if ringlog is not None else 0
+        self.scrollback = Scrollback(cfg.scrollback, start)
+        self.offset = start
+        self.online = False
+        self.error: str | None = None
+        self.transport: ConsoleTransport | None = None
+        self.attachments: dict[int, Attachment] = {}
+        self.writer: Attachment | None = None
+        self._ids = itertools.count(1)
+        self._lost = asyncio.Event()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._action_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._idle_task: asyncio.Task[None] | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ---- device lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"port-{self.name}")
+        if self.cfg.writer_idle_timeout > 0:
+            self._idle_task = asyncio.get_running_loop().create_task(self._expire_idle_writer())
+
+    async def _run(self) -> None:
+        announced_missing = False
+        while True:
+            transport = self._make_transport(self.cfg)
+            self._lost.clear()
+            try:
+                await transport.open(self)
+            except DeviceUnavailable as exc:
+                self.error = str(exc)
+                if not announced_missing:
+                    log.warning("port %s: device unavailable: %s (retrying)", self.name, exc)
+                    announced_missing = True
+                await asyncio.sleep(REOPEN_INTERVAL)
+                continue
+            announced_missing = False
+            self.transport, self.online, self.error = transport, True, None
+            log.info("port %s: online (%s)", self.name, transport.description)
+            self._event("online", {})
+            self._broadcast_status("online")
+            try:
+                await self._lost.wait()
+            finally:
+                self.transport, self.online = None, False
+                with contextlib.suppress(Exception):
+                    await transport.close()
+            log.warning("port %s: device gone: %s", self.name, self.error or "closed")
+            self._event("offline", {"reason": self.error or "device closed"})
+            self._broadcast_status("offline")
+            await asyncio.sleep(REOPEN_INTERVAL)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.error = str(exc) if exc else "device closed"
+        self._lost.set()
+
+    async def close(self, reason: str = "port closed") -> None:
+        for task in (self._task, self._idle_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for att in list(self.attachments.values()):
+            att.viewer.send_message({"type": "status", "event": "closed", "reason": reason})
+            await att.subscriber.close()
+        self.attachments.clear()
+        self.writer = None
+        await self.lines.close()
+        self._flush_log()
+        if self.ringlog is not None:
+            self.ringlog.close()
+
+    # ---- output: the hot path ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        chunk = Chunk(data, self.offset)
+        self.offset += len(data)
+        self.bytes_in += len(data)
+        self.scrollback.append(data)
+        if self.ringlog is not None:
+            self.ringlog.append(data)
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_later(
+                    self._flush_interval, self._flush_log
+                )
+        for att in self.attachments.values():
+            sub = att.subscriber
+            if sub.live:
+                sub.on_chunk(chunk)
+
+    def _flush_log(self) -> None:
+        self._flush_handle = None
+        if self.ringlog is not None:
+            try:
+                self.ringlog.flush()
+            except OSError as exc:
+                log.error("port %s: ring log write failed: %s", self.name, exc)
+
+    def read(self, offset: int, max_bytes: int) -> tuple[int, bytes]:
+        """History from `offset`: scrollback when it holds it, else the ring log."""
+        if offset >= self.scrollback.start or self.ringlog is None:
+            return self.scrollback.read(offset, max_bytes)
+        start, data = self.ringlog.read(offset, min(max_bytes, self.scrollback.start - offset))
+        if not data:
+            return self.scrollback.read(offset, max_bytes)
+        return start, data
+
+    @property
+    def oldest_offset(self) -> int:
+        if self.ringlog is not None:
+            return min(self.ringlog.oldest_offset, self.scrollback.start)
+        return self.scrollback.start
+
+    def resolve_from(self, value: int | None) -> int:
+        """A `from` parameter -> the first offset to send: None = live, negative = last N bytes,
+        older than held = oldest held."""
+        if value is None:
+            return self.offset
+        if value < 0:
+            value = self.offset + value
+        return min(max(value, self.oldest_offset), self.offset)
+
+    # ---- clients and the writer lease --------------------------------------------------------
+
+    def attach(
+        self, viewer: Viewer, user: str, peer: str, mode: str, takeover: bool, start: int
+    ) -> Attachment:
+        if len(self.attachments) >= self.cfg.max_clients:
+            raise TooManyClients(f"port {self.name} has {self.cfg.max_clients} clients already")
+        sub = Subscriber(viewer, self, self.cfg.client_buffer, start)
+        att = Attachment(next(self._ids), user, peer, viewer, sub, wants_write=mode == "rw")
+        self.attachments[att.id] = att
+        event = "join"
+        if att.wants_write and (self.writer is None or takeover):
+            event = self._give_lease(att)
+        self._event("attach", {"user": user, "peer": peer, "mode": self.mode_of(att)})
+        self._broadcast_status(event, actor=user, skip=att)  # the newcomer gets a hello instead
+        return att
+
+    async def detach(self, att: Attachment) -> None:
+        if self.attachments.pop(att.id, None) is None:
+            return
+        await att.subscriber.close()
+        if self.writer is att:
+            self.writer = None
+            await self._send_on_release()
+        self._event("detach", {"user": att.user, "peer": att.peer})
+        self._broadcast_status("leave", actor=att.user)
+
+    def mode_of(self, att: Attachment) -> str:
+        return "rw" if self.writer is att else "ro"
+
+    def _give_lease(self, att: Attachment) -> str:
+        old = self.writer
+        self.writer = att
+        att.last_input = time.monotonic()
+        if old is not None and old is not att:
+            self._event("takeover", {"user": att.user, "from": old.user})
+            if self.cfg.on_release:
+                asyncio.get_running_loop().create_task(self._send_on_release())
+            return "takeover"
+        return "lease"
+
+    def take_over(self, att: Attachment) -> None:
+        event = self._give_lease(att)
+        self._broadcast_status(event, actor=att.user)
+
+    async def release(self, att: Attachment) -> None:
+        if self.writer is att:
+            self.writer = None
+            await self._send_on_release()
+            self._broadcast_status("release", actor=att.user)
+
+    async def _send_on_release(self) -> None:
+        if self.cfg.on_release and self.transport is not None:
+            with contextlib.suppress(DeviceUnavailable):
+                await self.transport.write(self.cfg.on_release)
+
+    async def _expire_idle_writer(self) -> None:
+        timeout = self.cfg.writer_idle_timeout
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            att = self.writer
+            if att is not None and time.monotonic() - att.last_input > timeout:
+                self.writer = None
+                await self._send_on_release()
+                self._event("lease-expired", {"user": att.user})
+                self._broadcast_status("idle-release", actor=att.user)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "online": self.online,
+            "writer": self.writer.user if self.writer else None,
+            "viewers": sorted(a.user for a in self.attachments.values()),
+            "offset": self.offset,
+        }
+
+    def _broadcast_status(
+        self, event: str, actor: str | None = None, skip: Attachment | None = None
+    ) -> None:
+        status = self.status()
+        status["event"] = event
+        if actor is not None:
+            status["actor"] = actor
+        if self.error and not self.online:
+            status["reason"] = self.error
+        for att in self.attachments.values():
+            if att is not skip:
+                att.viewer.send_message({"type": "status", "mode": self.mode_of(att), **status})
+
+    # ---- input and actions -------------------------------------------------------------------
+
+    async def write(self, att: Attachment, data: bytes) -> None:
+        """Keystrokes from the lease holder; waits while a BREAK+key is in progress."""
+        if self.writer is not att:
+            raise NotWriter(
+                "read-only: another client holds the write lease"
+                if self.writer
+                else "read-only: take over to type"
+            )
+        att.last_input = time.monotonic()
+        await self._quiet.wait()
+        transport = self.transport
+        if transport is None:
+            raise PortOffline(f"port {self.name} is offline")
+        await transport.write(data)
+        self.bytes_out += len(data)
+
+    def _event(self, kind: str, fields: dict[str, Any], audit: bool = True) -> None:
+        """A marker in the ring log (not for attach/detach) and, if `audit`, an audit event.
+        Actions are audited by the web layer, which knows the peer and the outcome."""
+        if self.ringlog is not None and kind not in ("attach", "detach"):
+            try:
+                self.ringlog.add_marker({"event": kind, **fields})
+            except OSError as exc:
+                log.error("port %s: ring log marker failed: %s", self.name, exc)
+        if audit and self._on_event is not None:
+            self._on_event(kind, {"port": self.name, **fields})
+
+    @contextlib.asynccontextmanager
+    async def _exclusive_action(self, what: str) -> Any:
+        if self._action_lock.locked():
+            raise ActionBusy(f"port {self.name} is busy with another action; try again")
+        async with self._action_lock:
+            yield
+
+    async def _break_then(self, key: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            raise PortOffline(f"port {self.name} is offline")
+        self._quiet.clear()
+        try:
+            await transport.drain()
+            await transport.send_break(self.cfg.break_duration)
+            if key:
+                await transport.write(key)
+        finally:
+            self._quiet.set()
+
+    async def send_break(self, user: str) -> ActionResult:
+        async with self._exclusive_action("break"):
+            await self._break_then(b"")
+        result = {"action": "break", "duration_ms": round(self.cfg.break_duration * 1000)}
+        self._event("break", {"user": user}, audit=False)
+        return self._done(result, user)
+
+    async def sysrq(self, keys: str, interval: float, user: str) -> ActionResult:
+        """BREAK + key for each key (already validated), `interval` seconds apart."""
+        async with self._exclusive_action("sysrq"):
+            for i, key in enumerate(keys):
+                if i:
+                    await asyncio.sleep(interval)
+                await self._break_then(key.encode("ascii"))
+        self._event("sysrq", {"user": user, "keys": keys}, audit=False)
+        return self._done(
+            {
+                "action": "sysrq",
+                "keys": keys,
+                "interval_ms": round(interval * 1000),
+                "break_ms": round(self.cfg.break_duration * 1000),
+            },
+            user,
+        )
+
+    async def line_action(self, action: str, user: str) -> ActionResult:
+        """nmi | reset | power:on|off|force-off|cycle|status through the port's control lines."""
+        if action == "power:status":
+            return self._done({"action": "power", "power": self.lines.power_state()}, user)
+        async with self._exclusive_action(action):
+            if action == "nmi":
+                result = await self.lines.nmi()
+            elif action == "reset":
+                result = await self.lines.reset()
+            else:
+                result = await self.lines.power(action.removeprefix("power:"))
+        self._event(action.split(":")[0], {"user": user, **result}, audit=False)
+        return self._done(result, user)
+
+    def _done(self, result: ActionResult, user: str) -> ActionResult:
+        return {"port": self.name, "user": user, "time": time.time(), **result}

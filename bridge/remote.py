@@ -1,0 +1,193 @@
+"""Client commands: `connect`, `sysrq`, `nmi`, `power`, `log` against `https://HOST:PORT/PORTNAME`.
+
+Credentials, in order: `--user NAME` (password prompt, or `--password-stdin`), the
+`SERIAL_BRIDGE_TOKEN` environment variable, or a token file (`--token-file`, default
+`~/.config/serial-bridge/token`). The certificate is pinned (see bridge.client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bridge.client import BridgeClient, ClientError, KnownHosts, config_dir, parse_url
+
+
+def _credentials(args: argparse.Namespace) -> dict[str, Any]:
+    if args.user:
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass(f"Password for {args.user}: ")
+        return {"user": args.user, "password": password}
+    token = os.environ.get("SERIAL_BRIDGE_TOKEN")
+    if not token:
+        path = Path(args.token_file) if args.token_file else config_dir() / "token"
+        if path.exists():
+            token = path.read_text().strip()
+        elif args.token_file:
+            raise ClientError(f"token file {path} does not exist")
+    if not token:
+        raise ClientError("no credentials: use --user NAME, SERIAL_BRIDGE_TOKEN or --token-file")
+    return {"token": token}
+
+
+def _client(args: argparse.Namespace) -> BridgeClient:
+    known = KnownHosts(Path(args.known_hosts)) if args.known_hosts else None
+    return BridgeClient(
+        args.url, fingerprint=args.fingerprint, known_hosts=known, **_credentials(args)
+    )
+
+
+def _port_name(args: argparse.Namespace) -> str:
+    name = parse_url(args.url).name
+    if not name:
+        raise ClientError(f"{args.url}: name the port: https://HOST:PORT/PORTNAME")
+    return name
+
+
+def _run(args: argparse.Namespace, body: Callable[[BridgeClient], Awaitable[int]]) -> int:
+    async def main() -> int:
+        async with _client(args) as client:
+            return await body(client)
+
+    try:
+        return asyncio.run(main())
+    except ClientError as exc:
+        print(f"serial-bridge: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_result(result: Any) -> int:
+    print(json.dumps(result, indent=None, sort_keys=True))
+    return 0
+
+
+def run_connect(args: argparse.Namespace) -> int:
+    from bridge.connect import interactive
+
+    name = _port_name(args)
+    return _run(args, lambda c: interactive(c, name, args.read_only, args.takeover))
+
+
+def run_sysrq(args: argparse.Namespace) -> int:
+    name = _port_name(args)
+    body = {"keys": args.keys, "interval": args.interval}
+    return _run(args, lambda c: _post(c, f"/api/ports/{name}/sysrq", body))
+
+
+def run_nmi(args: argparse.Namespace) -> int:
+    name = _port_name(args)
+    return _run(args, lambda c: _post(c, f"/api/ports/{name}/nmi", {}))
+
+
+def run_power(args: argparse.Namespace) -> int:
+    name = _port_name(args)
+    return _run(args, lambda c: _post(c, f"/api/ports/{name}/power", {"action": args.action}))
+
+
+async def _post(client: BridgeClient, path: str, body: dict[str, Any]) -> int:
+    return _print_result(await client.request("POST", path, body))
+
+
+def run_log(args: argparse.Namespace) -> int:
+    name = _port_name(args)
+    query = {"format": "raw" if args.raw else args.format, "follow": "1" if args.follow else "0"}
+    if args.since:
+        query["since"] = args.since
+    if args.start is not None:
+        query["from"] = str(args.start)
+
+    async def body(client: BridgeClient) -> int:
+        resp = await client.stream(f"/api/ports/{name}/log", query)
+        try:
+            out = sys.stdout.buffer
+            async for piece in resp.content.iter_any():
+                out.write(piece)
+                out.flush()
+        finally:
+            resp.release()
+        return 0
+
+    try:
+        return _run(args, body)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="https://HOST:PORT/PORTNAME")
+    p.add_argument("--user", default=None, help="log in as this user (password prompt)")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="with --user: read the password from standard input",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding an API token (default ~/.config/serial-bridge/token)",
+    )
+    p.add_argument(
+        "--fingerprint",
+        default=None,
+        metavar="SHA256:...",
+        help="pin the server certificate instead of trust-on-first-use",
+    )
+    p.add_argument(
+        "--known-hosts",
+        default=None,
+        metavar="PATH",
+        help="pinned certificates (default ~/.config/serial-bridge/known_hosts)",
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("connect", help="interactive console (escapes: ~. ~B ~? ~~)")
+    _common(p)
+    p.add_argument("--read-only", action="store_true", help="watch without the write lease")
+    p.add_argument("--takeover", action="store_true", help="take the write lease from its holder")
+    p.set_defaults(func=run_connect)
+
+    p = sub.add_parser("sysrq", help="send magic SysRq keys (BREAK + key, e.g. REISUB)")
+    _common(p)
+    p.add_argument("keys", help="SysRq keys, e.g. h, t, or REISUB")
+    p.add_argument("--interval", default="1s", help="pause between keys")
+    p.set_defaults(func=run_sysrq)
+
+    p = sub.add_parser("nmi", help="pulse the NMI line")
+    _common(p)
+    p.set_defaults(func=run_nmi)
+
+    p = sub.add_parser("power", help="power actions through the control lines")
+    _common(p)
+    p.add_argument("action", choices=["on", "off", "force-off", "reset", "cycle", "status"])
+    p.set_defaults(func=run_power)
+
+    p = sub.add_parser("log", help="console history from the ring log")
+    _common(p)
+    p.add_argument("--since", default=None, help="ISO-8601 time, e.g. 2026-11-23T05:00:00Z")
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=int,
+        default=None,
+        metavar="OFFSET",
+        help="start offset; negative = the last N bytes",
+    )
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
+    p.add_argument(
+        "--format",
+        choices=["text", "raw", "jsonl"],
+        default="text",
+        help="text neutralises control characters",
+    )
+    p.add_argument("--raw", action="store_true", help="same as --format raw")
+    p.set_defaults(func=run_log)

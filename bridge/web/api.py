@@ -1,0 +1,228 @@
+"""The JSON HTTP API: login/logout, the ports list, SysRq/NMI/power actions, health and metrics.
+
+Every handler starts with `authorise(...)` naming the permission it needs; actions answer JSON
+saying what was done and when.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from bridge.auth.passwords import verify_async
+from bridge.auth.policy import Permission
+from bridge.config import parse_duration
+from bridge.hw.interfaces import UnsupportedAction
+from bridge.port import Port, PortError
+from bridge.sysrq import validate_keys
+from bridge.web.app import STATE, api_error
+from bridge.web.authn import SESSION_COOKIE, authorise, check_host, peer_of, same_origin
+
+MAX_PASSWORD = 1024
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise api_error(web.HTTPBadRequest, "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise api_error(web.HTTPBadRequest, "the body must be a JSON object")
+    return body
+
+
+def _port(request: web.Request) -> Port:
+    return request.app[STATE].ports[request.match_info["name"]]
+
+
+async def login(request: web.Request) -> web.Response:
+    check_host(request)
+    state = request.app[STATE]
+    if request.headers.get("Origin") is not None and not same_origin(request):
+        raise api_error(web.HTTPForbidden, "cross-origin login refused")
+    body = await _json_body(request)
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise api_error(web.HTTPBadRequest, "username and password are required strings")
+    if len(password) > MAX_PASSWORD or len(username) > 64:
+        raise api_error(web.HTTPBadRequest, "username or password too long")
+    peer = peer_of(request)
+    user = state.users.get(username)
+    ok = await verify_async(password, user.password if user else None)
+    if not ok or user is None:
+        state.audit.record("login", user=username, peer=peer, result="failed")
+        raise api_error(web.HTTPUnauthorized, "wrong user name or password")
+    session_id, session = state.sessions.create(user.name, user.generation)
+    state.audit.record("login", user=user.name, peer=peer, result="ok")
+    response = web.json_response({"user": user.name, "role": user.role, "csrf": session.csrf})
+    response.set_cookie(
+        SESSION_COOKIE, session_id, secure=True, httponly=True, samesite="Strict", path="/"
+    )
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    identity = authorise(request, Permission.READ)
+    if identity.via == "session":
+        session = state.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        if session is not None:
+            state.sessions.end(session)
+    state.audit.record("logout", user=identity.user, peer=peer_of(request))
+    response = web.json_response({"ok": True})
+    response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    return response
+
+
+async def whoami(request: web.Request) -> web.Response:
+    identity = authorise(request, Permission.READ)
+    return web.json_response(
+        {
+            "user": identity.user,
+            "role": identity.role,
+            "via": identity.via,
+            "ports": sorted(identity.ports) if identity.ports else None,
+        }
+    )
+
+
+def port_summary(port: Port) -> dict[str, Any]:
+    cfg = port.cfg
+    status = port.status()
+    return {
+        "name": port.name,
+        "description": cfg.description,
+        "online": port.online,
+        "baud": cfg.baud,
+        "framing": str(cfg.framing),
+        "writer": status["writer"],
+        "viewers": len(port.attachments),
+        "power": port.lines.power_state(),
+        "lines": sorted(port.lines.supported()),
+        "offset": port.offset,
+    }
+
+
+async def list_ports(request: web.Request) -> web.Response:
+    identity = authorise(request, Permission.READ)
+    ports = request.app[STATE].ports
+    return web.json_response(
+        [port_summary(p) for name, p in sorted(ports.items()) if identity.may_see_port(name)]
+    )
+
+
+async def _run_action(
+    request: web.Request, user: str, what: str, coro: Any, **fields: Any
+) -> web.Response:
+    """Run a port action; audit it with its outcome; map port errors to HTTP statuses."""
+    audit = request.app[STATE].audit
+    where = {"user": user, "port": request.match_info["name"], "peer": peer_of(request)}
+    try:
+        result = await coro
+    except UnsupportedAction as exc:
+        audit.record(what, **where, **fields, result="unsupported")
+        raise api_error(web.HTTPNotImplemented, str(exc)) from None
+    except PortError as exc:
+        audit.record(what, **where, **fields, result=f"refused: {exc}")
+        cls = {409: web.HTTPConflict, 503: web.HTTPServiceUnavailable, 403: web.HTTPForbidden}.get(
+            exc.status, web.HTTPBadRequest
+        )
+        raise api_error(cls, str(exc)) from None
+    audit.record(what, **where, **fields, result="ok")
+    return web.json_response(result)
+
+
+async def sysrq(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    identity = authorise(request, Permission.WRITE, name)
+    body = await _json_body(request)
+    port = _port(request)
+    try:
+        keys = validate_keys(str(body.get("keys", "")), port.cfg.sysrq_deny)
+        interval = parse_duration(body.get("interval", "1s"))
+    except ValueError as exc:
+        raise api_error(web.HTTPBadRequest, str(exc)) from None
+    if interval > 60:
+        raise api_error(web.HTTPBadRequest, "interval must be at most 60s")
+    return await _run_action(
+        request, identity.user, "sysrq", port.sysrq(keys, interval, identity.user), keys=keys
+    )
+
+
+async def send_break(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    identity = authorise(request, Permission.WRITE, name)
+    return await _run_action(
+        request, identity.user, "break", _port(request).send_break(identity.user)
+    )
+
+
+async def nmi(request: web.Request) -> web.Response:
+    identity = authorise(request, Permission.LINES, request.match_info["name"])
+    return await _run_action(
+        request, identity.user, "nmi", _port(request).line_action("nmi", identity.user)
+    )
+
+
+async def reset(request: web.Request) -> web.Response:
+    identity = authorise(request, Permission.LINES, request.match_info["name"])
+    return await _run_action(
+        request, identity.user, "reset", _port(request).line_action("reset", identity.user)
+    )
+
+
+POWER_ACTIONS = ("on", "off", "force-off", "reset", "cycle", "status")
+
+
+async def power(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _json_body(request) if request.can_read_body else {}
+    action = body.get("action")
+    permission = Permission.READ if action == "status" else Permission.LINES
+    identity = authorise(request, permission, name)
+    if action not in POWER_ACTIONS:
+        raise api_error(web.HTTPBadRequest, f"action must be one of {', '.join(POWER_ACTIONS)}")
+    verb = "reset" if action == "reset" else f"power:{action}"
+    coro = _port(request).line_action(verb, identity.user)
+    if action == "status":
+        return web.json_response(await coro)
+    return await _run_action(request, identity.user, "power", coro, action=action)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    authorise(request, Permission.READ)
+    lines = [
+        "# TYPE serial_bridge_port_online gauge",
+        "# TYPE serial_bridge_port_bytes_in_total counter",
+        "# TYPE serial_bridge_port_bytes_out_total counter",
+        "# TYPE serial_bridge_port_clients gauge",
+    ]
+    for name, port in sorted(request.app[STATE].ports.items()):
+        label = f'{{port="{name}"}}'
+        lines += [
+            f"serial_bridge_port_online{label} {int(port.online)}",
+            f"serial_bridge_port_bytes_in_total{label} {port.bytes_in}",
+            f"serial_bridge_port_bytes_out_total{label} {port.bytes_out}",
+            f"serial_bridge_port_clients{label} {len(port.attachments)}",
+        ]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/login", login)
+    app.router.add_post("/api/logout", logout)
+    app.router.add_get("/api/whoami", whoami)
+    app.router.add_get("/api/ports", list_ports)
+    app.router.add_post("/api/ports/{name}/sysrq", sysrq)
+    app.router.add_post("/api/ports/{name}/break", send_break)
+    app.router.add_post("/api/ports/{name}/nmi", nmi)
+    app.router.add_post("/api/ports/{name}/reset", reset)
+    app.router.add_post("/api/ports/{name}/power", power)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,257 @@
+"""The console websocket: `WS /api/ports/{name}/console?mode=ro|rw&takeover=0|1&from=OFFSET`.
+
+Binary frames carry bytes (server->client: target output; client->server: keystrokes from the
+writer). Text frames carry JSON control messages (see docs/protocol.md). Output is written
+straight to the connection's transport as frames built once per chunk (bridge.web.frames); the
+kernel socket buffer plus a per-client budget absorb bursts, and a client over budget is caught up
+by its Subscriber (bridge.fanout) without slowing anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from bridge.auth.policy import Identity, Permission, allowed
+from bridge.config import parse_duration
+from bridge.fanout import Chunk
+from bridge.hw.interfaces import UnsupportedAction
+from bridge.port import Attachment, Port, PortError
+from bridge.sysrq import validate_keys
+from bridge.web.app import STATE, AppState, api_error
+from bridge.web.authn import authorise, peer_of, same_origin
+from bridge.web.frames import binary_frame, text_frame
+
+log = logging.getLogger(__name__)
+MAX_FRAME = 64 * 1024
+LOW_WATER = 256 * 1024
+_ids = itertools.count(1)
+
+
+class WsViewer:
+    """A websocket connection as an Outlet/Viewer of the hub: writes frames to its transport."""
+
+    def __init__(self, request: web.Request) -> None:
+        transport = request.transport
+        assert transport is not None
+        self.transport = transport
+        self.protocol: Any = request.protocol
+
+    def send_chunk(self, chunk: Chunk) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(chunk.encoded(binary_frame))
+
+    def send_history(self, offset: int, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(binary_frame(data))
+
+    def send_gap(self, start: int, end: int) -> None:
+        self.send_message({"type": "gap", "from": start, "to": end})
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(text_frame(message))
+
+    def backlog(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    async def drained(self) -> None:
+        while self.transport.is_closing() or self.transport.get_write_buffer_size() > LOW_WATER:
+            if getattr(self.protocol, "_paused", False) and not self.transport.is_closing():
+                await self.protocol._drain_helper()
+            else:
+                await asyncio.sleep(0.01)
+
+
+def _query_from(request: web.Request) -> int | None:
+    raw = request.query.get("from")
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise api_error(web.HTTPBadRequest, "from must be an integer offset") from None
+
+
+class ConsoleSession:
+    """One websocket client attached to one port."""
+
+    def __init__(
+        self,
+        state: AppState,
+        port: Port,
+        identity: Identity,
+        ws: web.WebSocketResponse,
+        att: Attachment,
+    ) -> None:
+        self.state, self.port, self.identity, self.ws, self.att = state, port, identity, ws, att
+        self.viewer = att.viewer
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def error(self, message: str) -> None:
+        self.viewer.send_message({"type": "error", "message": message})
+
+    def may(self, permission: Permission) -> bool:
+        return allowed(self.identity, permission, self.port.name)
+
+    async def keystrokes(self, data: bytes) -> None:
+        if not self.may(Permission.WRITE):
+            self.error("your role may only read this port; keystrokes refused")
+            return
+        try:
+            await self.port.write(self.att, data)
+        except PortError as exc:
+            self.error(f"keystrokes refused: {exc}")
+
+    async def control(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except json.JSONDecodeError:
+            self.error("malformed JSON control message")
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "ping":
+            self.viewer.send_message({"type": "pong"})
+            return
+        if kind not in ("sysrq", "break", "takeover", "release"):
+            self.error(f"unknown message type {kind!r}")
+            return
+        if not self.may(Permission.WRITE):
+            self.error(f"your role may not {kind} on this port")
+            return
+        if kind == "takeover":
+            self.port.take_over(self.att)
+        elif kind == "release":
+            await self.port.release(self.att)
+        elif kind == "break":
+            self._spawn(self._action("break", self.port.send_break(self.identity.user)))
+        else:
+            try:
+                keys = validate_keys(str(message.get("keys", "")), self.port.cfg.sysrq_deny)
+                interval = parse_duration(message.get("interval", "1s"))
+            except ValueError as exc:
+                self.error(str(exc))
+                return
+            self._spawn(
+                self._action(
+                    "sysrq", self.port.sysrq(keys, interval, self.identity.user), keys=keys
+                )
+            )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _action(self, action: str, coro: Any, **fields: Any) -> None:
+        where = {"user": self.identity.user, "port": self.port.name, "peer": self.att.peer}
+        try:
+            result = await coro
+        except (PortError, UnsupportedAction) as exc:
+            self.state.audit.record(action, **where, **fields, result=f"refused: {exc}")
+            self.error(f"{action} refused: {exc}")
+            return
+        self.state.audit.record(action, **where, **fields, result="ok")
+        self.viewer.send_message({"type": "result", **result})
+
+    async def run(self) -> None:
+        async for msg in self.ws:
+            if msg.type == WSMsgType.BINARY:
+                await self.keystrokes(msg.data)
+            elif msg.type == WSMsgType.TEXT:
+                await self.control(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                break
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await self.port.detach(self.att)
+
+
+async def console(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    identity = authorise(request, Permission.READ, name)
+    if not same_origin(request) and request.headers.get("Origin") is not None:
+        raise api_error(web.HTTPForbidden, "websocket Origin is not this bridge")
+    state = request.app[STATE]
+    port = state.ports[name]
+    mode = request.query.get("mode", "rw" if allowed(identity, Permission.WRITE, name) else "ro")
+    if mode not in ("ro", "rw"):
+        raise api_error(web.HTTPBadRequest, "mode must be ro or rw")
+    takeover = request.query.get("takeover", "0") in ("1", "true", "yes")
+    start = port.resolve_from(_query_from(request))
+    mine = sum(1 for s in state.sockets.values() if s.identity.user == identity.user)
+    if mine >= state.config.server.max_connections_per_user:
+        raise api_error(web.HTTPTooManyRequests, "too many console connections for this user")
+
+    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_FRAME, heartbeat=30.0)
+    await ws.prepare(request)
+    viewer = WsViewer(request)
+    may_write = allowed(identity, Permission.WRITE, name)
+    try:
+        att = port.attach(
+            viewer,
+            identity.user,
+            peer_of(request),
+            mode if may_write else "ro",
+            takeover and may_write,
+            start,
+        )
+    except PortError as exc:
+        await ws.close(code=1013, message=str(exc).encode()[:120])
+        return ws
+    session = ConsoleSession(state, port, identity, ws, att)
+    sid = next(_ids)
+    state.sockets[sid] = session
+    viewer.send_message(
+        {
+            "type": "hello",
+            "port": name,
+            "offset": start,
+            "from": start,
+            "mode": port.mode_of(att),
+            "user": identity.user,
+            "role": identity.role,
+            **{k: v for k, v in port.status().items() if k != "offset"},
+        }
+    )
+    if mode == "rw" and not may_write:
+        session.error("your role may only read this port; connected read-only")
+    try:
+        await session.run()
+    finally:
+        state.sockets.pop(sid, None)
+        await session.close()
+    return ws
+
+
+async def close_sockets(
+    state: AppState,
+    user: str | None = None,
+    session_key: str | None = None,
+    token_id: str | None = None,
+    reason: str = "session ended",
+) -> int:
+    """Close the console websockets of a user / session / token with 1008 (policy violation)."""
+    victims = [
+        s
+        for s in state.sockets.values()
+        if (user is not None and s.identity.user == user)
+        or (session_key is not None and s.identity.session_id == session_key)
+        or (token_id is not None and s.identity.token_id == token_id)
+    ]
+    for s in victims:
+        with contextlib.suppress(Exception):
+            await s.ws.close(code=1008, message=reason.encode()[:120])
+    return len(victims)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/ports/{name}/console", console)
