@@ -244,7 +244,10 @@ class RingLog:
         found: list[tuple[int, int, list[_Rec]]] = []  # (seq, position, records)
         geometries: dict[int, int] = {}
         for base in range(0, min(length, self._n * BLOCK_SIZE), _SCAN_CHUNK):
-            chunk = memoryview(os.pread(self._fd, _SCAN_CHUNK, base))
+            raw = os.pread(self._fd, _SCAN_CHUNK, base)
+            if len(raw) % BLOCK_SIZE:  # a file cut short: the missing bytes read as zeros
+                raw += bytes(BLOCK_SIZE - len(raw) % BLOCK_SIZE)
+            chunk = memoryview(raw)
             for at in range(0, len(chunk) - BLOCK_SIZE + 1, BLOCK_SIZE):
                 page = chunk[at : at + BLOCK_SIZE]
                 head = _parse_header(page)
@@ -382,8 +385,8 @@ class RingLog:
                 p.entry.end = self._next
             else:
                 self._seal(p)
-            if BLOCK_SIZE - p.used < RH + 1:
-                self._seal(p)
+            if p.used == BLOCK_SIZE or (p.open_rec is None and BLOCK_SIZE - p.used <= RH):
+                self._seal(p)  # full: nothing more fits
                 self._write(p)
                 self._pend = None
 

@@ -1,0 +1,557 @@
+"""Ring log: bounded, flash-friendly, crash-safe console history (real files in tmp_path)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge import ringlog
+from bridge.ringlog import BLOCK_SIZE, LogRecord, RingLog
+
+REPO = Path(__file__).resolve().parent.parent
+NBLOCKS = 6
+SIZE = NBLOCKS * BLOCK_SIZE
+SHARED_TMP = [HealthCheck.function_scoped_fixture]  # each example makes its own directory
+
+
+class Clock:
+    def __init__(self, now: float = 1_790_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_ring(path: Path, clock: Clock, size: int = SIZE) -> RingLog:
+    return RingLog.open(path, size, clock=clock, durable=False)
+
+
+def fresh(tmp_path: Path) -> Path:
+    """A new directory per hypothesis example (they share tmp_path)."""
+    return Path(tempfile.mkdtemp(dir=tmp_path))
+
+
+def held(ring: RingLog) -> tuple[int, bytes]:
+    return ring.read(0, 1 << 30)
+
+
+@dataclass
+class Write:
+    position: int
+    page: bytes
+    next_offset: int  # ring.next_offset when the page was written
+    oldest_offset: int
+
+
+@dataclass
+class Recorder:
+    """Every page the ring hands to the file system, with the ring's state at that moment."""
+
+    ring: RingLog
+    writes: list[Write] = field(default_factory=list)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> Recorder:
+        original = self.ring._write_page
+
+        def record(position: int, page: bytes) -> None:
+            r = self.ring
+            self.writes.append(Write(position, page, r.next_offset, r.oldest_offset))
+            original(position, page)
+
+        monkeypatch.setattr(self.ring, "_write_page", record)
+        return self
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+def test_roundtrip_reopen_and_offsets(tmp_path: Path) -> None:
+    clock = Clock()
+    rnd = random.Random(4)
+    ref = bytearray()
+    with open_ring(tmp_path / "p.log", clock, size=64 * BLOCK_SIZE) as ring:
+        for _ in range(500):
+            chunk = rnd.randbytes(rnd.randrange(1, 200))
+            assert ring.next_offset == len(ref)
+            ring.append(chunk)
+            ref += chunk
+            clock.now += rnd.choice([0.0, 0.4, 3.0])
+            if rnd.random() < 0.1:
+                ring.flush()
+        assert held(ring) == (0, bytes(ref))
+    with open_ring(tmp_path / "p.log", clock, size=64 * BLOCK_SIZE) as ring:
+        assert (ring.oldest_offset, ring.next_offset) == (0, len(ref))
+        assert held(ring) == (0, bytes(ref))
+        start, part = ring.read(1000, 300)
+        assert (start, part) == (1000, bytes(ref[1000:1300]))
+        assert ring.read(len(ref), 10) == (len(ref), b"")
+        assert ring.read(len(ref) + 50, 10) == (len(ref), b"")
+
+
+def test_wraparound_keeps_exactly_the_newest_bytes(tmp_path: Path) -> None:
+    clock = Clock()
+    rnd = random.Random(7)
+    ref = bytearray()
+    with open_ring(tmp_path / "p.log", clock) as ring:
+        for _ in range(400):
+            chunk = rnd.randbytes(rnd.randrange(1, 700))
+            ring.append(chunk)
+            ref += chunk
+        start, data = held(ring)
+        assert start == ring.oldest_offset > 0
+        assert data == bytes(ref[start:])  # a suffix: the newest bytes, nothing missing
+        # The clock did not move: one record per block, so every block holds 4096 - 48 bytes
+        # and the ring keeps the NBLOCKS - 1 written blocks plus the block being filled.
+        per_block = BLOCK_SIZE - 2 * 24
+        assert (NBLOCKS - 1) * per_block < len(data) <= NBLOCKS * per_block
+        assert len(data) == (NBLOCKS - 1) * per_block + len(ref) % per_block
+    with open_ring(tmp_path / "p.log", clock) as ring:
+        assert held(ring) == (start, data)
+
+
+def test_offsets_stay_monotonic_across_restarts_and_crashes(tmp_path: Path) -> None:
+    clock = Clock()
+    rnd = random.Random(1)
+    ref = bytearray()
+    durable_end = 0
+    for cycle in range(12):
+        ring = open_ring(tmp_path / "p.log", clock)
+        assert ring.next_offset == durable_end
+        del ref[durable_end:]  # bytes that never reached the disk are gone
+        for _ in range(rnd.randrange(1, 30)):
+            chunk = rnd.randbytes(rnd.randrange(1, 900))
+            ring.append(chunk)
+            ref += chunk
+            clock.now += 0.7
+        ring.flush()
+        durable_end = ring.next_offset
+        ring.append(b"never flushed")
+        ref += b"never flushed"
+        if cycle % 2:
+            ring.close()
+            durable_end = len(ref)
+        else:
+            os.close(ring._fd)  # crash: the process dies without flushing
+        start, data = held(open_ring(tmp_path / "p.log", clock))
+        assert data == bytes(ref[start:durable_end])
+
+
+def test_kill_9_keeps_everything_flushed(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from pathlib import Path
+        from bridge.ringlog import RingLog
+        ring = RingLog.open(Path(sys.argv[1]), 16 * 4096)
+        for i in range(2000):
+            ring.append(b"line %d\\r\\n" % i)
+        ring.flush()
+        ring.append(b"lost in the crash")
+        print(ring.next_offset, flush=True)
+        time.sleep(60)
+        """
+    )
+    path = tmp_path / "p.log"
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        flushed = int(child.stdout.readline())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    expected = b"".join(b"line %d\r\n" % i for i in range(2000))
+    assert flushed == len(expected) + len(b"lost in the crash")
+    with RingLog.open(path, 16 * 4096) as ring:
+        assert ring.next_offset == len(expected)
+        start, data = held(ring)
+        assert data == expected[start:]
+        ring.append(b"after")
+        assert ring.read(len(expected), 100) == (len(expected), b"after")
+
+
+# ---------------------------------------------------------------------------- crash safety
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> list[tuple[str, int, float]]:
+    op = st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 3000), st.sampled_from([0.0, 0.4, 2.0])),
+        st.tuples(st.just("flush"), st.just(0), st.just(0.0)),
+        st.tuples(st.just("marker"), st.integers(0, 100), st.just(0.0)),
+    )
+    return draw(st.lists(op, min_size=1, max_size=30))
+
+
+@dataclass
+class Run:
+    ref: bytes
+    markers: list[tuple[int, dict[str, Any]]]
+
+
+def run_workload(ring: RingLog, clock: Clock, ops: list[tuple[str, int, float]]) -> Run:
+    rnd = random.Random(len(ops))
+    ref = bytearray()
+    markers: list[tuple[int, dict[str, Any]]] = []
+    for kind, n, dt in ops:
+        if kind == "append":
+            chunk = rnd.randbytes(n)
+            ring.append(chunk)
+            ref += chunk
+            clock.now += dt
+        elif kind == "flush":
+            ring.flush()
+        else:
+            event = {"event": "nmi", "user": "alice", "n": n}
+            ring.add_marker(event)
+            markers.append((ring.next_offset, event))
+    return Run(bytes(ref), markers)
+
+
+def recovered(path: Path, clock: Clock, run: Run) -> tuple[RingLog, bytearray]:
+    """Open the damaged file; check nothing wrong comes back; return which offsets came back."""
+    ring = open_ring(path, clock)
+    have = bytearray(len(run.ref))
+    previous = -1
+    for rec in ring.records(0):
+        assert rec.offset >= previous
+        if rec.marker is None:
+            assert rec.data == run.ref[rec.offset : rec.offset + len(rec.data)], "wrong byte"
+            have[rec.offset : rec.offset + len(rec.data)] = b"\x01" * len(rec.data)
+            previous = rec.offset + len(rec.data)
+        else:
+            assert (rec.offset, rec.marker) in run.markers, "invented marker"
+            previous = rec.offset
+    assert ring.next_offset <= len(run.ref)
+    return ring, have
+
+
+def recovered_markers(ring: RingLog) -> list[tuple[int, dict[str, Any]]]:
+    return [(r.offset, r.marker) for r in ring.records(0) if r.marker is not None]
+
+
+def continues_after(ring: RingLog, clock: Clock, path: Path) -> None:
+    end = ring.next_offset
+    ring.append(b"after recovery")
+    ring.close()
+    with open_ring(path, clock) as again:
+        assert again.read(end, 100) == (end, b"after recovery")
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=workloads(), pick=st.floats(0, 1, exclude_max=True), cut=st.integers(0, BLOCK_SIZE))
+def test_torn_write_loses_nothing_that_was_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: list[Any], pick: float, cut: int
+) -> None:
+    """kill -9 / power cut while a page is being written: the page holds only its first `cut`
+    bytes. Complete = reached the disk in an earlier, finished write: every such byte in the ring
+    (from the oldest offset held when the torn write began) and marker comes back, nothing else."""
+    clock = Clock()
+    src = fresh(tmp_path) / "src.log"
+    ring = open_ring(src, clock)
+    recorder = Recorder(ring).install(monkeypatch)
+    run = run_workload(ring, clock, ops)
+    ring.close()
+    if not recorder.writes:
+        return
+    k = int(pick * len(recorder.writes))
+    image = bytearray(SIZE)
+    for w in recorder.writes[:k]:
+        image[w.position : w.position + BLOCK_SIZE] = w.page
+    torn = recorder.writes[k]
+    image[torn.position : torn.position + cut] = torn.page[:cut]
+    path = src.with_name("torn.log")
+    path.write_bytes(image)
+
+    complete_end = recorder.writes[k - 1].next_offset if k else 0
+    oldest = torn.oldest_offset
+    ring2, have = recovered(path, clock, run)
+    assert complete_end <= ring2.next_offset <= torn.next_offset
+    assert all(have[oldest:complete_end]), "lost a complete record"
+    got = recovered_markers(ring2)
+    for offset, event in run.markers:
+        if oldest < offset < complete_end:
+            assert (offset, event) in got
+    continues_after(ring2, clock, path)
+
+
+@settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=workloads(),
+    where=st.floats(0, 1, exclude_max=True),
+    flip=st.integers(1, 255),
+    truncate=st.booleans(),
+)
+def test_garbled_or_truncated_file_keeps_every_record_before_the_damage(
+    tmp_path: Path, ops: list[Any], where: float, flip: int, truncate: bool
+) -> None:
+    """One byte garbled (or the file cut short) anywhere: every record that lies wholly before the
+    damaged byte in its block, and every other block, comes back; nothing wrong does."""
+    clock = Clock()
+    src = fresh(tmp_path) / "src.log"
+    with open_ring(src, clock) as ring:
+        run = run_workload(ring, clock, ops)
+        oldest, end = ring.oldest_offset, ring.next_offset
+        blocks = [(b.seq % NBLOCKS, b.first, b.end) for b in ring._blocks]
+    image = bytearray(src.read_bytes())
+    g = int(where * SIZE)
+    position, inside = divmod(g, BLOCK_SIZE)
+    page = bytes(image[position * BLOCK_SIZE : (position + 1) * BLOCK_SIZE])
+    seq = int.from_bytes(page[12:20], "little")
+    safe_end = 0  # end offset of the records wholly before the damaged byte in that block
+    if inside >= 24:
+        for rec in ringlog._parse_records(page, seq):
+            if rec.pos + rec.length <= inside:
+                safe_end = max(safe_end, rec.end)
+    if truncate:
+        del image[g:]
+    else:
+        image[g] ^= flip
+    path = src.with_name("bad.log")
+    path.write_bytes(image)
+
+    ring2, have = recovered(path, clock, run)
+    assert path.stat().st_size == SIZE
+    for pos, first, last in blocks:
+        if pos < position or (pos > position and not truncate):
+            assert all(have[first:last]), f"lost block {pos} (damage in block {position})"
+        elif pos == position:
+            assert all(have[first:safe_end]), "lost a record before the damage"
+    if not truncate and g >= NBLOCKS * BLOCK_SIZE - BLOCK_SIZE and safe_end == end:
+        assert ring2.next_offset == end
+    assert ring2.oldest_offset >= oldest
+    continues_after(ring2, clock, path)
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+def test_time_queries_return_the_right_slice(tmp_path: Path) -> None:
+    clock = Clock(1000.0)
+    pieces: list[tuple[float, int, bytes]] = []
+    with open_ring(tmp_path / "p.log", clock, size=32 * BLOCK_SIZE) as ring:
+        for i in range(300):
+            chunk = b"t=%d " % clock.now * (1 + i % 7)
+            pieces.append((clock.now, ring.next_offset, chunk))
+            ring.append(chunk)
+            clock.now += 2.5
+            if i % 10 == 0:
+                ring.flush()
+    with open_ring(tmp_path / "p.log", clock, size=32 * BLOCK_SIZE) as ring:
+        for when in [1000.0, 1001.0, 1002.5, 1100.0, 1357.4, 1747.5, 1748.0]:
+            expected = next((off for t, off, _ in pieces if t >= when), ring.next_offset)
+            assert ring.offset_at(when) == expected
+        lo, hi = ring.offset_at(1100.0), ring.offset_at(1200.0)
+        got = b"".join(r.data for r in ring.records(lo, hi))
+        assert got == b"".join(c for t, _, c in pieces if 1100.0 <= t < 1200.0)
+        for rec in ring.records(lo, hi):
+            assert 1100.0 <= rec.time < 1200.0
+        assert ring.offset_at(0) == 0
+        assert ring.offset_at(1e12) == ring.next_offset
+
+
+def test_times_within_the_resolution_share_a_record(tmp_path: Path) -> None:
+    clock = Clock(50.0)
+    with open_ring(tmp_path / "p.log", clock) as ring:
+        ring.append(b"abc")
+        clock.now = 50.4
+        ring.append(b"def")
+        clock.now = 51.2
+        ring.append(b"ghi")
+        assert [(r.offset, r.time, r.data) for r in ring.records(0)] == [
+            (0, 50.0, b"abcdef"),
+            (6, 51.2, b"ghi"),
+        ]
+        assert ring.offset_at(50.2) == 6  # times are kept at 1 s granularity
+
+
+def test_markers_interleave_by_offset(tmp_path: Path) -> None:
+    clock = Clock(10.0)
+    path = tmp_path / "p.log"
+    with open_ring(path, clock) as ring:
+        ring.add_marker({"event": "online"})
+        ring.append(b"0123456789")
+        ring.add_marker({"event": "nmi", "user": "alice"})
+        ring.flush()
+        ring.append(b"abcde")
+        ring.add_marker({"event": "break", "user": "bob"})
+        ring.add_marker({"event": "sysrq", "keys": "b"})
+        ring.append(b"XY")
+    expected = [
+        LogRecord(0, 10.0, b"", {"event": "online"}),
+        LogRecord(0, 10.0, b"0123456789"),
+        LogRecord(10, 10.0, b"", {"event": "nmi", "user": "alice"}),
+        LogRecord(10, 10.0, b"abcde"),
+        LogRecord(15, 10.0, b"", {"event": "break", "user": "bob"}),
+        LogRecord(15, 10.0, b"", {"event": "sysrq", "keys": "b"}),
+        LogRecord(15, 10.0, b"XY"),
+    ]
+    with open_ring(path, clock) as ring:
+        assert list(ring.records(0)) == expected
+        assert list(ring.records(5, 12)) == [
+            LogRecord(5, 10.0, b"56789"),
+            LogRecord(10, 10.0, b"", {"event": "nmi", "user": "alice"}),
+            LogRecord(10, 10.0, b"ab"),
+        ]
+        assert list(ring.records(15, 15)) == []
+        assert ring.read(0, 100) == (0, b"0123456789abcdeXY")
+
+
+def test_records_survive_appends_between_items(tmp_path: Path) -> None:
+    clock = Clock()
+    rnd = random.Random(3)
+    ref = bytearray()
+    with open_ring(tmp_path / "p.log", clock, size=64 * BLOCK_SIZE) as ring:
+        for _ in range(20):
+            chunk = rnd.randbytes(300)
+            ring.append(chunk)
+            ref += chunk
+        out = bytearray()
+        it: Iterator[LogRecord] = ring.records(0)
+        for rec in it:
+            assert rec.offset == len(out)
+            out += rec.data
+            if len(ref) < 40_000:
+                chunk = rnd.randbytes(rnd.randrange(1, 900))
+                ring.append(chunk)
+                ref += chunk
+                clock.now += 0.3
+        assert out == ref
+
+
+def test_oldest_clamps_reads(tmp_path: Path) -> None:
+    clock = Clock()
+    with open_ring(tmp_path / "p.log", clock) as ring:
+        for i in range(100):
+            ring.append(bytes([i]) * 1000)
+        oldest = ring.oldest_offset
+        start, data = ring.read(0, 10)
+        assert start == oldest > 0
+        assert data == bytes([oldest // 1000]) * 10 or len(data) == 10
+        assert [r.offset for r in ring.records(0, oldest + 1)] == [oldest]
+
+
+# ---------------------------------------------------------------------------- disk and I/O
+
+
+@pytest.mark.parametrize("size", [2 * BLOCK_SIZE, 10 * BLOCK_SIZE + 100, 1 << 20])
+def test_disk_use_never_exceeds_size(tmp_path: Path, size: int) -> None:
+    clock = Clock()
+    path = tmp_path / "p.log"
+    with RingLog.open(path, size, clock=clock, durable=False) as ring:
+        st = path.stat()
+        assert st.st_size <= size and st.st_blocks * 512 <= size + BLOCK_SIZE
+        for i in range(3 * size // 500):
+            ring.append(b"%d" % i * 100)
+            clock.now += 0.01
+            ring.add_marker({"event": "x"}) if i % 50 == 0 else None
+            ring.flush() if i % 7 == 0 else None
+    st = path.stat()
+    assert st.st_size == size // BLOCK_SIZE * BLOCK_SIZE
+    assert st.st_blocks * 512 <= size + BLOCK_SIZE
+
+
+def test_preallocated_once(tmp_path: Path) -> None:
+    path = tmp_path / "p.log"
+    RingLog.open(path, SIZE).close()
+    assert path.stat().st_blocks * 512 >= SIZE  # really allocated, not sparse
+    inode = path.stat().st_ino
+    RingLog.open(path, SIZE).close()
+    assert path.stat().st_ino == inode
+
+
+class IoCounter:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        for name in ("pwrite", "write", "fsync", "fdatasync", "ftruncate"):
+            original = getattr(os, name)
+
+            def counted(*args: Any, _name: str = name, _orig: Any = original) -> Any:
+                self.calls.append(_name)
+                return _orig(*args)
+
+            monkeypatch.setattr(ringlog.os, name, counted)
+
+
+def test_silent_console_causes_no_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    path = tmp_path / "p.log"
+    ring = RingLog.open(path, SIZE, clock=clock)
+    ring.append(b"boot\r\n")
+    io = IoCounter(monkeypatch)
+    ring.flush()
+    assert io.calls == ["pwrite", "fdatasync"]
+    assert not ring.dirty
+    before = (path.read_bytes(), path.stat().st_mtime_ns, ring.stats.writes)
+    io.calls.clear()
+    for _ in range(720):  # an hour of 5 s flush ticks
+        clock.now += 5
+        ring.flush()
+    assert io.calls == []
+    assert (path.read_bytes(), path.stat().st_mtime_ns, ring.stats.writes) == before
+    ring.close()
+    assert io.calls == []
+
+
+def test_blocks_are_written_only_when_full_until_flush(tmp_path: Path) -> None:
+    clock = Clock()
+    with open_ring(tmp_path / "p.log", clock, size=64 * BLOCK_SIZE) as ring:
+        for _ in range(300):
+            ring.append(b"x" * 100)
+            clock.now += 0.01
+        assert ring.stats.writes == 30_000 // (BLOCK_SIZE - 48)
+        assert ring.dirty
+        ring.flush()
+        assert ring.stats.writes == 30_000 // (BLOCK_SIZE - 48) + 1
+        assert not ring.dirty
+
+
+def test_resize_keeps_newest_and_offsets(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "p.log"
+    rnd = random.Random(5)
+    ref = rnd.randbytes(50_000)
+    with RingLog.open(path, 16 * BLOCK_SIZE, clock=clock, durable=False) as ring:
+        for i in range(0, len(ref), 1000):
+            ring.append(ref[i : i + 1000])
+            clock.now += 1.5
+        ring.add_marker({"event": "offline"})
+    with RingLog.open(path, 4 * BLOCK_SIZE, clock=clock, durable=False) as ring:
+        assert ring.next_offset == len(ref)
+        start, data = held(ring)
+        assert data == ref[start:] and len(data) > 2 * BLOCK_SIZE
+        assert list(ring.records(len(ref)))[-1].marker == {"event": "offline"}
+    assert path.stat().st_size == 4 * BLOCK_SIZE
+    assert not (tmp_path / "p.log.resize").exists()
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="minimum"):
+        RingLog.open(tmp_path / "p.log", BLOCK_SIZE)
+    with (
+        RingLog.open(tmp_path / "q.log", SIZE, durable=False) as ring,
+        pytest.raises(ValueError, match="limit"),
+    ):
+        ring.add_marker({"event": "x", "blob": "y" * 2000})
+    with pytest.raises(ValueError, match="closed"):
+        ring.append(b"late")
