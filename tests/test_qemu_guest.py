@@ -18,6 +18,7 @@ from qemu_guest import BOOT_MARKER, CHARDEV_ID, PROMPT, QemuGuest, require_qemu
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.hw.qmp import QmpLines
 from bridge.hw.telnet import TelnetTransport, parse_telnet_url
+from bridge.sysrq import validate_keys
 
 pytestmark = pytest.mark.qemu
 
@@ -91,11 +92,11 @@ async def test_real_kernel_console_sysrq_nmi_reset(guest: QemuGuest) -> None:
         # SysRq over a telnet BREAK: h (help), then t (task dump).
         await transport.send_break(0.1)
         sent = time.monotonic()
-        await transport.write(b"h")
+        await transport.write(validate_keys("H").encode())
         at = await console.wait_for("sysrq: HELP", at)
         timings["BREAK+h"] = time.monotonic() - sent
         await transport.send_break(0.1)
-        await transport.write(b"t")
+        await transport.write(validate_keys("t", deny=frozenset("c")).encode())
         at = await console.wait_for("sysrq: Show State", at)
         at = await console.wait_for("task:", at)
 
