@@ -30,10 +30,10 @@ import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bridge.config import DEFAULT_CONFIG_PATH, ConfigError, LineConfig, LinesConfig, load_config
+from bridge.cli import add_config_arg, config_path
+from bridge.config import ConfigError, LineConfig, LinesConfig, load_config
 
 BAUD_RATES = (9600, 115200, 921600)
 OPTIONAL_BAUD_RATES = (3000000,)
@@ -264,17 +264,17 @@ def check_lines(args: argparse.Namespace, report: Report) -> None:
     from bridge.hw.lines import LineSetupError
 
     try:
-        config = load_config(Path(args.config))
+        config = load_config(config_path(args))
     except ConfigError as exc:
         report.result("FAIL", "config", str(exc))
         return
     ports = [p for p in config.ports.values() if args.port in (None, p.name)]
     if args.port and not ports:
-        report.result("FAIL", "lines", f"no port {args.port!r} in {args.config}")
+        report.result("FAIL", "lines", f"no port {args.port!r} in {config_path(args)}")
         return
     gpio_ports = [p for p in ports if any(getattr(p.lines, n) for n in _LINE_NAMES)]
     if not gpio_ports:
-        report.result("SKIP", "lines", f"no GPIO lines configured in {args.config}")
+        report.result("SKIP", "lines", f"no GPIO lines configured in {config_path(args)}")
         return
     print(
         "lines: each output is driven active as a button press. Disconnect the targets or"
@@ -344,9 +344,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", metavar="DEV", help="the adapter, e.g. /dev/serial/by-id/...")
     parser.add_argument("--no-break", action="store_true", help="skip the BREAK check")
     parser.add_argument("--lines", action="store_true", help="drive the config's GPIO lines")
-    parser.add_argument(
-        "--config", default=str(DEFAULT_CONFIG_PATH), metavar="PATH", help="config file"
-    )
+    add_config_arg(parser)
     parser.add_argument("--port", metavar="NAME", help="only this port's lines")
     parser.add_argument(
         "--hold", type=float, default=1.0, metavar="SECONDS", help="how long each press lasts"
