@@ -339,7 +339,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "rates, BREAK detection) and, with --lines, drive each configured GPIO line for a "
             "meter or LED. Stop the service first. Exit status 0 only if every check passed."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--device", metavar="DEV", help="the adapter, e.g. /dev/serial/by-id/...")
     parser.add_argument("--no-break", action="store_true", help="skip the BREAK check")
@@ -347,8 +346,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arg(parser)
     parser.add_argument("--port", metavar="NAME", help="only this port's lines")
     parser.add_argument(
-        "--hold", type=float, default=1.0, metavar="SECONDS", help="how long each press lasts"
+        "--hold",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long each press lasts (default: %(default)s)",
     )
-    parser.add_argument("--repeat", type=int, default=3, metavar="N", help="presses per line")
+    parser.add_argument(
+        "--repeat", type=int, default=3, metavar="N", help="presses per line (default: %(default)s)"
+    )
     parser.add_argument("--yes", action="store_true", help="drive the lines without asking")
     parser.set_defaults(func=run)
