@@ -67,11 +67,18 @@ def _gpio_warnings(notes: list[str]) -> Iterator[None]:
             notes.extend(str(w.message) for w in caught)
 
 
+_named_factories: dict[str, Any] = {}
+
+
 def _named_factory(name: str) -> Any:
-    """A gpiozero pin factory by its entry-point name (`lgpio`, `rpigpio`, `pigpio`, `native`)."""
+    """A gpiozero pin factory by its entry-point name (`lgpio`, `rpigpio`, `pigpio`, `native`),
+    one per process so that pin reservations are shared by all ports."""
+    if name in _named_factories:
+        return _named_factories[name]
     for ep in entry_points(group="gpiozero_pin_factories"):
         if ep.name.lower() == name.lower():
-            return ep.load()()
+            factory = _named_factories[name] = ep.load()()
+            return factory
     raise LookupError(f"gpiozero has no pin factory named {name!r}")
 
 
