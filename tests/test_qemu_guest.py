@@ -8,19 +8,19 @@ kernel's own output: boot log and shell, SysRq `h` and `t` after a telnet BREAK,
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import qemu_guest
 from qemu_guest import BOOT_MARKER, CHARDEV_ID, PROMPT, QemuGuest, require_qemu
 
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.hw.qmp import QmpLines
 from bridge.hw.telnet import TelnetTransport, parse_telnet_url
 from bridge.sysrq import validate_keys
-
-pytestmark = pytest.mark.qemu
 
 BOOT_TIMEOUT = 30.0
 STEP_TIMEOUT = 10.0
@@ -68,6 +68,7 @@ async def guest(tmp_path: Path) -> AsyncIterator[QemuGuest]:
         yield running
 
 
+@pytest.mark.qemu
 async def test_real_kernel_console_sysrq_nmi_reset(guest: QemuGuest) -> None:
     console = Console()
     host, port = parse_telnet_url(guest.telnet_url)
@@ -128,6 +129,7 @@ async def test_real_kernel_console_sysrq_nmi_reset(guest: QemuGuest) -> None:
     print("timings:", {k: f"{v * 1000:.0f} ms" for k, v in timings.items()})
 
 
+@pytest.mark.qemu
 async def test_paused_guest_powers_on_with_cont(guest: QemuGuest) -> None:
     lines = QmpLines(guest.qmp_path, port="qemu")
     assert (await lines.power("status")) == {
@@ -141,3 +143,23 @@ async def test_paused_guest_powers_on_with_cont(guest: QemuGuest) -> None:
     again = await lines.power("on")
     assert again["qmp"] is None
     assert "already running" in again["note"]
+
+
+def test_missing_qemu_skips_outside_ci_and_fails_in_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(
+        pytest.skip.Exception, match=r"qemu-system-x86_64.* not installed \(apt-get install"
+    ):
+        require_qemu()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the QEMU system tests"):
+        require_qemu()
+
+
+def test_static_busybox_check() -> None:
+    assert not qemu_guest._is_static_elf(Path(sys.executable).resolve())
+    if Path("/bin/busybox").exists():
+        assert qemu_guest._is_static_elf(Path("/bin/busybox"))
