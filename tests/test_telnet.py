@@ -260,3 +260,18 @@ async def test_unreachable_server_is_device_unavailable() -> None:
     await srv.wait_closed()
     with pytest.raises(DeviceUnavailable, match=f"telnet://127.0.0.1:{port}"):
         await TelnetTransport("127.0.0.1", port).open(Sink())
+
+
+async def test_drain_waits_until_the_peer_took_everything(
+    connected: tuple[TelnetTransport, Sink, Peer],
+) -> None:
+    transport, _sink, peer = connected
+    size = 32 * 1024 * 1024
+    writing = asyncio.create_task(transport.write(b"\x02" * size))
+    draining = asyncio.create_task(transport.drain())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not draining.done()
+    await peer.read_until(size)
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(writing, draining)
