@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import gzip
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -176,6 +179,21 @@ def build_initramfs(dest: Path, busybox: Path = Path("/bin/busybox")) -> Path:
     return dest
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel SIGKILL QEMU if the test process dies without running
+    its finalizers (killed by a CI timeout, say): no orphaned guest keeps a CPU busy."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return preexec
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -227,6 +245,7 @@ class QemuGuest:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
+                    preexec_fn=_die_with_parent(),
                 )
             if await self._wait_ready(timeout):
                 return
