@@ -27,6 +27,7 @@ class FakeQemu:
         self.commands: list[dict[str, Any]] = []
         self.hold: asyncio.Event | None = None  # when set, inject-nmi waits for it
         self.nmi_started = asyncio.Event()
+        self.no_nmi = False  # like qemu-system-aarch64 -M virt
         self.greet = True
         self.server: asyncio.Server | None = None
         self.clients: list[asyncio.StreamWriter] = []
@@ -64,6 +65,8 @@ class FakeQemu:
                 reply = {"return": {"status": self.status, "running": self.status == "running"}}
             elif name == "cont":
                 self.status = "running"
+            elif name == "inject-nmi" and self.no_nmi:
+                reply = _error("GenericError", "this feature or command is not currently supported")
             elif name == "inject-nmi" and self.hold is not None:
                 self.nmi_started.set()
                 await self.hold.wait()
@@ -189,3 +192,11 @@ async def test_missing_socket_and_silent_server(tmp_path: Path, qemu: FakeQemu) 
     qemu.greet = False
     with pytest.raises(DeviceUnavailable, match=r"no answer within 0\.2 s"):
         await qmp_execute(str(qemu.path), "query-status", timeout_s=0.2)
+
+
+async def test_machine_without_nmi_is_unsupported_not_a_crash(qemu: FakeQemu) -> None:
+    qemu.no_nmi = True
+    lines = QmpLines(str(qemu.path), port="arm1")
+    with pytest.raises(UnsupportedAction, match="arm1: this QEMU machine cannot nmi: this feature"):
+        await lines.nmi()
+    assert (await lines.reset())["qmp"] == "system_reset"  # not left busy

@@ -213,7 +213,14 @@ class QmpLines:
         self._claim(action)
         try:
             async with QmpClient(self.path, self.timeout) as qmp:
-                await qmp.execute(command)
+                try:
+                    await qmp.execute(command)
+                except QmpError as exc:
+                    if exc.error_class == "CommandNotFound" or "support" in exc.desc.lower():
+                        raise UnsupportedAction(
+                            f"port {self.port}: this QEMU machine cannot {action}: {exc.desc}"
+                        ) from exc
+                    raise
                 self._remember(await qmp.execute("query-status"))
         finally:
             self._running = None
