@@ -108,13 +108,11 @@ class GpioLines:
         port: str,
         outputs: dict[str, _Output],
         sense: Any | None,
-        sense_cfg: LineConfig | None,
         cycle_gap: float = DEFAULT_CYCLE_GAP,
     ) -> None:
         self.port = port
         self._outputs = outputs
         self._sense = sense
-        self._sense_cfg = sense_cfg
         self.cycle_gap = cycle_gap
         self._running: str | None = None
         self._closed = False
@@ -179,7 +177,7 @@ class GpioLines:
             ) from exc
         for note in dict.fromkeys(notes):
             log.warning("port %s: gpiozero: %s", port, note)
-        return cls(port, outputs, sense, lines.power_sense, cycle_gap)
+        return cls(port, outputs, sense, cycle_gap)
 
     # -- ControlLines -------------------------------------------------------------------------
 
