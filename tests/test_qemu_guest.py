@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import qemu_guest
-from qemu_guest import BOOT_MARKER, CHARDEV_ID, PROMPT, QemuGuest, require_qemu
 
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.hw.qmp import QmpLines
 from bridge.hw.telnet import TelnetTransport, parse_telnet_url
 from bridge.sysrq import validate_keys
+from tests import qemu_guest
+from tests.qemu_guest import BOOT_MARKER, CHARDEV_ID, PROMPT, QemuGuest, require_qemu
 
 BOOT_TIMEOUT = 30.0
 STEP_TIMEOUT = 10.0
