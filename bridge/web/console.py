@@ -162,6 +162,10 @@ class ConsoleSession:
 
     async def run(self) -> None:
         async for msg in self.ws:
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT) and len(msg.data) > MAX_FRAME:
+                self.error(f"frame of {len(msg.data)} bytes refused (at most {MAX_FRAME})")
+                await self.ws.close(code=1009, message=b"frame too large")
+                break
             if msg.type == WSMsgType.BINARY:
                 await self.keystrokes(msg.data)
             elif msg.type == WSMsgType.TEXT:
@@ -191,7 +195,9 @@ async def console(request: web.Request) -> web.StreamResponse:
     if mine >= state.config.server.max_connections_per_user:
         raise api_error(web.HTTPTooManyRequests, "too many console connections for this user")
 
-    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_FRAME, heartbeat=30.0)
+    # aiohttp drops a connection abruptly above max_msg_size; up to twice the cap we refuse a
+    # frame politely (error message + close 1009 with a reason).
+    ws = web.WebSocketResponse(compress=False, max_msg_size=2 * MAX_FRAME, heartbeat=30.0)
     await ws.prepare(request)
     viewer = WsViewer(request)
     may_write = allowed(identity, Permission.WRITE, name)

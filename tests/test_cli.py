@@ -1,0 +1,151 @@
+"""The `serial-bridge` command as a user runs it: admin, config checks, `connect` in a pty."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+from tests.conftest import Bridge, PtyDevice
+
+CLI = [sys.executable, "-m", "bridge"]
+
+
+def run(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_config(tmp_path: Path, body: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[ports.lab]\ndevice = "{tmp_path / "tty"}"\n{body}'
+    )
+    return path
+
+
+def test_serve_refuses_without_users(tmp_path: Path) -> None:
+    result = run("serve", "--config", str(write_config(tmp_path)))
+    assert result.returncode == 1
+    assert "serial-bridge user add" in result.stderr
+
+
+def test_check_config_names_file_and_key(tmp_path: Path) -> None:
+    good = write_config(tmp_path)
+    assert run("check-config", "--config", str(good)).returncode == 0
+    bad = write_config(tmp_path, "baud = 0\n")
+    result = run("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: ports.lab.baud: expected a positive integer" in result.stderr
+
+
+def test_user_and_token_commands(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path))
+    added = run(
+        "user",
+        "add",
+        "alice",
+        "--role",
+        "operator",
+        "--ports",
+        "lab",
+        "--password-stdin",
+        "--config",
+        cfg,
+        stdin="correct horse\n",
+    )
+    assert added.returncode == 0, added.stderr
+    assert (
+        run("user", "add", "bob", "--password-stdin", "--config", cfg, stdin="short\n").returncode
+        == 1
+    )
+    listed = run("user", "list", "--config", cfg)
+    assert "alice\toperator\tports=lab" in listed.stdout and "bob" not in listed.stdout
+    users_file = tmp_path / "state" / "users.json"
+    assert users_file.stat().st_mode & 0o777 == 0o600
+    assert "correct horse" not in users_file.read_text()
+    token = run("token", "create", "alice", "--label", "ci", "--config", cfg)
+    secret = token.stdout.strip()
+    assert token.returncode == 0 and secret.startswith("sbt_")
+    assert secret not in (tmp_path / "state" / "tokens.json").read_text()
+    assert run("token", "revoke", "ci", "--config", cfg).returncode == 0
+    assert run("user", "del", "alice", "--config", cfg).returncode == 0
+    assert "alice" not in run("user", "list", "--config", cfg).stdout
+
+
+async def test_connect_types_reads_and_restores_the_terminal(
+    bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    env = {
+        **os.environ,
+        "SERIAL_BRIDGE_TOKEN": bridge.tokens["operator"],
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "connect",
+        f"{bridge.base}/lab",
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
+    os.set_blocking(master, False)
+    seen = bytearray()
+
+    async def screen_until(needle: bytes, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in seen:
+            assert time.monotonic() < deadline, f"{needle!r} not on screen: {bytes(seen)!r}"
+            try:
+                seen.extend(os.read(master, 4096))
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+
+    await screen_until(b"connected to lab (rw)")
+    assert b"first connection" in seen  # trust on first use, announced
+    os.write(master, b"echo hello\r")
+    await pty_device.read_until(lambda b: b"echo hello\r" in b)
+    pty_device.write(b"echo hello\r\nhello\r\n$ ")
+    await screen_until(b"hello\r\n$ ")
+    os.write(master, b"\r~.")
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert termios.tcgetattr(slave) == before
+    known = (tmp_path / "xdg" / "serial-bridge" / "known_hosts").read_text()
+    assert bridge.daemon.fingerprint in known
+    os.close(master)
+    os.close(slave)
+
+
+async def test_connect_refuses_a_changed_certificate(bridge: Bridge, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{bridge.base.removeprefix('https://')} SHA256:{'ab' * 32}\n")
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "sysrq",
+        f"{bridge.base}/lab",
+        "h",
+        "--known-hosts",
+        str(known),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "SERIAL_BRIDGE_TOKEN": bridge.tokens["operator"]},
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert b"REFUSED" in err

@@ -1,0 +1,81 @@
+"""The UART transport on a real pty: exclusive open, event-loop reads, paced writes, device loss."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.config import PortConfig
+from bridge.hw.interfaces import DeviceUnavailable
+from bridge.hw.uart import UartTransport
+from tests.conftest import PtyDevice, wait_for
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost: list[Exception | None] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+
+async def test_reads_writes_and_exclusive_open(pty_device: PtyDevice) -> None:
+    cfg = PortConfig(name="t", device=str(pty_device.path), baud=4_000_000)
+    uart, sink = UartTransport(cfg), Sink()
+    await uart.open(sink)
+    try:
+        with pytest.raises(DeviceUnavailable):
+            await UartTransport(cfg).open(Sink())
+        pty_device.write(b"hello from the target")
+        await wait_for(lambda: bytes(sink.data) == b"hello from the target")
+        await uart.write(b"typed\r")
+        assert await pty_device.read_until(lambda b: b == b"typed\r")
+    finally:
+        await uart.close()
+
+
+async def test_writes_are_paced_at_the_line_rate_without_blocking_the_loop(
+    pty_device: PtyDevice,
+) -> None:
+    cfg = PortConfig(name="t", device=str(pty_device.path), baud=115200)
+    uart = UartTransport(cfg)
+    await uart.open(Sink())
+    payload = bytes(range(256)) * 16  # 4 KiB: 0.36 s at 115200 8N1
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    reading = asyncio.ensure_future(pty_device.read_until(lambda b: len(b) >= len(payload)))
+    tick = asyncio.ensure_future(ticker())
+    started = time.monotonic()
+    await uart.write(payload)
+    elapsed = time.monotonic() - started
+    assert await reading == payload
+    tick.cancel()
+    await uart.close()
+    line_time = len(payload) * 10 / 115200
+    assert elapsed >= line_time * 0.8, f"not paced: {elapsed:.3f}s for {line_time:.3f}s of line"
+    assert ticks >= 10, "the event loop was blocked while writing"
+
+
+async def test_missing_device_and_unplug(tmp_path: Path, pty_device: PtyDevice) -> None:
+    with pytest.raises(DeviceUnavailable, match="nothing-here"):
+        await UartTransport(PortConfig(name="t", device=str(tmp_path / "nothing-here"))).open(
+            Sink()
+        )
+    uart, sink = UartTransport(PortConfig(name="t", device=str(pty_device.path))), Sink()
+    await uart.open(sink)
+    pty_device.unplug()
+    await wait_for(lambda: len(sink.lost) == 1)
+    await uart.close()
