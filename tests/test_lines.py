@@ -125,6 +125,29 @@ async def test_cancelled_pulse_releases_the_line() -> None:
     assert states(NMI) == [False, True, False]
 
 
+async def test_close_during_a_pulse_releases_at_once_and_the_action_ends_quietly() -> None:
+    lines = GpioLines.create("lab1", lines_config(), "mock", cycle_gap=GAP)
+    pulse = asyncio.create_task(lines.nmi())
+    await asyncio.sleep(0)
+    assert states(NMI) == [False, True]
+    await lines.close()
+    assert states(NMI) == [False, True, False]
+    async with asyncio.timeout(5):
+        assert (await pulse)["action"] == "nmi"
+    assert states(NMI) == [False, True, False]
+
+    lines = GpioLines.create("lab1", lines_config(), "mock", cycle_gap=GAP)
+    cycle = asyncio.create_task(lines.power("cycle"))
+    await asyncio.sleep(0)
+    await lines.close()
+    with pytest.raises(LinesBusy, match="closed"):
+        async with asyncio.timeout(5):
+            await cycle  # the second press of the cycle is not made
+    assert states(POWER) == [False, True, False]
+    with pytest.raises(LinesBusy, match="closed"):
+        await lines.reset()
+
+
 async def test_timeout_during_long_press_releases_the_line(lines: GpioLines) -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(LONG / 3):

@@ -269,12 +269,16 @@ class GpioLines:
         return line
 
     async def _pulse(self, line: _Output, seconds: float) -> None:
-        """Press: active for `seconds`, then inactive whatever happens (exception, cancel)."""
+        """Press: active for `seconds`, then inactive whatever happens (exception, cancel).
+        If `close()` ran meanwhile it has already released the line: nothing left to do."""
+        if self._closed:
+            raise LinesBusy(f"port {self.port}: lines are closed")
         try:
             line.device.on()
             await asyncio.sleep(seconds)
         finally:
-            line.device.off()
+            if not self._closed:
+                line.device.off()
 
     async def _cycle(self, line: _Output) -> ActionResult:
         steps: list[ActionResult] = []
