@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", default="1,10,50,100", help="throughput client counts")
     p.add_argument("--linerate-seconds", type=float, default=None, help="default 60; quick 10")
     p.add_argument("--echo-count", type=int, default=None, help="round trips (default 2000)")
+    p.add_argument("--echo-limit", type=float, default=None, help="echo seconds cap (20)")
     p.add_argument("--run-limit", type=float, default=None, help="time cap per throughput run")
     p.add_argument("--client-procs", type=int, default=4, help="max client worker processes")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
@@ -78,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.size = (a.size_mib or (8 if a.quick else 64)) * MIB
     a.lr_seconds = a.linerate_seconds or (10.0 if a.quick else 60.0)
     a.echo_count = a.echo_count or (300 if a.quick else 2000)
+    a.echo_limit = a.echo_limit or (8.0 if a.quick else 20.0)
     a.run_limit = a.run_limit or (5.0 if a.quick else 10.0)
     a.workloads = [w for w in (a.only.split(",") if a.only else WORKLOADS) if w]
     for w in a.workloads:
@@ -197,7 +199,7 @@ def run(a: argparse.Namespace) -> int:
                         if name != "raw-pty":
                             v = guarded(
                                 res, name, "echo +10 streaming", workloads.echo,
-                                env, system, a.echo_count, 10, float(RATE_12M),
+                                env, system, a.echo_count, 10, float(RATE_12M), a.echo_limit,
                             )  # fmt: skip
                             res.setdefault("echo_load", []).append(v)
                 finally:
@@ -230,13 +232,17 @@ def run(a: argparse.Namespace) -> int:
                     for label, rate, n in linerates:
                         res["linerate"][label] = guarded(
                             res, name, f"line rate {label}", workloads.stream,
-                            env, system, n, int(rate * a.lr_seconds), a.lr_seconds + 30, rate, 5.0,
+                            env, system, n, int(rate * a.lr_seconds), a.lr_seconds * 1.02 + 0.5,
+                            rate, 5.0,
                         )  # fmt: skip
-                        res["linerate"][label]["rate_bytes_s"] = rate
+                        lr = res["linerate"][label]
+                        lr["rate_bytes_s"] = rate
+                        if "written" in lr:
+                            lr["achieved"] = round(lr["written"] / int(rate * a.lr_seconds), 4)
                 if "stalled" in once:
                     res["stalled"] = guarded(
                         res, name, "stalled client", workloads.stalled,
-                        env, system, a.size, 3 * a.run_limit,
+                        env, system, a.size, 2 * a.run_limit,
                     )  # fmt: skip
             except Exception as e:
                 res.setdefault("errors", []).append(repr(e))
@@ -259,6 +265,7 @@ def run(a: argparse.Namespace) -> int:
             "linerate_seconds": a.lr_seconds,
             "echo_count": a.echo_count,
             "run_limit_s": a.run_limit,
+            "echo_limit_s": a.echo_limit,
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

@@ -53,6 +53,7 @@ def render_config(port: int, state_dir: Path, device: str, log_enabled: bool) ->
             "[server]",
             f'listen = ["127.0.0.1:{port}"]',
             f'state_dir = "{state_dir}"',
+            "max_connections_per_user = 1000  # the bench connects 100+ clients as one user",
             "",
             "[log]",
             f"enabled = {'true' if log_enabled else 'false'}",
@@ -129,7 +130,10 @@ class SerialBridge:
         self.port = free_port()
         self.cfg.write_text(render_config(self.port, self.state, device, self.log_enabled))
         if not self.token:
-            self._run(["user", "add", "bench", "--role", "admin", "--password-stdin"], "benchpw\n")
+            self._run(
+                ["user", "add", "bench", "--role", "admin", "--password-stdin"],
+                "bench-password-1\n",
+            )
             self.token = parse_token(self._run(["token", "create", "bench"]))
 
     def start(self, device: str, wait: bool = True) -> None:

@@ -325,7 +325,7 @@ def stalled(env: Env, system: System, size: int, deadline: float) -> dict[str, A
         env.target.go()
         rep = env.target.wait_stream(deadline + 30)
         assert rep is not None
-        group.send("final", {"length": rep.written, "grace": 10.0})
+        group.send("final", {"length": rep.written, "grace": 5.0})
         res = group.results(60)
         after = sample(pid)
         live = res[0]["clients"][0]
