@@ -29,6 +29,7 @@ class FakeQemu:
         self.nmi_started = asyncio.Event()
         self.no_nmi = False  # like qemu-system-aarch64 -M virt
         self.greet = True
+        self.hang_up_after_greeting = False
         self.server: asyncio.Server | None = None
         self.clients: list[asyncio.StreamWriter] = []
 
@@ -51,6 +52,9 @@ class FakeQemu:
             await reader.read()  # say nothing at all
             return
         send(GREETING)
+        if self.hang_up_after_greeting:
+            writer.close()
+            return
         negotiated = False
         while line := await reader.readline():
             request = json.loads(line)
@@ -200,3 +204,9 @@ async def test_machine_without_nmi_is_unsupported_not_a_crash(qemu: FakeQemu) ->
     with pytest.raises(UnsupportedAction, match="arm1: this QEMU machine cannot nmi: this feature"):
         await lines.nmi()
     assert (await lines.reset())["qmp"] == "system_reset"  # not left busy
+
+
+async def test_qemu_hanging_up_is_device_unavailable(qemu: FakeQemu) -> None:
+    qemu.hang_up_after_greeting = True
+    with pytest.raises(DeviceUnavailable, match=r"qmp\.sock: (Connection lost|QEMU closed)"):
+        await QmpLines(str(qemu.path)).nmi()

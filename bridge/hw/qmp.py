@@ -65,9 +65,10 @@ class QmpClient:
         except DeviceUnavailable:
             await self.close()
             raise
-        except OSError as exc:
+        except (OSError, EOFError) as exc:
             await self.close()
-            raise DeviceUnavailable(f"QMP {self.path}: {exc.strerror or exc}") from exc
+            reason = getattr(exc, "strerror", None) or exc
+            raise DeviceUnavailable(f"QMP {self.path}: {reason}") from exc
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run a command; returns its `return` value, raises QmpError on an error reply and
@@ -79,6 +80,8 @@ class QmpClient:
             raise DeviceUnavailable(
                 f"QMP {self.path}: {command}: no answer within {self.timeout:g} s"
             ) from exc
+        except DeviceUnavailable:
+            raise
         except (OSError, EOFError) as exc:
             raise DeviceUnavailable(f"QMP {self.path}: {command}: {exc}") from exc
 
