@@ -29,6 +29,8 @@ from bridge.port import Port
 from bridge.ringlog import RingLog
 from bridge.tls import ensure_certificate, fingerprint, server_context
 from bridge.web.app import AppState, create_app
+from bridge.web.console import watch_sockets
+from bridge.web.throttle import SERVER_LIMITS
 
 log = logging.getLogger(__name__)
 TransportFactory = Callable[[PortConfig], ConsoleTransport]
@@ -67,6 +69,7 @@ class Daemon:
         self.addresses: list[tuple[str, int]] = []
         self.ssl_context: ssl.SSLContext | None = None
         self.fingerprint = ""
+        self._watcher: asyncio.Task[None] | None = None
 
     def _make_port(self, cfg: PortConfig, audit: AuditLog) -> Port:
         ringlog = None
@@ -112,9 +115,14 @@ class Daemon:
         )
         for port in ports.values():
             port.start()
+        self._watcher = asyncio.get_running_loop().create_task(watch_sockets(self.state))
         app = create_app(self.state)
         self.runner = web.AppRunner(
-            app, access_log_class=AccessLog, handle_signals=False, shutdown_timeout=2.0
+            app,
+            access_log_class=AccessLog,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            **SERVER_LIMITS,
         )
         await self.runner.setup()
         for host, port_number in server.listen:
@@ -132,6 +140,11 @@ class Daemon:
         return [f"https://{_hostport(a)}" for a in self.addresses]
 
     async def stop(self, reason: str = "the bridge is shutting down") -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self.state is not None:
             for session in list(self.state.sockets.values()):
                 with contextlib.suppress(Exception):

@@ -37,8 +37,9 @@ class Identity:
     role: str
     ports: frozenset[str] | None  # None: every port
     via: str  # "session", "token" or "certificate"
-    session_id: str | None = None
+    session_id: str | None = None  # the session's digest, never the cookie value
     token_id: str | None = None
+    mfa: bool = False  # a second factor (TOTP) stands behind this identity
 
     def may_see_port(self, port: str) -> bool:
         return self.ports is None or port in self.ports
@@ -49,3 +50,8 @@ def allowed(identity: Identity, permission: Permission, port: str | None = None)
     if permission not in _GRANTS.get(identity.role, frozenset()):
         return False
     return port is None or identity.may_see_port(port)
+
+
+def needs_second_factor(identity: Identity, require_totp: bool) -> bool:
+    """True when a port (or the server) requires TOTP and this identity has none behind it."""
+    return require_totp and not identity.mfa

@@ -26,6 +26,7 @@ class Session:
     generation: int
     created: float
     last_seen: float
+    mfa: bool = False  # logged in with a TOTP code
 
 
 class SessionStore:
@@ -35,11 +36,12 @@ class SessionStore:
         self.idle, self.lifetime, self.clock = idle, lifetime, clock
         self._sessions: dict[str, Session] = {}
 
-    def create(self, user: str, generation: int) -> tuple[str, Session]:
+    def create(self, user: str, generation: int, mfa: bool = False) -> tuple[str, Session]:
+        """A new session with a fresh random id (never one the client offered)."""
         session_id = secrets.token_urlsafe(32)
         now = self.clock()
         session = Session(
-            _digest(session_id), user, secrets.token_urlsafe(32), generation, now, now
+            _digest(session_id), user, secrets.token_urlsafe(32), generation, now, now, mfa
         )
         self._sessions[session.key] = session
         return session_id, session
@@ -56,6 +58,13 @@ class SessionStore:
             del self._sessions[key]
             return None
         session.last_seen = self.clock()
+        return session
+
+    def by_key(self, key: str) -> Session | None:
+        """The live session with this digest, without touching it (for the socket watcher)."""
+        session = self._sessions.get(key)
+        if session is None or not self.alive(session):
+            return None
         return session
 
     def alive(self, session: Session) -> bool:

@@ -7,6 +7,8 @@ change on disk, so `serial-bridge user ...` run beside the daemon takes effect a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -14,6 +16,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +101,18 @@ class UserStore:
         self._users = _JsonFile(state_dir / "users.json")
         self._tokens = _JsonFile(state_dir / "tokens.json")
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise read-modify-write of the files between the daemon and `serial-bridge user`
+        commands (an exclusive flock on `state_dir/.users.lock`)."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / ".users.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     # users
     def users(self) -> dict[str, User]:
         return {name: User(**u) for name, u in self._users.load().items()}
@@ -107,9 +122,31 @@ class UserStore:
         return User(**raw) if raw is not None else None
 
     def put(self, user: User) -> None:
-        data = dict(self._users.load())
-        data[user.name] = asdict(user)
-        self._users.save(data)
+        with self._locked():
+            data = dict(self._users.load())
+            data[user.name] = asdict(user)
+            self._users.save(data)
+
+    def set_totp(self, name: str, secret: str | None) -> None:
+        """Enroll (or with None remove) a TOTP secret; the used-step memory starts afresh."""
+        with self._locked():
+            data = dict(self._users.load())
+            if name not in data:
+                raise StoreError(f"no user {name!r}")
+            data[name] = {**data[name], "totp_secret": secret, "totp_last_step": 0}
+            self._users.save(data)
+
+    def use_totp_step(self, name: str, step: int) -> bool:
+        """Record that the code of `step` was used; False (nothing written) if that step or a
+        later one was used already. Atomic across processes, so a code works exactly once."""
+        with self._locked():
+            data = dict(self._users.load())
+            raw = data.get(name)
+            if raw is None or int(raw.get("totp_last_step", 0)) >= step:
+                return False
+            data[name] = {**raw, "totp_last_step": step}
+            self._users.save(data)
+            return True
 
     def add(self, name: str, role: str, password_hash: str, ports: list[str] | None) -> User:
         if not USER_NAME.fullmatch(name):
@@ -123,20 +160,23 @@ class UserStore:
         return user
 
     def delete(self, name: str) -> None:
-        data = dict(self._users.load())
-        if data.pop(name, None) is None:
-            raise StoreError(f"no user {name!r}")
-        self._users.save(data)
-        tokens = {k: v for k, v in self._tokens.load().items() if v["user"] != name}
-        self._tokens.save(tokens)
+        with self._locked():
+            data = dict(self._users.load())
+            if data.pop(name, None) is None:
+                raise StoreError(f"no user {name!r}")
+            self._users.save(data)
+            tokens = {k: v for k, v in self._tokens.load().items() if v["user"] != name}
+            self._tokens.save(tokens)
 
     def set_password(self, name: str, password_hash: str) -> None:
-        user = self.get(name)
-        if user is None:
-            raise StoreError(f"no user {name!r}")
-        user.password = password_hash
-        user.generation += 1
-        self.put(user)
+        with self._locked():
+            raw = self._users.load().get(name)
+            if raw is None:
+                raise StoreError(f"no user {name!r}")
+            user = User(**raw)
+            user.password = password_hash
+            user.generation += 1
+            self._users.save({**self._users.load(), name: asdict(user)})
 
     # tokens
     def create_token(self, user: str, name: str) -> str:
@@ -145,21 +185,26 @@ class UserStore:
             raise StoreError(f"no user {user!r}")
         token_id = secrets.token_hex(6)
         secret = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-        data = dict(self._tokens.load())
-        data[token_id] = asdict(Token(token_id, name, user, hash_token(secret)))
-        self._tokens.save(data)
+        with self._locked():
+            data = dict(self._tokens.load())
+            data[token_id] = asdict(Token(token_id, name, user, hash_token(secret)))
+            self._tokens.save(data)
         return secret
+
+    def token_ids(self) -> set[str]:
+        return set(self._tokens.load())
 
     def tokens(self) -> list[Token]:
         return [Token(**t) for t in self._tokens.load().values()]
 
     def revoke_token(self, token_id_or_name: str) -> Token:
-        data = dict(self._tokens.load())
-        for key, raw in data.items():
-            if token_id_or_name in (key, raw["name"]):
-                del data[key]
-                self._tokens.save(data)
-                return Token(**raw)
+        with self._locked():
+            data = dict(self._tokens.load())
+            for key, raw in data.items():
+                if token_id_or_name in (key, raw["name"]):
+                    del data[key]
+                    self._tokens.save(data)
+                    return Token(**raw)
         raise StoreError(f"no token {token_id_or_name!r}")
 
     def check_token(self, secret: str) -> Token | None:

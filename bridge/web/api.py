@@ -6,26 +6,36 @@ saying what was done and when.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 
+from bridge import totp
 from bridge.auth.passwords import verify_async
 from bridge.auth.policy import Permission
 from bridge.config import parse_duration
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.port import Port, PortError
 from bridge.sysrq import validate_keys
-from bridge.web.app import STATE, api_error
+from bridge.web.app import STATE, AppState, api_error
 from bridge.web.authn import SESSION_COOKIE, authorise, check_host, peer_of, same_origin
+from bridge.web.console import close_sockets
+from bridge.web.throttle import LoginThrottle
 
 MAX_PASSWORD = 1024
+BODY_TIMEOUT = 10.0  # a request body must arrive within this (slow-body clients are cut off)
+THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
+LOGIN_FAILED = "wrong user name, password or code"
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
+        async with asyncio.timeout(BODY_TIMEOUT):
+            body = await request.json()
+    except TimeoutError:
+        raise api_error(web.HTTPRequestTimeout, "the request body came too slowly") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise api_error(web.HTTPBadRequest, "the body must be a JSON object") from None
     if not isinstance(body, dict):
@@ -38,24 +48,51 @@ def _port(request: web.Request) -> Port:
 
 
 async def login(request: web.Request) -> web.Response:
+    """Password (+ TOTP code when enrolled) -> a fresh session. Throttled before any checking;
+    every failure looks and costs the same whatever was wrong, and is audited with the peer."""
     check_host(request)
     state = request.app[STATE]
     if request.headers.get("Origin") is not None and not same_origin(request):
         raise api_error(web.HTTPForbidden, "cross-origin login refused")
     body = await _json_body(request)
-    username, password = body.get("username"), body.get("password")
+    username, password, code = body.get("username"), body.get("password"), body.get("totp")
     if not isinstance(username, str) or not isinstance(password, str):
         raise api_error(web.HTTPBadRequest, "username and password are required strings")
     if len(password) > MAX_PASSWORD or len(username) > 64:
         raise api_error(web.HTTPBadRequest, "username or password too long")
+    if code is not None and not totp.well_formed(code):
+        raise api_error(web.HTTPBadRequest, "totp must be a short string of digits")
     peer = peer_of(request)
+    throttle = request.app[THROTTLE]
+    wait = throttle.retry_after(username, peer)
+    if wait:
+        audit_login_failure(state, username, peer, "throttled")
+        raise api_error(
+            web.HTTPTooManyRequests,
+            f"too many failed logins; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
     user = state.users.get(username)
     ok = await verify_async(password, user.password if user else None)
+    reason = "wrong password" if user else "unknown user"
+    mfa = False
+    if ok and user is not None:
+        if user.totp_secret:
+            step = totp.verify(user.totp_secret, code, user.totp_last_step) if code else None
+            mfa = ok = step is not None and state.users.use_totp_step(user.name, step)
+            reason = "wrong, reused or missing TOTP code"
+        elif state.config.server.require_totp:
+            ok, reason = False, "TOTP required but not enrolled"
     if not ok or user is None:
-        state.audit.record("login", user=username, peer=peer, result="failed")
-        raise api_error(web.HTTPUnauthorized, "wrong user name or password")
-    session_id, session = state.sessions.create(user.name, user.generation)
-    state.audit.record("login", user=user.name, peer=peer, result="ok")
+        throttle.failure(username, peer)
+        audit_login_failure(state, username, peer, reason)
+        raise api_error(web.HTTPUnauthorized, LOGIN_FAILED)
+    throttle.success(username)
+    old = state.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+    if old is not None:
+        state.sessions.end(old)  # never keep a session id from before the login
+    session_id, session = state.sessions.create(user.name, user.generation, mfa)
+    state.audit.record("login", user=user.name, peer=peer, ok=True, mfa=mfa)
     response = web.json_response({"user": user.name, "role": user.role, "csrf": session.csrf})
     response.set_cookie(
         SESSION_COOKIE, session_id, secure=True, httponly=True, samesite="Strict", path="/"
@@ -63,13 +100,24 @@ async def login(request: web.Request) -> web.Response:
     return response
 
 
+def audit_login_failure(state: AppState, username: str, peer: str, reason: str) -> None:
+    """Audit a failed login with its source. The name is recorded only when it is a real user's:
+    what was typed for an unknown one may be a password typed into the wrong field."""
+    known = state.users.get(username) is not None
+    state.audit.record(
+        "login", user=username if known else None, peer=peer, ok=False, reason=reason
+    )
+
+
 async def logout(request: web.Request) -> web.Response:
+    """End this session and close its console websockets (1008) at once."""
     state = request.app[STATE]
     identity = authorise(request, Permission.READ)
     if identity.via == "session":
         session = state.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
         if session is not None:
             state.sessions.end(session)
+        await close_sockets(state, session_key=identity.session_id, reason="logged out")
     state.audit.record("logout", user=identity.user, peer=peer_of(request))
     response = web.json_response({"ok": True})
     response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
@@ -215,6 +263,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[THROTTLE] = LoginThrottle()
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/whoami", whoami)

@@ -18,14 +18,14 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from bridge.auth.policy import Identity, Permission, allowed
+from bridge.auth.policy import Identity, Permission, allowed, needs_second_factor
 from bridge.config import parse_duration
 from bridge.fanout import Chunk
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.port import Attachment, Port, PortError
 from bridge.sysrq import validate_keys
 from bridge.web.app import STATE, AppState, api_error
-from bridge.web.authn import authorise, peer_of, same_origin
+from bridge.web.authn import authorise, peer_of, same_origin, still_valid
 from bridge.web.frames import binary_frame, text_frame
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class ConsoleSession:
         self.state, self.port, self.identity, self.ws, self.att = state, port, identity, ws, att
         self.viewer = att.viewer
         self.tasks: set[asyncio.Task[None]] = set()
+        self.seen_input = att.last_input  # keystrokes after this touch the login session
 
     def error(self, message: str) -> None:
         self.viewer.send_message({"type": "error", "message": message})
@@ -253,10 +254,56 @@ async def close_sockets(
         or (session_key is not None and s.identity.session_id == session_key)
         or (token_id is not None and s.identity.token_id == token_id)
     ]
-    for s in victims:
+    await _close_all(victims, reason)
+    return len(victims)
+
+
+async def _close_all(victims: list[ConsoleSession], reason: str) -> None:
+    async def close(s: ConsoleSession) -> None:
         with contextlib.suppress(Exception):
             await s.ws.close(code=1008, message=reason.encode()[:120])
-    return len(victims)
+
+    # concurrently: one client that never answers the close must not delay the others
+    await asyncio.gather(*(close(s) for s in victims))
+
+
+def check_sockets(state: AppState) -> list[ConsoleSession]:
+    """One pass of the watcher: drop expired sessions, count keystrokes as session activity, and
+    return the open websockets whose identity would no longer be granted."""
+    state.sessions.sweep()
+    users, token_ids = state.users.users(), state.users.token_ids()
+    stale = []
+    for s in list(state.sockets.values()):
+        if s.ws.closed:
+            continue
+        if s.identity.via == "session" and s.att.last_input > s.seen_input:
+            s.seen_input = s.att.last_input
+            session = state.sessions.by_key(s.identity.session_id or "")
+            if session is not None:
+                state.sessions.touch(session)
+        if not still_valid(state, s.identity, users, token_ids) or needs_second_factor(
+            s.identity, s.port.cfg.require_totp
+        ):
+            stale.append(s)
+    return stale
+
+
+async def watch_sockets(state: AppState, interval: float = 0.5) -> None:
+    """Close (1008) every console websocket whose session expired or was logged out, whose user
+    was deleted, re-keyed or re-roled, or whose token was revoked — also when that was done by a
+    `serial-bridge user|token` command in another process. Runs for the daemon's lifetime."""
+    closing: set[asyncio.Task[None]] = set()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            stale = check_sockets(state)
+        except Exception:  # a torn users file must not stop the watcher
+            log.exception("session check failed; retrying")
+            continue
+        if stale:
+            task = asyncio.create_task(_close_all(stale, "session ended or credentials changed"))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
 
 
 def add_routes(app: web.Application) -> None:
