@@ -12,6 +12,7 @@ import getpass
 import sys
 import time
 
+from bridge import totp
 from bridge.audit import AuditLog
 from bridge.auth.passwords import hash_password
 from bridge.auth.policy import ROLES
@@ -67,12 +68,44 @@ def run_user(args: argparse.Namespace) -> int:
             audit.record("user-passwd", user=args.name, by="cli")
             print(f"changed the password of {args.name}; their sessions end")
         else:
-            print("serial-bridge: TOTP enrolment is not available yet", file=sys.stderr)
-            return 1
+            enroll_totp(users, audit, args.name, remove=args.remove)
     except StoreError as exc:
         print(f"serial-bridge: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def enroll_totp(users: UserStore, audit: AuditLog, name: str, remove: bool = False) -> None:
+    """Give `name` a new TOTP secret (replacing any old one) and print the otpauth:// URI plus a
+    terminal QR code; with `remove`, drop the secret (password-only logins again)."""
+    if users.get(name) is None:
+        raise StoreError(f"no user {name!r}")
+    if remove:
+        users.set_totp(name, None)
+        audit.record("user-totp", user=name, enrolled=False, by="cli")
+        print(f"removed TOTP from {name}; they log in with the password alone")
+        return
+    secret = totp.new_secret()
+    users.set_totp(name, secret)
+    audit.record("user-totp", user=name, enrolled=True, by="cli")
+    uri = totp.provisioning_uri(secret, name)
+    if sys.stdout.isatty():
+        print_qr(uri)
+    print(uri)
+    print(
+        f"(TOTP enrolled for {name}: scan the code or enter the URI in an authenticator app; "
+        "from now on their logins need a 6-digit code)",
+        file=sys.stderr,
+    )
+
+
+def print_qr(text: str) -> None:
+    """A QR code on the terminal (segno: small, pure Python, no dependencies)."""
+    try:
+        import segno
+    except ImportError:
+        return
+    segno.make(text, error="m").terminal(out=sys.stdout, compact=True)
 
 
 def run_token(args: argparse.Namespace) -> int:
@@ -118,6 +151,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="read the password from one line of standard input",
     )
+    p.add_argument("--remove", action="store_true", help="with `totp`: remove the user's TOTP")
     add_config_arg(p)
     p.set_defaults(func=run_user)
 
