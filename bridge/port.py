@@ -26,6 +26,7 @@ from bridge.hw.interfaces import (
     ControlLines,
     DeviceUnavailable,
 )
+from bridge.ringlog import RingLog
 from bridge.scrollback import Scrollback
 
 log = logging.getLogger(__name__)
@@ -60,26 +61,6 @@ class Viewer(Outlet, Protocol):
     def send_message(self, message: dict[str, Any]) -> None: ...
 
 
-class RingLogLike(Protocol):
-    """What the hub needs of bridge.ringlog.RingLog."""
-
-    @property
-    def next_offset(self) -> int: ...
-
-    @property
-    def oldest_offset(self) -> int: ...
-
-    def append(self, data: bytes) -> None: ...
-
-    def add_marker(self, event: dict[str, Any]) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def read(self, start: int, max_bytes: int) -> tuple[int, bytes]: ...
-
-    def close(self) -> None: ...
-
-
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
@@ -105,7 +86,7 @@ class Port:
         transport_factory: Callable[[PortConfig], ConsoleTransport],
         lines: ControlLines,
         log_cfg: LogConfig | None = None,
-        ringlog: RingLogLike | None = None,
+        ringlog: RingLog | None = None,
         on_event: EventSink | None = None,
     ) -> None:
         self.cfg = cfg
@@ -133,6 +114,7 @@ class Port:
         self._idle_task: asyncio.Task[None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self._waiters: list[asyncio.Future[None]] = []
 
     # ---- device lifecycle -------------------------------------------------------------------
 
@@ -208,6 +190,23 @@ class Port:
             sub = att.subscriber
             if sub.live:
                 sub.on_chunk(chunk)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def wait_for_output(self, offset: int, within: float) -> bool:
+        """Wait until output beyond `offset` exists (for `follow` readers); False on timeout."""
+        if self.offset > offset:
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, within)
+        except TimeoutError:
+            return False
+        return True
 
     def _flush_log(self) -> None:
         self._flush_handle = None

@@ -120,7 +120,7 @@ def api_error(
 
 
 def create_app(state: AppState) -> web.Application:
-    from bridge.web import api, console
+    from bridge.web import api, console, logapi
 
     app = web.Application(
         middlewares=[security_headers, internal_errors], client_max_size=64 * 1024
@@ -128,4 +128,5 @@ def create_app(state: AppState) -> web.Application:
     app[STATE] = state
     api.add_routes(app)
     console.add_routes(app)
+    logapi.add_routes(app)
     return app

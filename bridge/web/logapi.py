@@ -1,0 +1,167 @@
+"""The console history API: `GET /api/ports/{name}/log` and the admins' `GET /api/audit`.
+
+`/log?from=OFFSET&since=ISO8601&format=text|raw|jsonl&follow=0|1` streams (chunked) from the
+scrollback and the ring log; `from=-N` is the last N bytes; an offset older than what is held
+starts at the oldest byte held and `X-Log-From` says where it really started. `text` neutralises
+control characters (bridge.textexport), `raw` is for replay, `jsonl` interleaves event markers
+(online/offline, BREAK/SysRq/NMI/power and who did them) with the output, by offset. `follow=1`
+keeps the response open like `tail -f`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+
+from bridge.auth.policy import Permission
+from bridge.port import Port
+from bridge.textexport import TextExporter
+from bridge.web.app import STATE, api_error
+from bridge.web.authn import authorise
+
+PIECE = 256 * 1024
+FOLLOW_POLL = 15.0
+FORMATS = {
+    "text": "text/plain; charset=utf-8",
+    "raw": "application/octet-stream",
+    "jsonl": "application/x-ndjson",
+}
+
+
+def parse_time(value: str) -> float:
+    """ISO-8601 (`2026-11-23T05:00:00Z`, with or without offset; naive means UTC) -> epoch."""
+    try:
+        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise api_error(web.HTTPBadRequest, f"since: {value!r} is not an ISO-8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
+def _iso(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _start_offset(request: web.Request, port: Port) -> int:
+    since, raw_from = request.query.get("since"), request.query.get("from")
+    if since is not None and raw_from is not None:
+        raise api_error(web.HTTPBadRequest, "give from or since, not both")
+    if since is not None:
+        when = parse_time(since)
+        if port.ringlog is None:
+            return port.resolve_from(port.oldest_offset)
+        return port.resolve_from(port.ringlog.offset_at(when))
+    if raw_from is not None:
+        try:
+            return port.resolve_from(int(raw_from))
+        except ValueError:
+            raise api_error(web.HTTPBadRequest, "from must be an integer offset") from None
+    return port.oldest_offset
+
+
+def _jsonl_lines(
+    port: Port, start: int, emitted: set[tuple[int, float, str]]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(cursor after the line, line) for data and markers from `start` on, in offset order: from
+    the ring log if there is one (markers included; `emitted` remembers markers already sent so a
+    following reader sees each once), else plain data from the scrollback."""
+    if port.ringlog is not None:
+        cursor = start
+        for rec in port.ringlog.records(start, None):
+            if rec.marker is not None:
+                key = (rec.offset, rec.time, json.dumps(rec.marker, sort_keys=True))
+                if key in emitted:
+                    continue
+                emitted.add(key)
+                yield cursor, {"offset": rec.offset, "time": _iso(rec.time), **rec.marker}
+            else:
+                exporter = TextExporter()
+                text = exporter.feed(rec.data) + exporter.finish()
+                cursor = rec.offset + len(rec.data)
+                yield cursor, {"offset": rec.offset, "time": _iso(rec.time), "text": text}
+        return
+    cursor = start
+    while cursor < port.offset:
+        got_from, data = port.read(cursor, PIECE)
+        if not data:
+            return
+        cursor = got_from + len(data)
+        exporter = TextExporter()
+        yield cursor, {"offset": got_from, "text": exporter.feed(data) + exporter.finish()}
+
+
+async def port_log(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    authorise(request, Permission.READ, name)
+    port = request.app[STATE].ports[name]
+    fmt = request.query.get("format", "text")
+    if fmt not in FORMATS:
+        raise api_error(web.HTTPBadRequest, "format must be text, raw or jsonl")
+    follow = request.query.get("follow", "0") in ("1", "true", "yes")
+    start = _start_offset(request, port)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": FORMATS[fmt],
+            "X-Log-From": str(start),
+            "Cache-Control": "no-store",
+        }
+    )
+    if fmt != "jsonl":
+        response.headers["Content-Disposition"] = f'inline; filename="{name}.{fmt}.log"'
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    exporter = TextExporter()
+    emitted: set[tuple[int, float, str]] = set()
+    cursor = start
+    while True:
+        end = port.offset
+        if fmt == "jsonl":
+            for cursor, line in _jsonl_lines(port, cursor, emitted):  # noqa: B007, B020
+                await response.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+            emitted = {m for m in emitted if m[0] >= cursor}
+        else:
+            while cursor < end:
+                got_from, data = port.read(cursor, min(PIECE, end - cursor))
+                if not data:
+                    break
+                cursor = got_from + len(data)
+                await response.write(exporter.feed(data).encode() if fmt == "text" else data)
+        if not follow:
+            break
+        while not await port.wait_for_output(cursor, FOLLOW_POLL):
+            if request.transport is None or request.transport.is_closing():
+                return response
+    if fmt == "text":
+        await response.write(exporter.finish().encode())
+    await response.write_eof()
+    return response
+
+
+async def audit(request: web.Request) -> web.Response:
+    authorise(request, Permission.ADMIN)
+    state = request.app[STATE]
+    since = request.query.get("since")
+    try:
+        limit = min(int(request.query.get("limit", "1000")), 10000)
+    except ValueError:
+        raise api_error(web.HTTPBadRequest, "limit must be an integer") from None
+    query = getattr(state.audit, "query", None)
+    if query is None:
+        return web.json_response([])
+    events = query(
+        user=request.query.get("user"),
+        port=request.query.get("port"),
+        since=parse_time(since) if since else None,
+        limit=limit,
+    )
+    return web.json_response(events)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/ports/{name}/log", port_log)
+    app.router.add_get("/api/audit", audit)
