@@ -160,7 +160,7 @@ class _Target:
                 else:
                     next_tick = time.monotonic()
             else:
-                w = self.write_some(data[off : off + CHUNK])
+                w = self.write_some(data[off : min(n, off + CHUNK)])
                 off += w
                 if w == 0:
                     blocked_since = blocked_since or now

@@ -57,6 +57,7 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 (r.get("clients", 0) - r.get("intact", 0)) if "error" not in r else 1 for r in runs
             )
             s[f"thr{n}_client_cpu"] = median(_vals(runs, "client_cpu_share"))
+            s[f"thr{n}_server_cpu"] = median(_vals(runs, "server_cpu_share"))
             s[f"thr{n}_cpu_s_per_mib"] = median(_vals(runs, "cpu_s_per_mib"))
             peaks = _vals(runs, "peak_rss_mib")
             s[f"thr{n}_peak_rss"] = max(peaks) if peaks else None
@@ -162,8 +163,13 @@ def table(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
 
     for n in CLIENT_COUNTS:
         row(f"throughput {n} client(s), MiB/s", lambda s, n=n: _thr_cell(s, n))
-    row("  client side CPU @100 (cores)", lambda s: _f(s.get("thr100_client_cpu"), 2))
-    row("  client side CPU @50 (cores)", lambda s: _f(s.get("thr50_client_cpu"), 2))
+    for n in CLIENT_COUNTS:
+        row(
+            f"  CPU cores server/clients @{n}",
+            lambda s, n=n: (
+                f"{_f(s.get(f'thr{n}_server_cpu'), 2)}/{_f(s.get(f'thr{n}_client_cpu'), 2)}"
+            ),
+        )
     row("CPU s per MiB (1 client)", lambda s: _f(s.get("thr1_cpu_s_per_mib"), 4))
     row("CPU s per MiB (50 clients)", lambda s: _f(s.get("thr50_cpu_s_per_mib"), 4))
     row(

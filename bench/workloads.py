@@ -217,7 +217,7 @@ def stream(
         out["server_cpu_s"] = round(cpu, 3)
         if rep.written:
             out["cpu_s_per_mib"] = round(cpu / (rep.written / MIB), 4)
-        window = rep.t_last - rep.t_first
+        window = elapsed or (rep.t_last - rep.t_first)
         if window > 0:
             out["server_cpu_share"] = round(cpu / window, 4)
         out["rss_before_mib"] = _mib(before.rss_kib)
