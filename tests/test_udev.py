@@ -260,20 +260,35 @@ def test_port_name_validated_like_the_config(
 
 
 def test_shipped_rules_file_is_well_formed() -> None:
-    """Each rule line in udev/99-serial-bridge.rules is a comma-separated list of KEY op "value"."""
+    """Each rule in udev/99-serial-bridge.rules (active, or a commented-out `#SUBSYSTEM` example)
+    is a comma-separated list of KEY op "value"."""
     path = Path(__file__).resolve().parent.parent / "udev" / "99-serial-bridge.rules"
     item = re.compile(r'[A-Z_]+(\{[A-Za-z0-9_]+\})?(==|!=|\+=|:=|=)"[^"]*"')
-    rules = [
-        line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
-    ]
-    assert rules
-    for line in rules:
+    text = path.read_text()
+    active = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    examples = [line[1:] for line in text.splitlines() if line.startswith("#SUBSYSTEM==")]
+    assert active
+    assert len(examples) >= 4
+    for line in active + examples:
         for part in line.split(", "):
             assert item.fullmatch(part.strip()), f"{part!r} in {line!r}"
-    text = path.read_text()
+    assert all('SYMLINK+="serial-bridge/' in line for line in examples)
+    assert any("ENV{ID_USB_INTERFACE_NUM}" in line for line in examples)
     assert 'KERNEL=="gpiochip*"' in text
     assert 'GROUP="gpio"' in text
     assert "/dev/ttyUSB0" not in text
+
+
+def test_generated_rule_matches_the_shipped_examples(
+    sysfs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command prints rules in the same form as the documented examples."""
+    path = Path(__file__).resolve().parent.parent / "udev" / "99-serial-bridge.rules"
+    examples = [line[1:] for line in path.read_text().splitlines() if line.startswith("#SUBSYS")]
+    assert cli(sysfs, "lab1", "/dev/ttyUSB0") == 0
+    assert rule_line(capsys.readouterr().out) in examples
+    assert cli(sysfs, "rack4-node3", "/dev/ttyUSB4") == 0
+    assert rule_line(capsys.readouterr().out) in examples
 
 
 def test_char_device_resolved_by_number(sysfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
