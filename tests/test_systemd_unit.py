@@ -78,9 +78,11 @@ def test_verify_unit(tmp_path: Path) -> None:
     assert result.stderr.strip() == ""
 
 
-def test_verify_unit_with_low_port_drop_in(tmp_path: Path) -> None:
+def test_verify_unit_with_shipped_drop_ins(tmp_path: Path) -> None:
     analyze = _tool("systemd-analyze")
-    units, env = _unit_dir(tmp_path, SYSTEMD_DIR / "low-port.conf")
+    units, env = _unit_dir(
+        tmp_path, SYSTEMD_DIR / "low-port.conf", SYSTEMD_DIR / "state-mount.conf"
+    )
     result = _run(analyze, "verify", str(units / UNIT.name), env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
