@@ -11,7 +11,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -22,7 +22,7 @@ from bridge import sdnotify
 from bridge.audit import AuditLog
 from bridge.auth.sessions import SessionStore
 from bridge.auth.store import UserStore
-from bridge.config import Config, PortConfig
+from bridge.config import Config, ConfigError, PortConfig, load_config
 from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
 from bridge.port import Port
@@ -136,6 +136,44 @@ class Daemon:
                 self.addresses.append(sock.getsockname()[:2])
         log.info("listening on %s", ", ".join(f"https://{_hostport(a)}" for a in self.addresses))
 
+    async def reload(self, new: Config) -> list[str]:
+        """Apply a new, already validated config. Unchanged ports keep their clients and open
+        device; changed ports are reopened in place (clients stay); removed ports close their
+        clients with a reason; added ports start. Returns one line per change."""
+        state = self.state
+        assert state is not None
+        old, changes = self.config, []
+        for key in ("listen", "state_dir", "tls_cert", "tls_key", "client_ca"):
+            if getattr(old.server, key) != getattr(new.server, key):
+                changes.append(f"server.{key} changed: takes effect after a restart")
+        if old.log != new.log:
+            changes.append("[log] changed: applies to ports added from now on and after a restart")
+        audit = cast(AuditLog, state.audit)
+        for name in old.ports.keys() - new.ports.keys():
+            port = state.ports.pop(name)
+            await self._close_port_clients(name, "port removed from the configuration")
+            await port.close("port removed from the configuration")
+            changes.append(f"port {name}: removed")
+        for name, cfg in new.ports.items():
+            if name not in old.ports:
+                state.ports[name] = self._make_port(cfg, audit)
+                state.ports[name].start()
+                changes.append(f"port {name}: added")
+            elif cfg != old.ports[name] or (cfg.lines.configured and old.gpio != new.gpio):
+                await state.ports[name].reconfigure(cfg, make_lines(cfg, new.gpio))
+                changes.append(f"port {name}: reopened with its new settings")
+        self.config = state.config = new
+        audit.record("config-reload", changes=changes)
+        return changes
+
+    async def _close_port_clients(self, name: str, reason: str) -> None:
+        assert self.state is not None
+        for session in list(self.state.sockets.values()):
+            if session.port.name == name:
+                session.viewer.send_message({"type": "status", "event": "closed", "reason": reason})
+                with contextlib.suppress(Exception):
+                    await session.ws.close(code=1001, message=reason.encode()[:120])
+
     def urls(self) -> list[str]:
         return [f"https://{_hostport(a)}" for a in self.addresses]
 
@@ -161,6 +199,33 @@ def _hostport(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+async def reload_from_disk(daemon: Daemon) -> bool:
+    """SIGHUP: validate the whole new config first; reject it as a whole if anything is wrong."""
+    path = daemon.config.path
+    if path is None:
+        log.warning("SIGHUP: no config file to re-read")
+        return False
+    sdnotify.reloading()
+    try:
+        try:
+            new = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
+        except ConfigError as exc:
+            log.error(
+                "reload rejected, the running config stays in force:\n  %s",
+                "\n  ".join(exc.problems),
+            )
+            return False
+        try:
+            changes = await daemon.reload(new)
+        except Exception as exc:
+            log.error("reload failed part-way (%s); restart the service to be sure", exc)
+            return False
+        log.info("reloaded %s: %s", path, "; ".join(changes) or "no changes")
+        return True
+    finally:
+        sdnotify.ready()
+
+
 async def serve(config: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT (graceful; a second signal exits at once)."""
     daemon = Daemon(config)
@@ -177,6 +242,14 @@ async def serve(config: Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    reloading: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload_from_disk(daemon))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     sdnotify.ready()
     watchdog = loop.create_task(sdnotify.run_watchdog())
     try:

@@ -25,6 +25,7 @@ from bridge.hw.interfaces import (
     ConsoleTransport,
     ControlLines,
     DeviceUnavailable,
+    UnsupportedAction,
 )
 from bridge.ringlog import RingLog
 from bridge.scrollback import Scrollback
@@ -52,6 +53,12 @@ class ActionBusy(PortError):
 
 
 class TooManyClients(PortError):
+    status = 503
+
+
+class LinesFailed(PortError):
+    """The control lines could not do the action (GPIO error, QEMU gone)."""
+
     status = 503
 
 
@@ -157,12 +164,31 @@ class Port:
         self.error = str(exc) if exc else "device closed"
         self._lost.set()
 
-    async def close(self, reason: str = "port closed") -> None:
-        for task in (self._task, self._idle_task):
+    async def _stop_tasks(self) -> None:
+        tasks, self._task, self._idle_task = (self._task, self._idle_task), None, None
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def reconfigure(self, cfg: PortConfig, lines: ControlLines) -> None:
+        """Apply a changed config: reopen the device and lines; clients and offsets stay."""
+        await self._stop_tasks()
+        self.online = False
+        await self.lines.close()
+        self.cfg, self.lines = cfg, lines
+        if cfg.scrollback != self.scrollback.capacity:
+            kept = self.scrollback.read(self.offset - cfg.scrollback, cfg.scrollback)
+            self.scrollback = Scrollback(cfg.scrollback, kept[0])
+            self.scrollback.append(kept[1])
+        for att in self.attachments.values():
+            att.subscriber.budget = cfg.client_buffer
+        self._broadcast_status("reconfigured")
+        self.start()
+
+    async def close(self, reason: str = "port closed") -> None:
+        await self._stop_tasks()
         for att in list(self.attachments.values()):
             att.viewer.send_message({"type": "status", "event": "closed", "reason": reason})
             await att.subscriber.close()
@@ -403,18 +429,29 @@ class Port:
         )
 
     async def line_action(self, action: str, user: str) -> ActionResult:
-        """nmi | reset | power:on|off|force-off|cycle|status through the port's control lines."""
+        """nmi | reset | power:on|off|force-off|cycle|status through the port's control lines.
+        A status query does not wait for (or block) a running action."""
         if action == "power:status":
-            return self._done({"action": "power", "power": self.lines.power_state()}, user)
+            if "status" not in self.lines.supported():
+                return self._done({"action": "power", "power": self.lines.power_state()}, user)
+            return self._done(await self._call_lines(action), user)
         async with self._exclusive_action(action):
-            if action == "nmi":
-                result = await self.lines.nmi()
-            elif action == "reset":
-                result = await self.lines.reset()
-            else:
-                result = await self.lines.power(action.removeprefix("power:"))
+            result = await self._call_lines(action)
         self._event(action.split(":")[0], {"user": user, **result}, audit=False)
         return self._done(result, user)
+
+    async def _call_lines(self, action: str) -> ActionResult:
+        try:
+            if action == "nmi":
+                return await self.lines.nmi()
+            if action == "reset":
+                return await self.lines.reset()
+            return await self.lines.power(action.removeprefix("power:"))
+        except UnsupportedAction:
+            raise
+        except Exception as exc:
+            log.exception("port %s: %s failed", self.name, action)
+            raise LinesFailed(f"port {self.name}: {action} failed: {exc}") from exc
 
     def _done(self, result: ActionResult, user: str) -> ActionResult:
         return {"port": self.name, "user": user, "time": time.time(), **result}
