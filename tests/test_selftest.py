@@ -192,3 +192,10 @@ def test_lines_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert result_lines(out) == {"config": "FAIL"}
     assert "ports.lab1.baud" in out
+
+
+def test_registered_in_the_cli(loopback: Loopback, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import main
+
+    assert main(["selftest", "--device", loopback.device, "--no-break"]) == 0
+    assert "result: PASS" in capsys.readouterr().out

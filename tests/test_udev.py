@@ -305,3 +305,11 @@ def test_char_device_resolved_by_number(sysfs: Path, capsys: pytest.CaptureFixtu
     )
     assert cli(sysfs, "node3", "/dev/console-adapter") == 0
     assert matches(rule_line(capsys.readouterr().out))["ENV{ID_USB_INTERFACE_NUM}"] == "02"
+
+
+def test_registered_in_the_cli(sysfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import main
+
+    argv = ["udev-rule", "lab1", "/dev/ttyUSB0", "--sysfs-root", str(sysfs)]
+    assert main(argv) == 0
+    assert 'SYMLINK+="serial-bridge/lab1"' in capsys.readouterr().out
