@@ -149,3 +149,53 @@ async def test_connect_refuses_a_changed_certificate(bridge: Bridge, tmp_path: P
     _out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert b"REFUSED" in err
+
+
+async def test_connect_reconnects_and_resumes_from_its_offset(
+    bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    master, slave = os.openpty()
+    env = {
+        **os.environ,
+        "SERIAL_BRIDGE_TOKEN": bridge.tokens["viewer"],
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "connect",
+        f"{bridge.base}/lab",
+        "--read-only",
+        "--fingerprint",
+        bridge.daemon.fingerprint,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
+    os.set_blocking(master, False)
+    seen = bytearray()
+
+    async def screen_until(needle: bytes, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in seen:
+            assert time.monotonic() < deadline, f"{needle!r} not on screen: {bytes(seen)!r}"
+            try:
+                seen.extend(os.read(master, 4096))
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+
+    await screen_until(b"connected to lab (ro)")
+    pty_device.write(b"line one\r\n")
+    await screen_until(b"line one\r\n")
+    state = bridge.daemon.state
+    assert state is not None
+    for session in list(state.sockets.values()):
+        await session.ws.close(code=1012, message=b"restarting")
+    pty_device.write(b"printed while the link was down\r\n")
+    await screen_until(b"reconnecting")
+    await screen_until(b"printed while the link was down\r\n")
+    assert seen.count(b"line one") == 1, "resumed from the wrong offset (repeated output)"
+    os.write(master, b"\r~.")
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    os.close(master)
+    os.close(slave)
