@@ -1,0 +1,148 @@
+"""Brute-force resistance: per-account doubling delay after 5 failures (cap 15 min), a per-source
+cap of 10 failures a minute, 429 + Retry-After even for the right password, unknown users
+indistinguishable from known ones, every failure audited with its source address."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+from bridge.web.api import THROTTLE
+from bridge.web.throttle import LoginThrottle
+from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice
+from tests.test_security_support import FakeClock
+
+
+def test_account_delay_doubles_after_five_failures_up_to_fifteen_minutes() -> None:
+    clock = FakeClock()
+    t = LoginThrottle(clock=clock, per_source=10**6)
+    for _ in range(5):
+        assert t.retry_after("alice", "src") == 0
+        t.failure("alice", "src")
+    assert t.retry_after("alice", "src") == 0  # five failures cost nothing
+    delays = []
+    for _ in range(14):
+        t.failure("alice", "src")
+        delays.append(t.retry_after("alice", "src"))
+        clock.advance(delays[-1])
+        assert t.retry_after("alice", "src") == 0
+    assert delays[:10] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    assert delays[10:] == [900] * 4  # capped at 15 min
+    assert t.retry_after("ALICE", "other") == 0
+    t.failure("ALICE", "other")  # case variants share the account's counter
+    assert t.retry_after("alice", "x") == 900
+    t.success("alice")
+    assert t.retry_after("alice", "x") == 0
+
+
+def test_source_limit_is_ten_failures_a_minute() -> None:
+    clock = FakeClock()
+    t = LoginThrottle(clock=clock)
+    for i in range(10):
+        assert t.retry_after(f"user{i}", "10.0.0.1") == 0
+        t.failure(f"user{i}", "10.0.0.1")
+        clock.advance(1)
+    assert t.retry_after("fresh", "10.0.0.1") == 50  # when the first failure leaves the window
+    assert t.retry_after("fresh", "10.0.0.2") == 0  # another source is unaffected
+    clock.advance(49)
+    assert t.retry_after("fresh", "10.0.0.1") == 1
+    clock.advance(1)
+    assert t.retry_after("fresh", "10.0.0.1") == 0
+
+
+def test_memory_is_bounded() -> None:
+    t = LoginThrottle(max_entries=100)
+    for i in range(1000):
+        t.failure(f"u{i}", f"s{i}")
+    assert len(t._accounts) == 100 and len(t._sources) == 100
+
+
+async def _attempt(bridge: Bridge, user: str, password: str) -> tuple[int, dict[str, str], str]:
+    async with (
+        bridge.session() as s,
+        s.post(f"{bridge.base}/api/login", json={"username": user, "password": password}) as r,
+    ):
+        return r.status, dict(r.headers), await r.text()
+
+
+async def test_after_five_failures_even_the_right_password_waits(bridge: Bridge) -> None:
+    assert bridge.daemon.runner is not None
+    clock = FakeClock()
+    bridge.daemon.runner.app[THROTTLE].clock = clock
+    for _ in range(5):
+        assert (await _attempt(bridge, "operator", "wrong-password"))[0] == 401
+    assert (await _attempt(bridge, "operator", "wrong-password"))[0] == 401  # 6th: checked
+    status, headers, _ = await _attempt(bridge, "operator", PASSWORDS["operator"])
+    assert status == 429 and headers["Retry-After"] == "1"
+    assert (await _attempt(bridge, "viewer", PASSWORDS["viewer"]))[0] == 200  # other account
+    clock.advance(1)
+    assert (await _attempt(bridge, "operator", "wrong-password"))[0] == 401
+    status, headers, _ = await _attempt(bridge, "operator", PASSWORDS["operator"])
+    assert status == 429 and headers["Retry-After"] == "2"
+    clock.advance(2)
+    assert (await _attempt(bridge, "operator", PASSWORDS["operator"]))[0] == 200
+    assert (await _attempt(bridge, "operator", "wrong-password"))[0] == 401  # counter was reset
+
+
+async def test_source_with_ten_failures_a_minute_gets_429(bridge: Bridge) -> None:
+    assert bridge.daemon.runner is not None
+    bridge.daemon.runner.app[THROTTLE].clock = FakeClock()
+    for i in range(10):
+        assert (await _attempt(bridge, f"nobody{i}", "wrong-password"))[0] == 401
+    status, headers, _ = await _attempt(bridge, "admin", PASSWORDS["admin"])
+    assert status == 429 and 1 <= int(headers["Retry-After"]) <= 60
+
+
+async def test_trusted_proxy_decides_the_source_address(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice
+) -> None:
+    for proxies, expect in ((["127.0.0.1"], 401), ([], 429)):
+        b = await bridge_factory(
+            ports={"lab": {"device": str(pty_device.path)}},
+            server={"trusted_proxies": proxies},
+        )
+        assert b.daemon.runner is not None
+        b.daemon.runner.app[THROTTLE].clock = FakeClock()
+        for i in range(11):
+            async with (
+                b.session() as s,
+                s.post(
+                    f"{b.base}/api/login",
+                    json={"username": f"n{i}", "password": "wrong-pass"},
+                    headers={"X-Forwarded-For": f"203.0.113.9, 198.51.100.{i}"},
+                ) as r,
+            ):
+                last = r.status
+        # behind a trusted proxy each forwarded client is its own source; otherwise the header
+        # is ignored and all 11 attempts come from 127.0.0.1 (the 11th is refused)
+        assert last == expect, proxies
+        audit = (b.state_dir / "audit" / "audit.jsonl").read_text().splitlines()
+        peers = {json.loads(line).get("peer") for line in audit if '"login"' in line}
+        assert peers == ({f"198.51.100.{i}" for i in range(11)} if proxies else {"127.0.0.1"})
+
+
+async def test_unknown_and_known_users_are_indistinguishable(bridge: Bridge) -> None:
+    assert bridge.daemon.runner is not None
+    bridge.daemon.runner.app[THROTTLE].per_source = 1000
+    timings: dict[str, list[float]] = {"admin": [], "no-such-user": []}
+    answers = set()
+    for _ in range(4):
+        for user in timings:
+            start = time.perf_counter()
+            status, headers, body = await _attempt(bridge, user, "wrong-password")
+            timings[user].append(time.perf_counter() - start)
+            answers.add((status, body, headers.get("Content-Type")))
+    assert len(answers) == 1  # the same status, body and type
+    known, unknown = (statistics.median(timings[u]) for u in ("admin", "no-such-user"))
+    print(
+        f"\nfailed login median: known user {known * 1000:.0f} ms, unknown {unknown * 1000:.0f} ms"
+    )
+    assert unknown > 0.5 * known  # the unknown user's attempt is hashed too (scrypt ~ tens of ms)
+    audit = [
+        json.loads(line)
+        for line in (bridge.state_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    failures = [e for e in audit if e["event"] == "login" and e.get("ok") is False]
+    assert len(failures) == 8 and all(e["peer"] == "127.0.0.1" for e in failures)
+    assert {e["user"] for e in failures} == {"admin", None}  # unknown names are not recorded

@@ -1,0 +1,205 @@
+"""TOTP (RFC 6238): enrolment through the CLI, a code working once and never twice, the +-1 step
+window, long input refused before any work, and the global and per-port requirements."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+from bridge import totp
+from bridge.auth.store import UserStore
+from tests.conftest import Bridge, BridgeFactory, PtyDevice, wait_for
+from tests.test_security_support import acli, cli, login, write_cli_config
+
+# RFC 6238 appendix B: the SHA-1 seed and two of its 8-digit vectors (we use 6 digits: the
+# last six of each).
+RFC_SEED = b"12345678901234567890"
+
+
+def _now_away_from_a_step_edge() -> float:
+    """A time at least 3 s from a step boundary, so "one step late" stays one step late."""
+    now = time.time()
+    into = now % totp.STEP
+    if into < 3 or into > totp.STEP - 3:
+        time.sleep(totp.STEP - into + 3 if into > 3 else 3 - into)
+    return time.time()
+
+
+def test_codes_match_rfc_6238_vectors() -> None:
+    secret = base64.b32encode(RFC_SEED).decode().rstrip("=")
+    assert totp.code_at(secret, 59) == "287082"  # 94287082
+    assert totp.code_at(secret, 1111111109) == "081804"  # 07081804
+    ref = TOTP(RFC_SEED, 6, SHA1(), 30)
+    assert totp.code_at(secret, 1234567890).encode() == ref.generate(1234567890)
+
+
+def test_secret_is_160_bits_and_uri_is_complete() -> None:
+    secret = totp.new_secret()
+    assert len(totp._key(secret)) == 20
+    assert secret != totp.new_secret()
+    uri = urlsplit(totp.provisioning_uri(secret, "alice"))
+    assert (uri.scheme, uri.netloc, uri.path) == ("otpauth", "totp", "/serial-bridge:alice")
+    q = parse_qs(uri.query)
+    assert q["secret"] == [secret] and q["digits"] == ["6"] and q["period"] == ["30"]
+    assert q["algorithm"] == ["SHA1"] and q["issuer"] == ["serial-bridge"]
+
+
+def test_window_is_one_step_either_side_and_a_step_is_used_once() -> None:
+    secret = totp.new_secret()
+    now = 1_800_000_015.0  # 15 s into a step
+    step = totp.step_of(now)
+    for delta in (-1, 0, 1):
+        code = totp.code_at(secret, now + delta * 30)
+        assert totp.verify(secret, code, 0, now) == step + delta
+        assert totp.verify(secret, code, step + delta, now) is None  # used already
+    for delta in (-3, -2, 2, 3):
+        assert totp.verify(secret, totp.code_at(secret, now + delta * 30), 0, now) is None
+    wrong = "000000" if totp.code_at(secret, now) != "000000" else "111111"
+    assert totp.verify(secret, wrong, 0, now) is None
+
+
+@pytest.mark.parametrize(
+    "code", ["1" * 11, "12345678901234567890" * 50, "12 456", "١٢٣٤٥٦", 123456, None]
+)
+def test_malformed_or_long_input_refused_before_any_work(
+    code: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_work(secret: str) -> TOTP:
+        raise AssertionError("TOTP computed for malformed input")
+
+    monkeypatch.setattr(totp, "_totp", no_work)
+    assert totp.verify(totp.new_secret(), code, 0) is None
+
+
+def test_used_step_is_stored_atomically_across_writers(tmp_path: Path) -> None:
+    store = UserStore(tmp_path)
+    store.add("alice", "operator", "x", None)
+    store.set_totp("alice", totp.new_secret())
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def race() -> None:
+        mine = UserStore(tmp_path)  # a separate reader of the file, like another process
+        barrier.wait()
+        results.append(mine.use_totp_step("alice", 1234))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == [False] * 7 + [True]
+    assert store.get("alice").totp_last_step == 1234  # type: ignore[union-attr]
+    assert not store.use_totp_step("alice", 1233)
+    assert stat.S_IMODE(os.stat(tmp_path / "users.json").st_mode) == 0o600
+
+
+def test_cli_enrolls_prints_uri_and_stores_secret_0600(tmp_path: Path) -> None:
+    config = write_cli_config(tmp_path / "state", tmp_path / "c.toml")
+    add = cli(
+        "user", "add", "alice", "--password-stdin", "--config", str(config), stdin="pw-alice-123\n"
+    )
+    assert add.returncode == 0, add.stderr
+    done = cli("user", "totp", "alice", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    uri = done.stdout.strip().splitlines()[-1]
+    assert uri.startswith("otpauth://totp/serial-bridge:alice?")
+    secret = parse_qs(urlsplit(uri).query)["secret"][0]
+    user = UserStore(tmp_path / "state").get("alice")
+    assert user is not None and user.totp_secret == secret
+    assert stat.S_IMODE(os.stat(tmp_path / "state" / "users.json").st_mode) == 0o600
+    listed = cli("user", "list", "--config", str(config))
+    assert "totp" in listed.stdout
+    assert cli("user", "totp", "nobody", "--config", str(config)).returncode == 1
+    removed = cli("user", "totp", "alice", "--remove", "--config", str(config))
+    assert removed.returncode == 0
+    assert UserStore(tmp_path / "state").get("alice").totp_secret is None  # type: ignore[union-attr]
+
+
+async def _enroll(bridge: Bridge, tmp_path: Path, user: str) -> str:
+    config = write_cli_config(bridge.state_dir, tmp_path / "cli.toml")
+    done = await acli("user", "totp", user, "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    return parse_qs(urlsplit(done.stdout.strip().splitlines()[-1]).query)["secret"][0]
+
+
+async def test_login_needs_the_code_once_never_twice_never_two_steps_late(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    secret = await _enroll(bridge, tmp_path, "operator")
+    now = _now_away_from_a_step_edge()
+    async with bridge.session() as s:
+        assert (await login(bridge, s, "operator"))[0] == 401  # password alone
+        late = totp.code_at(secret, now - 60)
+        if late != totp.code_at(secret, now) and late != totp.code_at(secret, now - 30):
+            assert (await login(bridge, s, "operator", totp=late))[0] == 401  # two steps late
+        assert (await login(bridge, s, "operator", totp="12345678901"))[0] == 400  # > 10 chars
+        status, body = await login(bridge, s, "operator", totp=totp.code_at(secret, now - 30))
+        assert status == 200, body  # one step late is fine
+        current = totp.code_at(secret, now)
+        assert (await login(bridge, s, "operator", totp=current))[0] == 200
+        assert (await login(bridge, s, "operator", totp=current))[0] == 401  # replayed
+        # an older step's code after a newer one was used: refused too
+        assert (await login(bridge, s, "operator", totp=totp.code_at(secret, now - 30)))[0] == 401
+
+
+async def test_global_require_totp(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    b = await bridge_factory(
+        ports={"lab": {"device": str(pty_device.path)}}, server={"require_totp": True}
+    )
+    secret = await _enroll(b, tmp_path, "admin")
+    async with b.session() as s:
+        status, body = await login(b, s, "viewer")  # right password, no TOTP enrolled
+        assert status == 401, body
+        status, _ = await login(b, s, "admin", totp=totp.code_at(secret, time.time()))
+        assert status == 200
+    for user, expected in (("viewer", 401), ("admin", 200)):
+        async with b.session(token_user=user) as t, t.get(f"{b.base}/api/whoami") as resp:
+            assert resp.status == expected, user
+
+
+async def test_port_require_totp(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    other = PtyDevice(tmp_path / "ttyOTHER")
+    try:
+        b = await bridge_factory(
+            ports={
+                "secure": {"device": str(pty_device.path), "require_totp": True},
+                "plain": {"device": str(other.path)},
+            }
+        )
+        assert b.daemon.state is not None
+        state = b.daemon.state
+        await wait_for(lambda: all(p.online for p in state.ports.values()))
+        async with b.session() as s:
+            assert (await login(b, s, "admin"))[0] == 200  # admin without TOTP
+            async with s.get(f"{b.base}/api/ports/secure/console?mode=ro") as resp:
+                assert resp.status == 403
+            ws = await b.ws(s, "plain", mode="ro")
+            await ws.close()
+        async with b.session(token_user="admin") as t:
+            async with t.post(f"{b.base}/api/ports/secure/nmi") as resp:
+                assert resp.status == 403
+            async with t.post(f"{b.base}/api/ports/secure/break") as resp:
+                assert resp.status == 403
+        assert pty_device.drain_input() == b""
+        secret = await _enroll(b, tmp_path, "admin")
+        async with b.session() as s:
+            assert (await login(b, s, "admin", totp=totp.code_at(secret, time.time())))[0] == 200
+            ws = await b.ws(s, "secure", mode="ro")
+            await ws.close()
+    finally:
+        other.close()
