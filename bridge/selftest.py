@@ -26,6 +26,7 @@ import dataclasses
 import os
 import secrets
 import sys
+import tempfile
 import termios
 import time
 from collections.abc import Iterator
@@ -260,7 +261,32 @@ async def _toggle(port: str, name: str, cfg: LineConfig, factory: str, args: Any
     return f"{_where(cfg)}: {args.repeat} x {args.hold:g} s active, inactive now"
 
 
+@contextlib.contextmanager
+def _lgpio_workdir() -> Iterator[None]:
+    """lgpio (gpiozero's default pin factory on Pi OS) creates a FIFO in the working directory,
+    or in $LG_WD, when it is first imported, and fails in a directory the user cannot write (for
+    example `sudo -u serial-bridge` from someone's home). Run the line checks in a private
+    temporary directory; the systemd unit does the same with /run/serial-bridge."""
+    saved_cwd, saved_env = os.getcwd(), os.environ.get("LG_WD")
+    with tempfile.TemporaryDirectory(prefix="serial-bridge-selftest-") as tmp:
+        os.chdir(tmp)
+        os.environ["LG_WD"] = tmp
+        try:
+            yield
+        finally:
+            os.chdir(saved_cwd)
+            if saved_env is None:
+                os.environ.pop("LG_WD", None)
+            else:
+                os.environ["LG_WD"] = saved_env
+
+
 def check_lines(args: argparse.Namespace, report: Report) -> None:
+    with _lgpio_workdir():
+        _check_lines(args, report)
+
+
+def _check_lines(args: argparse.Namespace, report: Report) -> None:
     from bridge.hw.lines import LineSetupError
 
     try:

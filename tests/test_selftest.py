@@ -153,8 +153,13 @@ def presses(states: list[bool], active_high: bool) -> tuple[int, bool]:
     return sum(runs), not levels[-1]
 
 
-def test_lines_on_mock_pins(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lines_on_mock_pins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from bridge.hw.lines import mock_pin_factory
+
+    monkeypatch.delenv("LG_WD", raising=False)
+    cwd = os.getcwd()
 
     config = tmp_path / "config.toml"
     config.write_text(
@@ -183,6 +188,9 @@ power_sense = { gpio = 13, active_high = true }
     for gpio, active_high in ((5, True), (6, False), (12, True)):
         history = [s.state for s in factory.pin(gpio).states[before[gpio] :]]
         assert presses(history, active_high) == (2, True), (gpio, history)
+    # The lgpio working directory was temporary: cwd and environment are as before.
+    assert os.getcwd() == cwd
+    assert "LG_WD" not in os.environ
 
 
 def test_lines_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
