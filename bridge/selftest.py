@@ -31,6 +31,7 @@ import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bridge.cli import add_config_arg, config_path
@@ -218,14 +219,17 @@ def check_device(device: str, check_break: bool, report: Report) -> None:
         return
     with ser:
         report.result("PASS", "open", f"{device} opened exclusively")
-        for baud in BAUD_RATES:
-            round_trip(ser, baud, optional=False, report=report)
-        for baud in OPTIONAL_BAUD_RATES:
-            round_trip(ser, baud, optional=True, report=report)
-        if check_break:
-            break_check(ser, report)
-        else:
-            report.result("SKIP", "BREAK", "not checked (--no-break)")
+        try:
+            for baud in BAUD_RATES:
+                round_trip(ser, baud, optional=False, report=report)
+            for baud in OPTIONAL_BAUD_RATES:
+                round_trip(ser, baud, optional=True, report=report)
+            if check_break:
+                break_check(ser, report)
+            else:
+                report.result("SKIP", "BREAK", "not checked (--no-break)")
+        except (serial.SerialException, OSError) as exc:
+            report.result("FAIL", "device", f"{exc} (unplugged during the test?)")
 
 
 def _where(cfg: LineConfig) -> str:
@@ -282,25 +286,26 @@ def _lgpio_workdir() -> Iterator[None]:
 
 
 def check_lines(args: argparse.Namespace, report: Report) -> None:
+    path = config_path(args).absolute()  # before the working directory changes
     with _lgpio_workdir():
-        _check_lines(args, report)
+        _check_lines(args, path, report)
 
 
-def _check_lines(args: argparse.Namespace, report: Report) -> None:
+def _check_lines(args: argparse.Namespace, path: Path, report: Report) -> None:
     from bridge.hw.lines import LineSetupError
 
     try:
-        config = load_config(config_path(args))
+        config = load_config(path)
     except ConfigError as exc:
         report.result("FAIL", "config", str(exc))
         return
     ports = [p for p in config.ports.values() if args.port in (None, p.name)]
     if args.port and not ports:
-        report.result("FAIL", "lines", f"no port {args.port!r} in {config_path(args)}")
+        report.result("FAIL", "lines", f"no port {args.port!r} in {path}")
         return
     gpio_ports = [p for p in ports if any(getattr(p.lines, n) for n in _LINE_NAMES)]
     if not gpio_ports:
-        report.result("SKIP", "lines", f"no GPIO lines configured in {config_path(args)}")
+        report.result("SKIP", "lines", f"no GPIO lines configured in {path}")
         return
     print(
         "lines: each output is driven active as a button press. Disconnect the targets or"

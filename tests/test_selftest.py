@@ -193,10 +193,12 @@ power_sense = { gpio = 13, active_high = true }
     assert "LG_WD" not in os.environ
 
 
-def test_lines_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text("[ports.lab1]\nbaud = 'fast'\n")
-    assert selftest_cli("--lines", "--config", str(config), "--yes") == 1
+def test_lines_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config.toml").write_text("[ports.lab1]\nbaud = 'fast'\n")
+    monkeypatch.chdir(tmp_path)  # a relative --config still names the same file
+    assert selftest_cli("--lines", "--config", "config.toml", "--yes") == 1
     out = capsys.readouterr().out
     assert result_lines(out) == {"config": "FAIL"}
     assert "ports.lab1.baud" in out
