@@ -1,10 +1,5 @@
-"""A real Linux guest for system tests: Debian's cloud kernel and a busybox initramfs in QEMU.
-
-Owns fetching and caching the kernel (`ensure_kernel`), building the initramfs (`build_initramfs`)
-and `QemuGuest`, an async context manager that starts `qemu-system-x86_64` paused with ttyS0 on a
-telnet chardev (127.0.0.1, free port, `nodelay=on`) and QMP on a unix socket, and always kills it
-on exit. Why: `-S` so no boot output is lost before a console connects (`cont()` waits for the
-connection); `nodelay=on` because Nagle plus delayed ACKs added ~44 ms to every reaction.
+"""The QEMU guest for system tests: the launcher lives in bridge.hw.qemu_target (the product's
+`demo --qemu` uses it too); this module adds the tests' policy for a machine without QEMU.
 
 Cache: `$SERIAL_BRIDGE_QEMU_CACHE` or `~/.cache/serial-bridge/qemu`. `$SERIAL_BRIDGE_QEMU_KERNEL`
 points at an existing vmlinuz instead (for machines without apt).
@@ -12,44 +7,37 @@ points at an existing vmlinuz instead (for machines without apt).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ctypes
-import fcntl
-import gzip
 import os
 import shutil
-import signal
-import socket
-import struct
-import subprocess
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 import pytest
 
-from bridge.hw.qmp import QmpClient
+from bridge.hw.qemu_target import (
+    BASE_APPEND,
+    BOOT_MARKER,
+    CHARDEV_ID,
+    PROMPT,
+    QEMU,
+    QemuGuest,
+    _is_static_elf,
+    build_initramfs,
+    ensure_kernel,
+    newc_archive,
+)
 
-QEMU = "qemu-system-x86_64"
-KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
-BOOT_MARKER = "SERIAL-BRIDGE-GUEST-UP"
-PROMPT = "guest# "
-BASE_APPEND = "console=ttyS0,115200 sysrq_always_enabled=1 panic=-1"
-CHARDEV_ID = "s0"
-
-INIT_SCRIPT = f"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mkdir -p /proc /sys /dev /tmp
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-export PS1='{PROMPT}' PATH=/bin HOME=/
-echo {BOOT_MARKER}
-while true; do setsid cttyhack sh; done
-"""
+__all__ = [
+    "BASE_APPEND",
+    "BOOT_MARKER",
+    "CHARDEV_ID",
+    "PROMPT",
+    "QEMU",
+    "QemuGuest",
+    "_is_static_elf",
+    "build_initramfs",
+    "ensure_kernel",
+    "newc_archive",
+    "require_qemu",
+]
 
 
 def require_qemu() -> None:
@@ -60,257 +48,3 @@ def require_qemu() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI must run the QEMU system tests: {reason}")
     pytest.skip(reason)
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("SERIAL_BRIDGE_QEMU_CACHE")
-    path = Path(env) if env else Path.home() / ".cache" / "serial-bridge" / "qemu"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _run(args: list[str], cwd: Path | None = None, timeout: float = 300) -> str:
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
-
-
-def kernel_package() -> str:
-    """The versioned cloud kernel package the meta package points at (apt's current one)."""
-    override = os.environ.get("SERIAL_BRIDGE_QEMU_KERNEL_PACKAGE")
-    if override:
-        return override
-    for line in _run(["apt-cache", "depends", KERNEL_META_PACKAGE]).splitlines():
-        name = line.strip().removeprefix("Depends:").strip()
-        if line.strip().startswith("Depends:") and name.startswith("linux-image-"):
-            return name
-    raise RuntimeError(f"apt-cache: {KERNEL_META_PACKAGE} has no linux-image dependency")
-
-
-def ensure_kernel() -> Path:
-    """Path of a cached cloud-amd64 vmlinuz; downloads the .deb with apt-get on first use and
-    extracts only the kernel (no install: that would pull in initramfs-tools and write /boot)."""
-    override = os.environ.get("SERIAL_BRIDGE_QEMU_KERNEL")
-    if override:
-        return Path(override)
-    cache = cache_dir()
-    kernel = cache / "vmlinuz"
-    if kernel.exists():
-        return kernel
-    for tool in ("apt-get", "apt-cache", "dpkg-deb", "tar"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} not found: set SERIAL_BRIDGE_QEMU_KERNEL to a vmlinuz")
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be fetching it right now
-        if kernel.exists():
-            return kernel
-        package = kernel_package()
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            work = Path(tmp)
-            try:
-                _run(["apt-get", "download", package], cwd=work)
-            except RuntimeError as exc:
-                raise RuntimeError(f"{exc} (stale package lists? run apt-get update)") from exc
-            debs = sorted(work.glob(f"{package}_*.deb"))
-            if not debs:
-                raise RuntimeError(f"apt-get download {package} produced no .deb")
-            with subprocess.Popen(
-                ["dpkg-deb", "--fsys-tarfile", str(debs[0])], stdout=subprocess.PIPE
-            ) as deb:
-                untar = subprocess.run(
-                    ["tar", "-x", "-C", str(work), "--wildcards", "./boot/vmlinuz-*"],
-                    stdin=deb.stdout,
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                )
-            if deb.returncode != 0 or untar.returncode != 0:
-                raise RuntimeError(f"extracting the kernel from {debs[0].name}: {untar.stderr}")
-            found = sorted((work / "boot").glob("vmlinuz-*"))
-            if not found:
-                raise RuntimeError(f"{debs[0].name} holds no boot/vmlinuz-*")
-            staged = cache / f".{found[0].name}.tmp"
-            shutil.move(str(found[0]), staged)
-            (cache / "kernel-version").write_text(found[0].name.removeprefix("vmlinuz-") + "\n")
-            staged.rename(kernel)
-    return kernel
-
-
-def _is_static_elf(path: Path) -> bool:
-    """True when an ELF64 executable has no program interpreter (PT_INTERP)."""
-    with open(path, "rb") as f:
-        header = f.read(64)
-        if header[:4] != b"\x7fELF" or header[4] != 2:
-            return False
-        phoff = struct.unpack_from("<Q", header, 0x20)[0]
-        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    types = (struct.unpack_from("<I", table, i * phentsize)[0] for i in range(phnum))
-    return 3 not in types
-
-
-def newc_archive(entries: list[tuple[str, int, bytes]]) -> bytes:
-    """A cpio archive in the kernel's `newc` format from (name, mode, data) entries, in the
-    format `cpio -o -H newc` writes, without needing the cpio tool."""
-    out = bytearray()
-
-    def add(ino: int, name: str, mode: int, data: bytes) -> None:
-        encoded = name.encode() + b"\0"
-        nlink = 2 if mode & 0o040000 else 1
-        fields = (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
-        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields) + encoded)
-        out.extend(b"\0" * (-len(out) % 4) + data)
-        out.extend(b"\0" * (-len(out) % 4))
-
-    for ino, (name, mode, data) in enumerate(entries, start=1):
-        add(ino, name, mode, data)
-    add(0, "TRAILER!!!", 0, b"")
-    return bytes(out)
-
-
-def build_initramfs(dest: Path, busybox: Path = Path("/bin/busybox")) -> Path:
-    """A gzip'd newc cpio: static busybox and an /init that ends in a root shell on ttyS0."""
-    if not busybox.exists() or not _is_static_elf(busybox):
-        raise RuntimeError(f"{busybox} is missing or not static: apt-get install busybox-static")
-    archive = newc_archive(
-        [
-            ("bin", 0o040755, b""),
-            ("bin/busybox", 0o100755, busybox.read_bytes()),
-            ("init", 0o100755, INIT_SCRIPT.encode()),
-        ]
-    )
-    dest.write_bytes(gzip.compress(archive, compresslevel=1))
-    return dest
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that has the kernel SIGKILL QEMU if the test process dies without running
-    its finalizers (killed by a CI timeout, say): no orphaned guest keeps a CPU busy."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-    return preexec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class QemuGuest:
-    """`async with QemuGuest(workdir) as guest:` — QEMU started paused; connect a console to
-    `guest.telnet_url`, then `await guest.cont()`. QEMU is killed on exit."""
-
-    def __init__(self, workdir: Path, *, append: str = "", memory_mb: int = 256) -> None:
-        self.workdir = workdir
-        self.append = f"{BASE_APPEND} {append}".strip()
-        self.memory_mb = memory_mb
-        self.port = 0
-        self.qmp_path = str(workdir / "qmp.sock")
-        self.log_path = workdir / "qemu.log"
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def telnet_url(self) -> str:
-        return f"telnet://127.0.0.1:{self.port}"
-
-    def command(self, kernel: Path, initrd: Path) -> list[str]:
-        return [
-            QEMU, "-machine", "pc", "-accel", "tcg", "-m", str(self.memory_mb), "-smp", "1",
-            "-display", "none", "-nodefaults", "-no-user-config",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", self.append,
-            "-chardev",
-            f"socket,id={CHARDEV_ID},host=127.0.0.1,port={self.port},server=on,wait=off,"
-            "telnet=on,nodelay=on",
-            "-serial", f"chardev:{CHARDEV_ID}",
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-S",
-        ]  # fmt: skip
-
-    async def start(self, timeout: float = 30.0) -> None:
-        require_qemu()
-        kernel = await asyncio.to_thread(ensure_kernel)
-        initrd = await asyncio.to_thread(build_initramfs, self.workdir / "initramfs.cpio.gz")
-        for _attempt in range(3):  # the free port may be taken between probe and bind
-            self.port = free_port()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.qmp_path)
-            with open(self.log_path, "ab") as log:
-                self.process = await asyncio.create_subprocess_exec(
-                    *self.command(kernel, initrd),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    preexec_fn=_die_with_parent(),
-                )
-            if await self._wait_ready(timeout):
-                return
-            await self.stop()
-        raise RuntimeError(f"QEMU did not start: {self.log_path.read_text()[-2000:]}")
-
-    async def _wait_ready(self, timeout: float) -> bool:
-        """QMP answers (its socket exists once QEMU has set up every chardev)."""
-        assert self.process is not None
-        async with asyncio.timeout(timeout):
-            while self.process.returncode is None:
-                if os.path.exists(self.qmp_path):
-                    try:
-                        async with QmpClient(self.qmp_path, 5.0) as qmp:
-                            await qmp.execute("query-status")
-                        return True
-                    except OSError:
-                        pass
-                await asyncio.sleep(0.02)
-        return False
-
-    async def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        async with QmpClient(self.qmp_path, 10.0) as qmp:
-            return await qmp.execute(command, arguments)
-
-    async def cont(self, timeout: float = 10.0) -> None:
-        """Start the CPU once a console client is connected to the chardev (no boot log lost)."""
-        async with asyncio.timeout(timeout), QmpClient(self.qmp_path, timeout) as qmp:
-            while True:
-                devices = await qmp.execute("query-chardev")
-                ours = [d for d in devices if d.get("label") == CHARDEV_ID]
-                if ours and not str(ours[0].get("filename", "")).startswith("disconnected"):
-                    break
-                await asyncio.sleep(0.02)
-            await qmp.execute("cont")
-
-    async def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.kill()
-        try:
-            async with asyncio.timeout(10):
-                await process.wait()
-        except TimeoutError:
-            pass
-
-    async def __aenter__(self) -> QemuGuest:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

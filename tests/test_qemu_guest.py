@@ -1,6 +1,6 @@
 """System test of the hardware side on a real Linux kernel: TelnetTransport + QmpLines + QEMU.
 
-Boots Debian's cloud kernel with a busybox initramfs (tests/qemu_guest.py) and proves, on the
+Boots Debian's cloud kernel with a busybox initramfs (bridge/hw/qemu_target.py) and proves, on the
 kernel's own output: boot log and shell, SysRq `h` and `t` after a telnet BREAK, BREAK through QMP
 `chardev-send-break`, NMI through QMP, and reset (the boot log starts again).
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.hw import qemu_target
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.hw.qmp import QmpLines
 from bridge.hw.telnet import TelnetTransport, parse_telnet_url
@@ -157,6 +158,23 @@ def test_missing_qemu_skips_outside_ci_and_fails_in_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI must run the QEMU system tests"):
         require_qemu()
+
+
+def test_missing_prerequisites_name_the_apt_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    dynamic = Path(sys.executable).resolve()
+    missing = qemu_target.missing_prerequisites(busybox=dynamic)
+    assert [m.split(" (")[1] for m in missing] == [
+        "Debian package qemu-system-x86)",
+        "Debian package busybox-static)",
+    ]
+    with pytest.raises(qemu_target.QemuUnavailable) as info:
+        qemu_target.check_prerequisites(busybox=tmp_path / "no-busybox")
+    assert "apt-get install --no-install-recommends qemu-system-x86 busybox-static" in str(
+        info.value
+    )
 
 
 def test_static_busybox_check() -> None:
