@@ -1,0 +1,68 @@
+// The sign-in form: POST /api/login {username, password, totp?}; then on to ?next= (a local path).
+(function () {
+  "use strict";
+  const { $ } = window.SB;
+
+  function nextPath() {
+    const next = new URLSearchParams(location.search).get("next") || "/";
+    // only a path on this site: "/x", never "//host" or "/\host" or a scheme
+    return /^\/(?![/\\])/.test(next) ? next : "/";
+  }
+
+  function showError(message) {
+    const box = $("login-error");
+    box.textContent = message;
+    box.hidden = false;
+  }
+
+  async function submit(event) {
+    event.preventDefault();
+    const button = $("login-submit");
+    const body = { username: $("username").value.trim(), password: $("password").value };
+    const totp = $("totp").value.replace(/\s+/g, "");
+    if (totp) body.totp = totp;
+    if (!body.username || !body.password) {
+      showError("Enter your user name and password.");
+      return;
+    }
+    button.disabled = true;
+    $("login-error").hidden = true;
+    try {
+      const response = await fetch("/api/login", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        credentials: "same-origin",
+        body: JSON.stringify(body),
+      });
+      let answer = {};
+      try {
+        answer = await response.json();
+      } catch (_) {
+        answer = {};
+      }
+      if (response.ok) {
+        location.assign(nextPath());
+        return;
+      }
+      let message = answer.error || `Sign-in failed (HTTP ${response.status}).`;
+      if (response.status === 429) {
+        const wait = response.headers.get("Retry-After");
+        message = `Too many attempts; try again${wait ? ` in ${wait} s` : " later"}.`;
+      }
+      if (/totp|one-time|otp/i.test(message) || answer.totp_required) {
+        $("totp").focus();
+      } else {
+        $("password").select();
+      }
+      showError(message);
+    } catch (err) {
+      showError(`Cannot reach the bridge: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("login-form").addEventListener("submit", submit);
+  });
+})();

@@ -1,0 +1,342 @@
+"""The browser terminal in a real browser: Debian's Chromium driven by Playwright, against the real
+daemon (TLS, sessions, CSRF, websocket) with a pty target or the virtual shell.
+
+One Chromium process serves the whole module; every test gets a fresh Playwright connection and
+fresh browser contexts (own cookies, own storage). Every page is watched: a console error or a
+request to another origin fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, async_playwright
+
+from bridge.hw.lines import mock_pin_factory
+from bridge.web import pages
+from tests.browser_helpers import (
+    PageWatch,
+    chromium_process,
+    new_page,
+    open_console,
+    screen_text,
+    wait_for_screen,
+)
+from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, wait_for
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+NMI_GPIO, RESET_GPIO, POWER_GPIO = 17, 27, 22
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with chromium_process(tmp_path_factory.mktemp("chromium") / "profile") as endpoint:
+        yield endpoint
+
+
+class Browsing:
+    """The per-test view of the module's Chromium: new watched pages in fresh contexts."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.contexts: list[Any] = []
+        self.watches: list[PageWatch] = []
+
+    async def page(self, bridge: Bridge) -> Any:
+        context, page, watch = await new_page(self.browser, bridge.origin)
+        self.contexts.append(context)
+        self.watches.append(watch)
+        return page
+
+    def assert_clean(self) -> None:
+        for watch in self.watches:
+            watch.assert_clean()
+
+
+@pytest.fixture
+async def browsing(chromium: str) -> AsyncIterator[Browsing]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.connect_over_cdp(chromium)
+        b = Browsing(browser)
+        try:
+            yield b
+        finally:
+            for context in b.contexts:
+                await context.close()
+
+
+async def pty_bridge(bridge_factory: BridgeFactory, device: PtyDevice) -> Bridge:
+    b = await bridge_factory(
+        ports={"lab": {"device": str(device.path), "baud": 4_000_000, "description": "rack 4"}}
+    )
+    await wait_for(lambda: b.port is not None and b.port.online)
+    return b
+
+
+async def virtual_bridge(bridge_factory: BridgeFactory) -> Bridge:
+    mock_pin_factory().reset()
+    b = await bridge_factory(
+        ports={
+            "demo": {
+                "device": "virtual:shell",
+                "description": "virtual target",
+                "lines": {
+                    "nmi": {"gpio": NMI_GPIO, "pulse": "50ms"},
+                    "reset": {"gpio": RESET_GPIO, "pulse": "50ms"},
+                    "power": {"gpio": POWER_GPIO, "pulse": "50ms", "long_pulse": "100ms"},
+                },
+            }
+        },
+        gpio={"pin_factory": "mock"},
+    )
+    await wait_for(lambda: b.port is not None and b.port.online)
+    return b
+
+
+async def test_login_type_echo_and_read_it_back(
+    bridge_factory: BridgeFactory, browsing: Browsing
+) -> None:
+    bridge = await virtual_bridge(bridge_factory)
+    page = await browsing.page(bridge)
+    # the pages themselves: unauthenticated requests go to the sign-in page, strict CSP
+    response = await page.goto(bridge.origin + "/login")
+    assert response is not None
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+
+    await open_console(page, bridge.origin, "demo", "admin", PASSWORDS["admin"])
+    await wait_for_screen(page, "demo$")
+    await page.click("#terminal")
+    await page.keyboard.type("echo hi")
+    await page.keyboard.press("Enter")
+    await page.wait_for_function(
+        """() => {
+          const b = window.serialBridge.term.buffer.active;
+          for (let i = 0; i < b.length; i++)
+            if (b.getLine(i).translateToString(true) === "hi") return true;
+          return false;
+        }"""
+    )
+    assert "echo hi" in await screen_text(page)
+    assert await page.text_content("#st-link") == "connected"
+    assert await page.text_content("#st-mode") == "writer"
+    # admin on a port with lines sees every control
+    for button in ("#btn-takeover", "#btn-sysrq", "#btn-break", "#btn-nmi", "#btn-reset"):
+        assert await page.locator(button).count() == 1, button
+    assert await page.get_attribute("#log-text", "href") == "/api/ports/demo/log?format=text"
+    assert await page.get_attribute("#log-raw", "href") == "/api/ports/demo/log?format=raw"
+    # a colourful line for the screenshot, then the screenshot for review
+    await page.keyboard.type("printf '\\033[1;32mgreen\\033[0m \\033[33myellow\\033[0m plain\\n'")
+    await page.keyboard.press("Enter")
+    await wait_for_screen(page, "green yellow plain")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "console.png"))
+    # no token or credential in any URL the page used
+    watch = browsing.watches[0]
+    assert all("token" not in url and "password" not in url for url in watch.requests)
+    browsing.assert_clean()
+
+
+async def test_second_user_takes_over_and_first_is_told(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
+) -> None:
+    bridge = await pty_bridge(bridge_factory, pty_device)
+    first = await browsing.page(bridge)
+    await open_console(first, bridge.origin, "lab", "admin", PASSWORDS["admin"])
+    assert await first.text_content("#st-mode") == "writer"
+    second = await browsing.page(bridge)
+    await open_console(second, bridge.origin, "lab", "operator", PASSWORDS["operator"])
+    assert await second.text_content("#st-mode") == "read-only"
+    assert await second.text_content("#st-writer") == "writer: admin"
+    # an operator sees no NMI / reset / power
+    assert await second.locator("#btn-nmi, #btn-reset, #btn-power").count() == 0
+
+    await second.click("#btn-takeover")
+    dialog = second.locator("dialog.confirm")
+    assert "admin" in (await dialog.text_content() or "")
+    await dialog.get_by_role("button", name="Take over").click()
+    await second.wait_for_function("() => window.serialBridge.view.mode === 'rw'")
+    await first.wait_for_function("() => window.serialBridge.view.mode === 'ro'")
+    notice = await first.text_content("#notice") or ""
+    assert "operator took over" in notice and "read-only" in notice
+    assert await first.text_content("#st-mode") == "read-only"
+    assert await first.evaluate("() => window.serialBridge.term.options.disableStdin") is True
+    assert bridge.port.writer is not None and bridge.port.writer.user == "operator"
+
+    # the new writer's keys reach the target; the old writer's terminal sends nothing
+    pty_device.drain_input()
+    await first.click("#terminal")
+    await first.keyboard.type("nope")
+    await second.click("#terminal")
+    await second.keyboard.type("mine")
+    got = await pty_device.read_until(lambda b: b"mine" in b)
+    assert b"nope" not in got
+    browsing.assert_clean()
+
+
+async def test_viewer_sees_the_console_and_cannot_type(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
+) -> None:
+    bridge = await pty_bridge(bridge_factory, pty_device)
+    page = await browsing.page(bridge)
+    await open_console(page, bridge.origin, "lab", "viewer", PASSWORDS["viewer"])
+    await pty_device.awrite(b"boot message for everyone\r\n")
+    await wait_for_screen(page, "boot message for everyone")
+    assert await page.text_content("#st-mode") == "read-only"
+    for control in ("#btn-takeover", "#btn-sysrq", "#btn-break", "#btn-nmi", "#dlg-sysrq"):
+        assert await page.locator(control).count() == 0, control
+    assert await page.evaluate("() => window.serialBridge.term.options.disableStdin") is True
+
+    pty_device.drain_input()
+    await page.click("#terminal")
+    await page.keyboard.type("reboot")
+    await page.keyboard.press("Enter")
+    # a round trip through the target proves the bridge is live; the keys never reached it
+    await pty_device.awrite(b"still here\r\n")
+    await wait_for_screen(page, "still here")
+    assert pty_device.drain_input() == b""
+    assert browsing.watches[0].binary_frames_sent() == []
+    browsing.assert_clean()
+
+
+async def test_dropped_link_reconnects_and_shows_what_was_missed(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
+) -> None:
+    bridge = await pty_bridge(bridge_factory, pty_device)
+    page = await browsing.page(bridge)
+    await open_console(page, bridge.origin, "lab", "operator", PASSWORDS["operator"])
+    await pty_device.awrite(b"before the drop\r\n")
+    await wait_for_screen(page, "before the drop")
+    seen = await page.evaluate("() => window.serialBridge.link.next")
+    assert seen == bridge.port.offset
+
+    # hold reconnection (test hook), then the server cuts the websocket
+    await page.evaluate("() => { window.serialBridge.link.hold = true; }")
+    for session in list(bridge.daemon.state.sockets.values()):
+        await session.ws.close(code=1001, message=b"going away")
+    await page.wait_for_function("() => window.serialBridge.link.state === 'reconnecting'")
+    assert await page.text_content("#st-link") == "reconnecting…"
+    missed = b"".join(b"printed while away %d\r\n" % i for i in range(50))
+    await pty_device.awrite(missed)
+    await wait_for(lambda: bridge.port.offset == seen + len(missed))
+
+    await page.evaluate("() => window.serialBridge.link.resume()")
+    await page.wait_for_function("() => window.serialBridge.link.state === 'connected'")
+    hello = await page.evaluate("() => window.serialBridge.link.lastHello")
+    assert hello["from"] == seen  # resumed exactly where it left off
+    await wait_for_screen(page, "printed while away 49")
+    text = await screen_text(page)
+    for i in range(50):
+        assert f"printed while away {i}" in text
+    assert text.count("before the drop") == 1  # nothing shown twice
+    assert await page.text_content("#st-mode") == "writer"
+    browsing.assert_clean()
+
+
+async def test_long_paste_asks_and_arrives_complete(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
+) -> None:
+    bridge = await pty_bridge(bridge_factory, pty_device)
+    page = await browsing.page(bridge)
+    await open_console(page, bridge.origin, "lab", "operator", PASSWORDS["operator"])
+    text = "".join(f"{i:05d}abcdefghijklmnopqrstuvwxyz" for i in range(10_000 // 31 + 1))[:10_000]
+    pty_device.drain_input()
+    paste = """(text) => {
+      const data = new DataTransfer();
+      data.setData("text/plain", text);
+      const target = window.serialBridge.term.textarea;
+      target.dispatchEvent(new ClipboardEvent("paste", {clipboardData: data, bubbles: true,
+                                                        cancelable: true}));
+    }"""
+    await page.click("#terminal")
+    await page.evaluate(paste, text)
+    dialog = page.locator("dialog.confirm")
+    assert "10,000 characters" in (await dialog.text_content() or "")
+    assert "lab" in (await dialog.text_content() or "")
+    await asyncio.sleep(0.2)
+    assert pty_device.drain_input() == b""  # nothing goes out before the user agrees
+    await dialog.get_by_role("button", name="Paste all").click()
+    got = await pty_device.read_until(lambda b: len(b) >= len(text))
+    assert got == text.encode()
+    # a short paste goes straight through, newlines as the Enter key sends them
+    await page.evaluate(paste, "ls -l\nexit\n")
+    got = await pty_device.read_until(lambda b: b.endswith(b"exit\r"))
+    assert got == b"ls -l\rexit\r"
+    browsing.assert_clean()
+
+
+async def test_sysrq_menu_and_nmi_reach_the_port(
+    bridge_factory: BridgeFactory, browsing: Browsing
+) -> None:
+    bridge = await virtual_bridge(bridge_factory)
+    page = await browsing.page(bridge)
+    await open_console(page, bridge.origin, "demo", "admin", PASSWORDS["admin"])
+    transport = bridge.port.transport
+
+    # a harmless key from the menu goes at once
+    await page.click("#btn-sysrq")
+    await page.click("#sysrq-keys [data-key=h]")
+    await wait_for_screen(page, "sysrq: key 'h' received")
+    assert ("sysrq", "h") in transport.events
+
+    # a free sequence with a destructive key asks first, naming the port
+    await page.click("#btn-sysrq")
+    await page.fill("#sysrq-seq-keys", "sb")
+    await page.select_option("#sysrq-interval", "0.1s")
+    await page.click("#sysrq-seq-send")
+    dialog = page.locator("dialog.confirm")
+    question = await dialog.text_content() or ""
+    assert "demo" in question and "b (reboot)" in question
+    await dialog.get_by_role("button", name="Send SysRq sb").click()
+    await wait_for_screen(page, "sysrq: key 'b' received")
+    assert [e for e in transport.events if e[0] == "sysrq"] == [
+        ("sysrq", "h"),
+        ("sysrq", "s"),
+        ("sysrq", "b"),
+    ]
+
+    # NMI: cancelled does nothing; confirmed pulses the line
+    nmi = mock_pin_factory().pin(NMI_GPIO)
+    before = len(nmi.states)
+    await page.click("#btn-nmi")
+    dialog = page.locator("dialog.confirm")
+    assert "demo" in (await dialog.text_content() or "")
+    await dialog.get_by_role("button", name="Cancel").click()
+    await page.click("#btn-nmi")
+    await page.locator("dialog.confirm").get_by_role("button", name="Send NMI").click()
+    await page.wait_for_function(
+        "() => document.getElementById('notice').textContent.startsWith('NMI done')"
+    )
+    assert [s.state for s in nmi.states[before:]] == [True, False]
+    audit = (bridge.state_dir / "audit").glob("*")
+    records = [json.loads(line) for f in audit for line in f.read_text().splitlines() if line]
+    assert any(r.get("event") == "nmi" and r.get("result") == "ok" for r in records), records
+    browsing.assert_clean()
+
+
+async def test_missing_terminal_assets_are_reported(
+    bridge_factory: BridgeFactory,
+    pty_device: PtyDevice,
+    browsing: Browsing,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(pages, "VENDOR_DIR", tmp_path / "no-vendor")
+    bridge = await pty_bridge(bridge_factory, pty_device)
+    page = await browsing.page(bridge)
+    await page.goto(bridge.origin + "/ports/lab")
+    await page.fill("#username", "operator")
+    await page.fill("#password", PASSWORDS["operator"])
+    await page.click("#login-submit")
+    banner = page.locator("#vendor-missing")
+    await banner.wait_for(state="visible")
+    assert "build-assets" in (await banner.text_content() or "")
+    assert await page.text_content("#st-link") == "terminal unavailable"
