@@ -120,7 +120,7 @@ def api_error(
 
 
 def create_app(state: AppState) -> web.Application:
-    from bridge.web import api, console, logapi
+    from bridge.web import api, console, logapi, pages
 
     app = web.Application(
         middlewares=[security_headers, internal_errors], client_max_size=64 * 1024
@@ -129,4 +129,5 @@ def create_app(state: AppState) -> web.Application:
     api.add_routes(app)
     console.add_routes(app)
     logapi.add_routes(app)
+    pages.add_routes(app)
     return app
