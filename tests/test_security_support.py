@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,10 @@ def client_tls(
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     if maximum is not None:
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let OpenSSL offer the old protocols at all
-        ctx.minimum_version = minimum or ssl.TLSVersion.MINIMUM_SUPPORTED
-        ctx.maximum_version = maximum
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1/1.1 are deprecated
+            ctx.minimum_version = minimum or ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.maximum_version = maximum
     return ctx
 
 
