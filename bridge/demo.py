@@ -1,8 +1,11 @@
 """`serial-bridge demo`: the whole bridge on 127.0.0.1 with a virtual target, for a first look.
 
 The target is a shell on a pseudo-terminal (device `virtual:shell`) with mock GPIO lines, so the
-console, SysRq, NMI and power buttons all work without hardware. State lives in a temporary
-directory that is removed on exit; an admin with a one-time password is created and printed.
+console, SysRq, NMI and power buttons all work without hardware. With `--qemu` the target is a real
+Linux kernel in QEMU instead (bridge.hw.qemu_target; docs/qemu.md): its ttyS0 on QEMU's telnet
+chardev, NMI/reset/power through QMP, so SysRq and NMI reach a real kernel. State lives in a
+temporary directory that is removed on exit; an admin with a one-time password is created and
+printed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from bridge.config import Config, parse_config
 from bridge.hw.factory import VIRTUAL_DEVICE
 
 DEMO_PORT = "demo"
+ONLINE_WITHIN = 15.0
+"""Seconds the QEMU demo waits for the port to connect to the guest's console."""
 
 
 def _free(host: str, port: int) -> bool:
@@ -42,6 +47,7 @@ def demo_config(
     listen_port: int,
     device: str = VIRTUAL_DEVICE,
     extra_lines: dict[str, Any] | None = None,
+    description: str = "virtual target (demo)",
 ) -> Config:
     lines: dict[str, Any] = (
         extra_lines
@@ -56,11 +62,41 @@ def demo_config(
         "server": {"listen": [f"127.0.0.1:{listen_port}"], "state_dir": str(state_dir)},
         "log": {"size": "4MiB", "flush_interval": "5s"},
         "gpio": {"pin_factory": "mock"},
-        "ports": {
-            DEMO_PORT: {"device": device, "description": "virtual target (demo)", "lines": lines}
-        },
+        "ports": {DEMO_PORT: {"device": device, "description": description, "lines": lines}},
     }
     return parse_config(data, "<demo>")
+
+
+async def _start_guest(stack: contextlib.AsyncExitStack, state_dir: Path) -> Any:
+    """Boot-ready QEMU guest (paused), stopped when `stack` closes; None after printing why
+    it cannot run."""
+    from bridge.hw.qemu_target import QemuGuest, QemuUnavailable, check_prerequisites
+
+    try:
+        check_prerequisites()
+    except QemuUnavailable as exc:
+        print(f"serial-bridge demo --qemu: {exc}", file=sys.stderr)
+        return None
+    guest = QemuGuest(state_dir / "qemu")
+    print("starting the QEMU guest (the first run downloads Debian's cloud kernel)...", flush=True)
+    stack.push_async_callback(guest.stop)
+    try:
+        await guest.start()
+    except (QemuUnavailable, RuntimeError, OSError) as exc:
+        print(f"serial-bridge demo --qemu: {exc}", file=sys.stderr)
+        return None
+    return guest
+
+
+async def _wait_online(daemon: Any, name: str, within: float) -> bool:
+    """True once the port's console is connected; False after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if daemon.state.ports[name].online:
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def run_demo_async(args: argparse.Namespace) -> int:
@@ -68,33 +104,68 @@ async def run_demo_async(args: argparse.Namespace) -> int:
 
     state_dir = Path(tempfile.mkdtemp(prefix="serial-bridge-demo-"))
     try:
-        port = args.port if args.port == 0 or _free("127.0.0.1", args.port) else 0
-        config = demo_config(state_dir, port)
-        password = secrets.token_urlsafe(12)
-        UserStore(state_dir).add("admin", "admin", hash_password(password), None)
-        daemon = Daemon(config)
-        await daemon.start()
-        url = daemon.urls()[0]
-        print(
-            f"\nserial-bridge demo is running (state in {state_dir}, removed on exit)\n\n"
-            f"  browser:      {url}/  (accept the self-signed certificate)\n"
-            f"  user:         admin\n"
-            f"  password:     {password}   (one-time, for this run only)\n"
-            f"  fingerprint:  {daemon.fingerprint}\n\n"
-            f"  terminal:     serial-bridge connect {url}/{DEMO_PORT} --user admin "
-            f"--fingerprint {daemon.fingerprint}\n\n"
-            "Press Ctrl-C to stop.\n",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            print("\nstopping the demo...", file=sys.stderr)
-            await daemon.stop("the demo is stopping")
+        async with contextlib.AsyncExitStack() as stack:
+            port = args.port if args.port == 0 or _free("127.0.0.1", args.port) else 0
+            guest = None
+            if getattr(args, "qemu", False):
+                guest = await _start_guest(stack, state_dir)
+                if guest is None:
+                    return 1
+                config = demo_config(
+                    state_dir,
+                    port,
+                    device=guest.telnet_url,
+                    extra_lines={"qmp": guest.qmp_path},
+                    description="QEMU guest: Debian cloud kernel + busybox (demo)",
+                )
+            else:
+                config = demo_config(state_dir, port)
+            password = secrets.token_urlsafe(12)
+            UserStore(state_dir).add("admin", "admin", hash_password(password), None)
+            daemon = Daemon(config)
+            await daemon.start()
+            stack.push_async_callback(daemon.stop, "the demo is stopping")
+            url = daemon.urls()[0]
+            if guest is not None:
+                if await _wait_online(daemon, DEMO_PORT, ONLINE_WITHIN):
+                    await guest.cont()  # boot only now: no line of the boot log is lost
+                else:
+                    print(
+                        "serial-bridge demo --qemu: the bridge did not reach the guest's "
+                        f"console within {ONLINE_WITHIN:g} s (see {guest.log_path})",
+                        file=sys.stderr,
+                    )
+                    return 1
+            target = f"{url}/{DEMO_PORT}"
+            fp = daemon.fingerprint
+            extra = ""
+            if guest is not None:
+                auth = f"--user admin --fingerprint {fp}"
+                extra = (
+                    f"  qemu pid:     {guest.pid}   (a real Linux kernel; a shell on ttyS0)\n"
+                    f"  try:          serial-bridge sysrq {target} h {auth}\n"
+                    f"                serial-bridge nmi {target} {auth}\n"
+                    f"                serial-bridge power {target} reset {auth}\n"
+                )
+            print(
+                f"\nserial-bridge demo is running (state in {state_dir}, removed on exit)\n\n"
+                f"  browser:      {url}/  (accept the self-signed certificate)\n"
+                f"  user:         admin\n"
+                f"  password:     {password}   (one-time, for this run only)\n"
+                f"  fingerprint:  {fp}\n\n"
+                f"  terminal:     serial-bridge connect {target} --user admin --fingerprint {fp}\n"
+                f"{extra}\n"
+                "Press Ctrl-C to stop.\n",
+                flush=True,
+            )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            try:
+                await stop.wait()
+            finally:
+                print("\nstopping the demo...", file=sys.stderr)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
     return 0
@@ -116,6 +187,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=8443,
         help="TCP port on 127.0.0.1 (a free one is picked if it is taken)",
+    )
+    p.add_argument(
+        "--qemu",
+        action="store_true",
+        help="target a real Linux kernel in QEMU (needs qemu-system-x86 and busybox-static; "
+        "see docs/qemu.md)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run_demo)

@@ -268,6 +268,7 @@ class QemuGuest:
         """Fetch the kernel if needed, build the initramfs and start QEMU paused (`-S`).
         Raises QemuUnavailable when QEMU or busybox-static is missing, RuntimeError otherwise."""
         check_prerequisites()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         kernel = await asyncio.to_thread(ensure_kernel)
         initrd = await asyncio.to_thread(build_initramfs, self.workdir / "initramfs.cpio.gz")
         for _attempt in range(3):  # the free port may be taken between probe and bind
