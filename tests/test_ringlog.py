@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import signal
@@ -66,9 +67,9 @@ class Recorder:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Recorder:
         original = self.ring._write_page
 
-        def record(position: int, page: bytes) -> None:
+        def record(position: int, page: bytes | mmap.mmap) -> None:
             r = self.ring
-            self.writes.append(Write(position, page, r.next_offset, r.oldest_offset))
+            self.writes.append(Write(position, bytes(page), r.next_offset, r.oldest_offset))
             original(position, page)
 
         monkeypatch.setattr(self.ring, "_write_page", record)
@@ -464,8 +465,10 @@ def test_disk_use_never_exceeds_size(tmp_path: Path, size: int) -> None:
         for i in range(3 * size // 500):
             ring.append(b"%d" % i * 100)
             clock.now += 0.01
-            ring.add_marker({"event": "x"}) if i % 50 == 0 else None
-            ring.flush() if i % 7 == 0 else None
+            if i % 50 == 0:
+                ring.add_marker({"event": "x"})
+            if i % 7 == 0:
+                ring.flush()
     st = path.stat()
     assert st.st_size == size // BLOCK_SIZE * BLOCK_SIZE
     assert st.st_blocks * 512 <= size + BLOCK_SIZE
