@@ -12,18 +12,19 @@ Never a secret: :meth:`AuditLog.record` raises ``ValueError`` (a programming err
 named password, token, secret, totp, code, cookie or keystrokes, or ending in ``_<that>``, at any
 depth. Name what was changed instead (``name="ci-bot"`` for a token, never its value).
 
-Events and their fields (``user`` is who acted, ``peer`` the client address):
+Events and their fields (``peer`` is the client address; ``by`` says who acted when that is not
+``user``, e.g. ``"cli"`` or an admin's name; callers may add fields such as ``result``):
 
-- ``login`` — ``user``, ``peer``, ``ok`` (bool), ``reason`` on failure
+- ``login`` — ``user`` (None for an unknown name), ``peer``, ``ok`` (bool), ``reason`` on failure
 - ``logout`` — ``user``, ``peer``
 - ``attach`` / ``detach`` — ``user``, ``port``, ``mode`` ("ro"|"rw"), ``peer``
-- ``takeover`` — ``user``, ``port``, ``previous`` (user who lost the lease)
+- ``takeover`` — ``user``, ``port`` (and whom the lease was taken from, where known)
 - ``break`` — ``user``, ``port``; ``sysrq`` — ``user``, ``port``, ``keys``
 - ``nmi``, ``reset`` — ``user``, ``port``; ``power`` — ``user``, ``port``, ``action``
-- ``user-add`` / ``user-del`` / ``user-passwd`` / ``user-totp`` — ``user``, ``name`` (the account
-  changed), ``role`` / ``ports`` where relevant
-- ``token-create`` / ``token-revoke`` — ``user``, ``name`` (the token's name)
-- ``config-reload`` — ``ok``, ``reason`` on rejection
+- ``user-add`` / ``user-del`` / ``user-passwd`` / ``user-totp`` — ``user`` (the account changed),
+  ``by``, and ``role`` / ``ports`` / ``enrolled`` where relevant
+- ``token-create`` / ``token-revoke`` — ``user`` (the token's owner), ``label`` (its name), ``by``
+- ``config-reload`` — ``changes`` or ``ok`` / ``reason``
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class AuditLog:
     ) -> list[dict[str, Any]]:
         """The newest ``limit`` matching events, oldest first.
 
-        ``user`` matches who acted (``user``) or the account changed (``name`` of user-* events);
+        ``user`` matches the ``user`` or ``by`` field (so an admin's own actions are found too);
         ``since`` is a wall-clock time; unreadable lines (a torn last line) are skipped.
         """
         found: list[dict[str, Any]] = []
@@ -170,7 +171,7 @@ class AuditLog:
                     if when < since:
                         older = True
                         continue
-                if user is not None and user not in (entry.get("user"), _subject(entry)):
+                if user is not None and user not in (entry.get("user"), entry.get("by")):
                     continue
                 if port is not None and entry.get("port") != port:
                     continue
@@ -180,8 +181,3 @@ class AuditLog:
             if older:
                 break  # files are in time order: the older ones hold nothing newer
         return found[::-1]
-
-
-def _subject(entry: dict[str, Any]) -> object:
-    event = entry.get("event")
-    return entry.get("name") if isinstance(event, str) and event.startswith("user-") else None

@@ -348,11 +348,6 @@ class RingLog:
         p = self._pend
         return self._unsynced or (p is not None and p.used > p.written)
 
-    @property
-    def capacity(self) -> int:
-        """Size of the ring file in bytes."""
-        return self._n * BLOCK_SIZE
-
     # ------------------------------------------------------------------ writing
     def append(self, data: bytes) -> None:
         """Add console bytes; touches the disk only when a 4 KiB block fills."""

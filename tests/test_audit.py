@@ -36,13 +36,13 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("nmi", {"user": "root", "port": "lab1"}),
     ("reset", {"user": "root", "port": "lab2"}),
     ("power", {"user": "root", "port": "lab2", "action": "cycle"}),
-    ("user-add", {"user": "root", "name": "carol", "role": "viewer"}),
-    ("user-del", {"user": "root", "name": "carol"}),
-    ("user-passwd", {"user": "root", "name": "alice"}),
-    ("user-totp", {"user": "root", "name": "alice"}),
-    ("token-create", {"user": "root", "name": "ci-bot"}),
-    ("token-revoke", {"user": "root", "name": "ci-bot"}),
-    ("config-reload", {"ok": True}),
+    ("user-add", {"user": "carol", "role": "viewer", "by": "root"}),
+    ("user-del", {"user": "carol", "by": "cli"}),
+    ("user-passwd", {"user": "alice", "by": "cli"}),
+    ("user-totp", {"user": "alice", "enrolled": True, "by": "cli"}),
+    ("token-create", {"user": "root", "label": "ci-bot", "by": "cli"}),
+    ("token-revoke", {"user": "root", "label": "ci-bot", "by": "cli"}),
+    ("config-reload", {"changes": ["log.size"]}),
 ]
 
 
@@ -116,7 +116,7 @@ def test_query_filters_and_limit_across_rotated_files(tmp_path: Path) -> None:
         port = "lab1" if i % 2 else "lab2"
         audit.record("attach", user=["alice", "bob", "carol"][i % 3], port=port, mode="ro", n=i)
         clock.now += 10
-    audit.record("user-passwd", user="root", name="alice")
+    audit.record("user-passwd", user="dave", by="alice")
     assert len(audit.files()) > 2
     all_events = audit.query()
     assert [e.get("n") for e in all_events[:-1]] == sorted(e["n"] for e in all_events[:-1])

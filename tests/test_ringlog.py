@@ -119,6 +119,7 @@ def test_wraparound_keeps_exactly_the_newest_bytes(tmp_path: Path) -> None:
         per_block = BLOCK_SIZE - 2 * 24
         assert (NBLOCKS - 1) * per_block < len(data) <= NBLOCKS * per_block
         assert len(data) == (NBLOCKS - 1) * per_block + len(ref) % per_block
+        assert ring.offset_at(0.0) == start  # older than the ring: its oldest byte
     with open_ring(tmp_path / "p.log", clock) as ring:
         assert held(ring) == (start, data)
 
