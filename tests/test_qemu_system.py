@@ -4,7 +4,8 @@ A QEMU guest (Debian's cloud kernel, busybox initramfs; bridge/hw/qemu_target.py
 real daemon: ttyS0 on QEMU's telnet chardev, the control lines through QMP. Everything below goes
 through the bridge's public API (websocket, HTTP, the `serial-bridge` CLI): the boot log, a shell
 command, SysRq `h` (websocket) and `t` (HTTP) and `h` again (CLI), NMI, reset and the second boot,
-and then the same story in the port's history (`/log` as text and as jsonl with event markers).
+SysRq `o` (power off) and power on (a third boot), and then the same story in the port's
+history (`/log` as text and as jsonl with event markers).
 """
 
 from __future__ import annotations
@@ -181,6 +182,17 @@ async def test_real_kernel_through_the_bridge(
         await ws.send_bytes(b"echo RT$((50+5))\r")
         at = await screen.wait_for("RT55", at)
         assert first_boot < nmi_seen < second_boot
+
+        # SysRq o powers the guest off (QEMU stays, -no-shutdown); power on boots it again.
+        await post(operator, bridge, "sysrq", {"keys": "o"})
+        at = await screen.wait_for("reboot: Power down", at)
+        async with asyncio.timeout(STEP_TIMEOUT):
+            while (await post(viewer, bridge, "power", {"action": "status"}))["power"] != "off":
+                await asyncio.sleep(0.1)
+        answer = await post(admin, bridge, "power", {"action": "on"})
+        assert (answer["action"], answer["power"]) == ("on", "on")
+        at = await screen.wait_for("Linux version", at, BOOT_TIMEOUT)
+        at = await screen.wait_for(PROMPT, at, BOOT_TIMEOUT)
         await ws.close()
 
         # The same story in the port's history, as text ...
@@ -190,7 +202,7 @@ async def test_real_kernel_through_the_bridge(
             assert resp.status == 200
             text = await resp.text()
         boots = [m.start() for m in re.finditer("Linux version", text)]
-        assert len(boots) == 2, text[-3000:]
+        assert len(boots) == 3, text[-3000:]
         for needle in ("RT42", "sysrq: HELP", "sysrq: Show State", "NMI received", "RT55"):
             assert needle in text, needle
         assert boots[0] < text.index("NMI received") < boots[1]
@@ -209,12 +221,14 @@ async def test_real_kernel_through_the_bridge(
             raw = await resp.read()
     markers = [(m["event"], m.get("user"), m.get("keys")) for m in lines if "event" in m]
     actions = [m for m in markers if m[0] in ("sysrq", "nmi", "reset")]
+    assert ("power", "admin", None) in markers
     assert actions == [
         ("sysrq", "operator", "h"),
         ("sysrq", "operator", "t"),
         ("sysrq", "operator", "h"),
         ("nmi", "admin", None),
         ("reset", "admin", None),
+        ("sysrq", "operator", "o"),
     ]
     assert markers[0][0] == "online"
     # The reset marker sits at the right place in the byte stream: after the NMI report, before

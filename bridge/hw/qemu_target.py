@@ -261,6 +261,7 @@ class QemuGuest:
             "telnet=on,nodelay=on",
             "-serial", f"chardev:{CHARDEV_ID}",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-no-shutdown",
             "-S",
         ]  # fmt: skip
 
