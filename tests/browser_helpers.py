@@ -144,19 +144,25 @@ async def new_page(browser: Any, origin: str) -> tuple[Any, Any, PageWatch]:
     return context, page, watch
 
 
-async def login(page: Any, origin: str, user: str, password: str, path: str = "/") -> None:
+async def login(
+    page: Any, origin: str, user: str, password: str, path: str = "/", totp: str = ""
+) -> None:
     """Open `path` (which redirects to the sign-in page) and sign in through the form."""
     await page.goto(origin + path)
     assert "/login?next=" in page.url, page.url
     await page.fill("#username", user)
     await page.fill("#password", password)
+    if totp:
+        await page.fill("#totp", totp)
     await page.click("#login-submit")
     await page.wait_for_url(origin + path)
 
 
-async def open_console(page: Any, origin: str, port: str, user: str, password: str) -> None:
+async def open_console(
+    page: Any, origin: str, port: str, user: str, password: str, totp: str = ""
+) -> None:
     """Sign in on the console page of `port` and wait until its websocket said hello."""
-    await login(page, origin, user, password, f"/ports/{port}")
+    await login(page, origin, user, password, f"/ports/{port}", totp)
     await page.wait_for_function(
         "() => window.serialBridge && window.serialBridge.link.state === 'connected'"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, async_playwright
 
+from bridge import totp
 from bridge.hw.lines import mock_pin_factory
 from bridge.web import pages
 from tests.browser_helpers import (
@@ -48,8 +50,10 @@ class Browsing:
         self.browser = browser
         self.contexts: list[Any] = []
         self.watches: list[PageWatch] = []
+        self.bridges: list[Bridge] = []
 
     async def page(self, bridge: Bridge) -> Any:
+        self.bridges.append(bridge)
         context, page, watch = await new_page(self.browser, bridge.origin)
         self.contexts.append(context)
         self.watches.append(watch)
@@ -70,6 +74,12 @@ async def browsing(chromium: str) -> AsyncIterator[Browsing]:
         finally:
             for context in b.contexts:
                 await context.close()
+            # Chromium drops its connections soon after; let the daemon see them go before it
+            # stops, or its TLS shutdowns would be cut off with the test's event loop
+            for bridge in b.bridges:
+                server = bridge.daemon.runner.server if bridge.daemon.runner else None
+                if server is not None:
+                    await wait_for(lambda s=server: not s.connections)
 
 
 async def pty_bridge(bridge_factory: BridgeFactory, device: PtyDevice) -> Bridge:
@@ -112,6 +122,8 @@ async def test_login_type_echo_and_read_it_back(
     assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
 
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "login.png"))
     await open_console(page, bridge.origin, "demo", "admin", PASSWORDS["admin"])
     await wait_for_screen(page, "demo$")
     await page.click("#terminal")
@@ -126,6 +138,13 @@ async def test_login_type_echo_and_read_it_back(
         }"""
     )
     assert "echo hi" in await screen_text(page)
+    # Ctrl+F6 leaves the terminal for the command bar, and comes back
+    await page.keyboard.press("Control+F6")
+    assert await page.evaluate("() => document.activeElement.id") == "btn-release"
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.id") == "btn-sysrq"
+    await page.keyboard.press("Control+F6")
+    assert await page.evaluate("() => document.activeElement === window.serialBridge.term.textarea")
     assert await page.text_content("#st-link") == "connected"
     assert await page.text_content("#st-mode") == "writer"
     # admin on a port with lines sees every control
@@ -134,10 +153,13 @@ async def test_login_type_echo_and_read_it_back(
     assert await page.get_attribute("#log-text", "href") == "/api/ports/demo/log?format=text"
     assert await page.get_attribute("#log-raw", "href") == "/api/ports/demo/log?format=raw"
     # a colourful line for the screenshot, then the screenshot for review
-    await page.keyboard.type("printf '\\033[1;32mgreen\\033[0m \\033[33myellow\\033[0m plain\\n'")
+    # (24-bit colour makes xterm.js set a style attribute: the CSP shim must handle that too)
+    await page.keyboard.type(
+        "printf '\\033[1;32mgreen\\033[0m \\033[33myellow\\033[0m "
+        "\\033[38;2;255;140;0mtruecolour\\033[0m plain\\n'"
+    )
     await page.keyboard.press("Enter")
-    await wait_for_screen(page, "green yellow plain")
-    ARTIFACTS.mkdir(exist_ok=True)
+    await wait_for_screen(page, "green yellow truecolour plain")
     await page.screenshot(path=str(ARTIFACTS / "console.png"))
     # no token or credential in any URL the page used
     watch = browsing.watches[0]
@@ -179,6 +201,15 @@ async def test_second_user_takes_over_and_first_is_told(
     await second.keyboard.type("mine")
     got = await pty_device.read_until(lambda b: b"mine" in b)
     assert b"nope" not in got
+
+    # the overview: one row per port with its state, writer and how many watch
+    await first.goto(bridge.origin + "/")
+    row = first.locator("tr[data-port=lab]")
+    await row.locator("td.writer", has_text="operator").wait_for()
+    cells = [c.strip() for c in await row.locator("th, td").all_text_contents()]
+    assert cells == ["lab", "rack 4", "online", "", "operator", "1"]
+    assert await row.locator("a").get_attribute("href") == "/ports/lab"
+    await first.screenshot(path=str(ARTIFACTS / "ports.png"))
     browsing.assert_clean()
 
 
@@ -186,8 +217,17 @@ async def test_viewer_sees_the_console_and_cannot_type(
     bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
 ) -> None:
     bridge = await pty_bridge(bridge_factory, pty_device)
+    secret = totp.new_secret()
+    bridge.daemon.state.users.set_totp("viewer", secret)
     page = await browsing.page(bridge)
-    await open_console(page, bridge.origin, "lab", "viewer", PASSWORDS["viewer"])
+    await open_console(
+        page,
+        bridge.origin,
+        "lab",
+        "viewer",
+        PASSWORDS["viewer"],
+        totp=totp.code_at(secret, time.time()),
+    )
     await pty_device.awrite(b"boot message for everyone\r\n")
     await wait_for_screen(page, "boot message for everyone")
     assert await page.text_content("#st-mode") == "read-only"
@@ -204,6 +244,11 @@ async def test_viewer_sees_the_console_and_cannot_type(
     await wait_for_screen(page, "still here")
     assert pty_device.drain_input() == b""
     assert browsing.watches[0].binary_frames_sent() == []
+    # screen-reader mode is a checkbox away, for every role
+    assert await page.locator(".xterm-accessibility-tree").count() == 0
+    await page.check("#opt-sr")
+    assert await page.evaluate("() => window.serialBridge.term.options.screenReaderMode")
+    await page.locator(".xterm-accessibility-tree").wait_for(state="attached")
     browsing.assert_clean()
 
 
@@ -266,10 +311,19 @@ async def test_long_paste_asks_and_arrives_complete(
     await dialog.get_by_role("button", name="Paste all").click()
     got = await pty_device.read_until(lambda b: len(b) >= len(text))
     assert got == text.encode()
+    await page.locator("#notice", has_text="Pasted 10,000 characters").wait_for()
     # a short paste goes straight through, newlines as the Enter key sends them
     await page.evaluate(paste, "ls -l\nexit\n")
     got = await pty_device.read_until(lambda b: b.endswith(b"exit\r"))
     assert got == b"ls -l\rexit\r"
+    # opt-in: the terminal's size typed for the target
+    await page.check("#opt-size")
+    got = await pty_device.read_until(lambda b: b.endswith(b"\r"))
+    rows, cols = await page.evaluate(
+        "() => [window.serialBridge.term.rows, window.serialBridge.term.cols]"
+    )
+    assert got == b"stty rows %d cols %d\r" % (rows, cols)
+    assert rows > 10 and cols > 80  # the terminal fills the window
     browsing.assert_clean()
 
 
@@ -291,6 +345,7 @@ async def test_sysrq_menu_and_nmi_reach_the_port(
     await page.click("#btn-sysrq")
     await page.fill("#sysrq-seq-keys", "sb")
     await page.select_option("#sysrq-interval", "0.1s")
+    await page.screenshot(path=str(ARTIFACTS / "sysrq.png"))
     await page.click("#sysrq-seq-send")
     dialog = page.locator("dialog.confirm")
     question = await dialog.text_content() or ""

@@ -42,8 +42,8 @@
   function notify(text, kind = "info") {
     const box = $("notice");
     box.textContent = text;
-    box.className = `banner ${kind}`;
-    box.hidden = false;
+    box.className = `notice ${kind}`;
+    box.title = text;
   }
 
   function isWriter() {
@@ -298,7 +298,7 @@
       },
       hello: (message) => {
         applyStatus(message, true);
-        if (link.attempt === 0 && $("notice").textContent.startsWith("Connection lost")) notify("Reconnected; nothing was missed.", "ok");
+        if (link.attempt === 0 && $("notice").textContent.startsWith("Connection lost")) notify("Reconnected; the output resumed where it stopped.", "ok");
         if (isWriter()) sendSize(true);
       },
       data: (bytes) => term.write(bytes),
