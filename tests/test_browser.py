@@ -152,6 +152,13 @@ async def test_login_type_echo_and_read_it_back(
         assert await page.locator(button).count() == 1, button
     assert await page.get_attribute("#log-text", "href") == "/api/ports/demo/log?format=text"
     assert await page.get_attribute("#log-raw", "href") == "/api/ports/demo/log?format=raw"
+    # "Send terminal size" tells the shell how wide the terminal is (the serial line cannot)
+    await page.check("#opt-size")
+    rows, cols = await page.evaluate(
+        "() => [window.serialBridge.term.rows, window.serialBridge.term.cols]"
+    )
+    await wait_for_screen(page, f"stty rows {rows} cols {cols}")
+    await page.click("#terminal")
     # a colourful line for the screenshot, then the screenshot for review
     # (24-bit colour makes xterm.js set a style attribute: the CSP shim must handle that too)
     await page.keyboard.type(

@@ -104,7 +104,6 @@
 
   function describe(result) {
     if (!result) return "";
-    if (result.action === "sysrq") return ` (keys ${result.keys})`;
     if (result.action === "break") return ` (${result.duration_ms} ms)`;
     if (result.power) return ` (power is ${result.power})`;
     return "";
