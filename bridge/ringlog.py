@@ -544,7 +544,7 @@ class RingLog:
         """Console bytes from ``start`` (clamped up to oldest_offset): (actual_start, data).
 
         The bytes returned are contiguous; a hole left by damage ends the answer (a start inside
-        a hole moves to the next byte held). b"" at the end of the log.
+        a hole moves to the next byte held). ``(next_offset, b"")`` at the end of the log.
         """
         start = max(start, self.oldest_offset)
         if max_bytes <= 0 or start >= self._next:
@@ -563,6 +563,8 @@ class RingLog:
             at += len(take)
             if at - actual >= max_bytes:
                 break
+        if not parts:  # nothing held from start on: a hole up to the end
+            return self._next, b""
         return actual, b"".join(parts)
 
     def offset_at(self, when: float) -> int:
