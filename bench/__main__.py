@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import report, workloads
+from bench import profile, report, workloads
 from bench.common import MIB, RATE_3M, RATE_12M, RATE_115200, payload, utc_stamp
 from bench.pty_target import TargetHandle
 from bench.ser2net import Ser2net
@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--echo-limit", type=float, default=None, help="echo seconds cap (20)")
     p.add_argument("--run-limit", type=float, default=None, help="time cap per throughput run")
     p.add_argument("--client-procs", type=int, default=4, help="max client worker processes")
+    p.add_argument("--profile", action="store_true", help="py-spy serial-bridge afterwards")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
     a = p.parse_args(argv)
     a.runs = a.runs or (1 if a.quick else 5)
@@ -249,6 +250,11 @@ def run(a: argparse.Namespace) -> int:
                 traceback.print_exc(limit=3)
             finally:
                 system.stop()
+        # Phase 3 (--profile): where serial-bridge spends its time, measured apart from the rest.
+        if a.profile and "serial-bridge" in systems:
+            results["serial-bridge"]["profile"] = run_profiles(
+                a, env, systems["serial-bridge"], tmp
+            )
     finally:
         for system in systems.values():
             with contextlib.suppress(Exception):
@@ -285,10 +291,35 @@ def run(a: argparse.Namespace) -> int:
     print()
     print("issue 8 targets (serial-bridge vs peers measured in this run):")
     print(report.verdicts_text(verdicts))
+    for label, item in (results.get("serial-bridge", {}).get("profile") or {}).items():
+        print(f"\nserial-bridge profile, {label} (py-spy):")
+        print(profile.text(item["profile"]))
     for n in notes:
         print("note:", n)
     print(f"\nJSON: {out}")
     return 0
+
+
+def run_profiles(a: argparse.Namespace, env: workloads.Env, system: Any, tmp: Path) -> Any:
+    jobs = [
+        ("throughput 1 client", (1, a.size, a.run_limit, None)),
+        ("throughput 50 clients", (50, a.size, a.run_limit, None)),
+        ("115200 baud, 10 clients, 10 s", (10, RATE_115200 * 10, 11.0, float(RATE_115200))),
+    ]
+    out: dict[str, Any] = {}
+    system.start(env.target.slave_path)
+    try:
+        for label, (n, size, limit, rate) in jobs:
+            prof = profile.Profiler(system.pid, tmp / f"profile-{n}-{rate}.txt")
+            try:
+                run = guarded({}, system.name, f"profiled {label}", workloads.stream,
+                              env, system, n, size, limit, rate)  # fmt: skip
+            finally:
+                summary = prof.stop()
+            out[label] = {"run": run, "profile": summary}
+    finally:
+        system.stop()
+    return out
 
 
 def _ser2net_version() -> str:
