@@ -349,7 +349,7 @@ class RingLog:
         return self._unsynced or (p is not None and p.used > p.written)
 
     # ------------------------------------------------------------------ writing
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | bytearray | memoryview) -> None:
         """Add console bytes; touches the disk only when a 4 KiB block fills."""
         if data:
             self._put(KIND_DATA, data, self._next, self._clock(), coalesce=True)
@@ -361,7 +361,15 @@ class RingLog:
             raise ValueError(f"marker is {len(payload)} bytes, the limit is {MAX_MARKER_BYTES}")
         self._put(KIND_MARKER, payload, self._next, self._clock(), coalesce=False)
 
-    def _put(self, kind: int, data: bytes, offset: int, when: float, *, coalesce: bool) -> None:
+    def _put(
+        self,
+        kind: int,
+        data: bytes | bytearray | memoryview,
+        offset: int,
+        when: float,
+        *,
+        coalesce: bool,
+    ) -> None:
         self._check_open()
         if offset < self._next:
             raise ValueError("offsets must not go backwards")
