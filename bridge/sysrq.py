@@ -86,10 +86,13 @@ def help_text() -> str:
 def validate_keys(keys: str, deny: frozenset[str] = frozenset()) -> str:
     """Check a key or a sequence such as "REISUB"; returns it lowercase.
 
-    Raises ValueError naming the first problem: an empty sequence, a character that is not a
-    SysRq key, or a key in the port's `sysrq_deny` list.
+    Raises ValueError naming the first problem: not a string, an empty sequence, a character
+    that is not a SysRq key, or a key in the port's `sysrq_deny` list.
     """
-    if not isinstance(keys, str) or not keys:
+    if not isinstance(keys, str):
+        # Never str() it: str(None) is "None", and n, o, n, e are all SysRq keys (o powers off).
+        raise ValueError(f'SysRq keys must be a string such as "h" or "REISUB", not {keys!r}')
+    if not keys:
         raise ValueError("no SysRq key given (examples: h, t, REISUB)")
     lowered = keys.lower()
     denied = {k.lower() for k in deny}
