@@ -1,8 +1,12 @@
 """The UART transport: a real serial device (or pyserial URL) read and written from the event loop.
 
-Reads: the device fd is registered with `loop.add_reader`; each wake-up does one large
-non-blocking `os.read` (64 KiB), so there is no thread per port and no busy loop. A read that
-returns no data, or fails, means the device is gone: the sink's `connection_lost` is called.
+Reads: the device fd is registered with `loop.add_reader`; each wake-up does one non-blocking
+`os.read` of up to 64 KiB, so there is no thread per port and no busy loop. A read that returns no
+data, or fails, means the device is gone: the sink's `connection_lost` is called. Small reads (a
+keystroke's echo, a line) go to the hub at once. A tty hands over at most ~4 KiB per read, so
+while reads come back large (bulk output) the transport gathers a few more, one event-loop turn
+apart, up to 64 KiB, before handing them on: fan-out then costs one frame per 64 KiB instead of
+per 4 KiB, and interactive traffic never waits.
 
 Writes: paced at the line rate (baud / bits per character) by a token bucket that lets a short
 burst (a keystroke, a line) through at once, and wait for `add_writer` readiness when the kernel's
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 from typing import Any
 
 import serial
@@ -27,6 +32,7 @@ from bridge.config import PortConfig
 from bridge.hw.interfaces import DeviceUnavailable, TransportSink
 
 READ_SIZE = 64 * 1024
+BULK_READ = 1024  # a read at least this large means output is streaming: gather more
 _PARITY = {
     "N": serial.PARITY_NONE,
     "E": serial.PARITY_EVEN,
@@ -74,6 +80,7 @@ class UartTransport:
         self._writable: asyncio.Future[None] | None = None
         self._url_reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._gathered: bytearray | None = None
 
     def _make_serial(self) -> Any:
         cfg = self.cfg
@@ -110,19 +117,60 @@ class UartTransport:
         else:
             self._url_reader = asyncio.create_task(self._read_url())
 
-    def _on_readable(self) -> None:
+    def _read(self, ready: bool) -> bytes | None:
+        """One non-blocking read: data, or None (nothing now, or the device is gone). A tty with
+        VMIN=0 returns 0 bytes when it is merely empty, so an empty read means "gone" only when
+        the fd was `ready` and poll() confirms a hang-up (a USB unplug) or an error."""
         try:
             data = os.read(self._fd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError as exc:
             self._lost(exc)
-            return
+            return None
         if not data:
-            self._lost(None)
+            if ready and self._hung_up():
+                self._lost(None)
+            return None
+        return data
+
+    def _hung_up(self) -> bool:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        events = poller.poll(0)
+        return bool(events) and bool(events[0][1] & (select.POLLHUP | select.POLLERR))
+
+    def _on_readable(self) -> None:
+        data = self._read(ready=True)
+        if data is None:
             return
-        assert self._sink is not None
-        self._sink.data_received(data)
+        if self._gathered is not None:
+            self._gathered += data
+            if len(self._gathered) >= READ_SIZE:
+                self._hand_on()
+        elif len(data) < BULK_READ:
+            assert self._sink is not None
+            self._sink.data_received(data)
+        else:
+            self._gathered = bytearray(data)
+            asyncio.get_running_loop().call_soon(self._gather)
+
+    def _gather(self) -> None:
+        """One loop turn after a large read: read again; keep gathering while reads are large."""
+        if self._gathered is None or self._fd < 0:
+            return
+        data = self._read(ready=False)
+        if data is not None and self._gathered is not None:
+            self._gathered += data
+            if len(data) >= BULK_READ and len(self._gathered) < READ_SIZE:
+                asyncio.get_running_loop().call_soon(self._gather)
+                return
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if gathered and self._sink is not None:
+            self._sink.data_received(bytes(gathered))
 
     async def _read_url(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,6 +185,9 @@ class UartTransport:
 
     def _lost(self, exc: Exception | None) -> None:
         sink = self._sink
+        gathered, self._gathered = self._gathered, None
+        if gathered and sink is not None:
+            sink.data_received(bytes(gathered))
         self._release()
         if sink is not None:
             sink.connection_lost(exc)
