@@ -36,6 +36,12 @@ previous write held: a write torn at any byte cannot damage records that were al
 Mixing the block ``seq`` into every record checksum means stale records from an older lap that
 survive a torn write can never be mistaken for current ones.
 
+Writes are whole, page-aligned 4 KiB pages at page-aligned positions: a block is written when it
+fills, and by flush() (which rewrites the partial block in place, then fdatasync). A silent
+console causes no I/O at all. With ``durable`` (the default) the pages go out with O_DIRECT, so
+exactly one page reaches the device per write whatever the page cache's folio size (on kernels
+with large ext4 folios a buffered 4 KiB write can dirty, and write back, 64 KiB or more).
+
 Recovery scans every block header and record once at open (no index or metadata file exists);
 the position of the write head, offsets and times come from the scan. A record that fails its
 checksum ends its block; the other blocks are kept. Offsets never decrease: the next append
@@ -442,13 +448,15 @@ class RingLog:
 
     def _write_page(self, position: int, page: bytes | mmap.mmap) -> None:
         try:
-            os.pwrite(self._wfd, page, position)
+            written = os.pwrite(self._wfd, page, position)
         except OSError as exc:
             if exc.errno != errno.EINVAL or self._wfd == self._fd:
                 raise
             os.close(self._wfd)  # O_DIRECT refused after all: fall back to buffered writes
             self._wfd = self._fd
-            os.pwrite(self._fd, page, position)
+            written = os.pwrite(self._fd, page, position)
+        if written != len(page):
+            raise OSError(errno.EIO, f"short write to {self.path}: {written} of {len(page)} bytes")
         self.stats.writes += 1
         self.stats.bytes_written += len(page)
 
