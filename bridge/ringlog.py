@@ -60,6 +60,7 @@ from __future__ import annotations
 import bisect
 import errno
 import json
+import logging
 import math
 import mmap
 import os
@@ -70,6 +71,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 4096
 MAGIC = b"SBRL"
@@ -103,6 +106,7 @@ class WriteStats:
     writes: int = 0
     bytes_written: int = 0
     syncs: int = 0
+    errors: int = 0  # full-block writes that failed (append() does not raise for them)
 
 
 @dataclass(slots=True)
@@ -356,7 +360,8 @@ class RingLog:
 
     # ------------------------------------------------------------------ writing
     def append(self, data: bytes | bytearray | memoryview) -> None:
-        """Add console bytes; touches the disk only when a 4 KiB block fills."""
+        """Add console bytes; touches the disk only when a 4 KiB block fills (a failed block
+        write is logged and counted in ``stats.errors``, not raised; flush() does raise)."""
         if data:
             self._put(KIND_DATA, data, self._next, self._clock(), coalesce=True)
 
@@ -388,8 +393,7 @@ class RingLog:
                 self._seal(p)
                 need = RH + (len(mv) if kind == KIND_MARKER else 1)
                 if p.used + need > BLOCK_SIZE:
-                    self._write(p)
-                    self._pend = None
+                    self._retire(p)
                     continue
                 r = _Rec(kind, self._next, when, p.used + RH, 0)
                 p.recs.append(r)
@@ -412,8 +416,7 @@ class RingLog:
                 self._seal(p)
             if p.used == BLOCK_SIZE or (p.open_rec is None and BLOCK_SIZE - p.used <= RH):
                 self._seal(p)  # full: nothing more fits
-                self._write(p)
-                self._pend = None
+                self._retire(p)
 
     def _new_block(self) -> _Pending:
         seq = self._next_seq
@@ -437,6 +440,16 @@ class RingLog:
         crc = zlib.crc32(p.page[at : r.pos - 4], crc)
         crc = zlib.crc32(p.page[r.pos : r.pos + r.length], crc)
         struct.pack_into("<I", p.page, r.pos - 4, crc)
+
+    def _retire(self, p: _Pending) -> None:
+        """Write a full block and move on. An I/O error does not stop appending (offsets must
+        stay in step with the hub's): the block is lost from disk, reads see a hole there."""
+        self._pend = None
+        try:
+            self._write(p)
+        except OSError as exc:
+            self.stats.errors += 1
+            log.error("ring log %s: block write failed, %d bytes lost: %s", self.path, p.used, exc)
 
     def _write(self, p: _Pending) -> None:
         """Write the whole page of the block (it is one page, rewritten in place on flush)."""

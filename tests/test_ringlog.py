@@ -229,9 +229,9 @@ def run_workload(ring: RingLog, clock: Clock, ops: list[tuple[str, int, float]])
     return Run(bytes(ref), markers)
 
 
-def recovered(path: Path, clock: Clock, run: Run) -> tuple[RingLog, bytearray]:
+def recovered(path: Path, clock: Clock, run: Run, size: int = SIZE) -> tuple[RingLog, bytearray]:
     """Open the damaged file; check nothing wrong comes back; return which offsets came back."""
-    ring = open_ring(path, clock)
+    ring = open_ring(path, clock, size)
     have = bytearray(len(run.ref))
     previous = -1
     for rec in ring.records(0):
@@ -567,6 +567,36 @@ def test_blocks_are_written_only_when_full_until_flush(tmp_path: Path) -> None:
         ring.flush()
         assert ring.stats.writes == 30_000 // (BLOCK_SIZE - 48) + 1
         assert not ring.dirty
+
+
+def test_a_failing_disk_never_desynchronises_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    path = tmp_path / "p.log"
+    rnd = random.Random(2)
+    ref = rnd.randbytes(40_000)
+    ring = open_ring(path, clock, size=32 * BLOCK_SIZE)
+    ring.append(ref[:10_000])
+    original = ring._write_page
+
+    def broken(position: int, page: bytes | mmap.mmap) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ring, "_write_page", broken)
+    ring.append(ref[10_000:20_000])  # two blocks fill and fail to be written
+    assert ring.next_offset == 20_000 and ring.stats.errors >= 2
+    assert "block write failed" in caplog.text
+    with pytest.raises(OSError):
+        ring.flush()
+    monkeypatch.setattr(ring, "_write_page", original)
+    ring.append(ref[20_000:])
+    ring.close()
+    ring2, have = recovered(path, clock, Run(ref, []), size=32 * BLOCK_SIZE)
+    assert ring2.next_offset == len(ref)
+    assert all(have[:8000]) and all(have[24_000:])  # only the failed blocks are missing
+    assert not all(have[10_000:20_000])
+    ring2.close()
 
 
 def test_resize_keeps_newest_and_offsets(tmp_path: Path) -> None:
