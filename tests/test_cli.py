@@ -8,6 +8,7 @@ import subprocess
 import sys
 import termios
 import time
+from asyncio.subprocess import Process
 from pathlib import Path
 
 from tests.conftest import Bridge, PtyDevice
@@ -86,50 +87,62 @@ def test_user_and_token_commands(tmp_path: Path) -> None:
     assert "alice" not in run("user", "list", "--config", cfg).stdout
 
 
-async def test_connect_types_reads_and_restores_the_terminal(
-    bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
-) -> None:
-    master, slave = os.openpty()
-    before = termios.tcgetattr(slave)
-    env = {
-        **os.environ,
-        "SERIAL_BRIDGE_TOKEN": bridge.tokens["operator"],
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "connect",
-        f"{bridge.base}/lab",
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-    )
-    os.set_blocking(master, False)
-    seen = bytearray()
+class PtyScreen:
+    """A terminal for a CLI subprocess: the test types into and reads from the pty master."""
 
-    async def screen_until(needle: bytes, timeout: float = 20) -> None:
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        os.set_blocking(self.master, False)
+        self.seen = bytearray()
+
+    async def until(self, needle: bytes, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
-        while needle not in seen:
-            assert time.monotonic() < deadline, f"{needle!r} not on screen: {bytes(seen)!r}"
+        while needle not in self.seen:
+            assert time.monotonic() < deadline, f"{needle!r} not on screen: {bytes(self.seen)!r}"
             try:
-                seen.extend(os.read(master, 4096))
+                self.seen.extend(os.read(self.master, 4096))
             except BlockingIOError:
                 await asyncio.sleep(0.01)
 
-    await screen_until(b"connected to lab (rw)")
-    assert b"first connection" in seen  # trust on first use, announced
-    os.write(master, b"echo hello\r")
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    async def connect(self, bridge: Bridge, token: str, home: Path, *args: str) -> Process:
+        env = {**os.environ, "SERIAL_BRIDGE_TOKEN": token, "XDG_CONFIG_HOME": str(home)}
+        return await asyncio.create_subprocess_exec(
+            *CLI,
+            "connect",
+            f"{bridge.base}/lab",
+            *args,
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
+            env=env,
+        )
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+async def test_connect_types_reads_and_restores_the_terminal(
+    bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    screen = PtyScreen()
+    before = termios.tcgetattr(screen.slave)
+    proc = await screen.connect(bridge, bridge.tokens["operator"], tmp_path / "xdg")
+    await screen.until(b"connected to lab (rw)")
+    assert b"first connection" in screen.seen  # trust on first use, announced
+    screen.type(b"echo hello\r")
     await pty_device.read_until(lambda b: b"echo hello\r" in b)
     pty_device.write(b"echo hello\r\nhello\r\n$ ")
-    await screen_until(b"hello\r\n$ ")
-    os.write(master, b"\r~.")
+    await screen.until(b"hello\r\n$ ")
+    screen.type(b"\r~.")
     assert await asyncio.wait_for(proc.wait(), 20) == 0
-    assert termios.tcgetattr(slave) == before
+    assert termios.tcgetattr(screen.slave) == before
     known = (tmp_path / "xdg" / "serial-bridge" / "known_hosts").read_text()
     assert bridge.daemon.fingerprint in known
-    os.close(master)
-    os.close(slave)
+    screen.close()
 
 
 async def test_connect_refuses_a_changed_certificate(bridge: Bridge, tmp_path: Path) -> None:
@@ -154,48 +167,26 @@ async def test_connect_refuses_a_changed_certificate(bridge: Bridge, tmp_path: P
 async def test_connect_reconnects_and_resumes_from_its_offset(
     bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
 ) -> None:
-    master, slave = os.openpty()
-    env = {
-        **os.environ,
-        "SERIAL_BRIDGE_TOKEN": bridge.tokens["viewer"],
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "connect",
-        f"{bridge.base}/lab",
+    screen = PtyScreen()
+    proc = await screen.connect(
+        bridge,
+        bridge.tokens["viewer"],
+        tmp_path / "xdg",
         "--read-only",
         "--fingerprint",
         bridge.daemon.fingerprint,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
     )
-    os.set_blocking(master, False)
-    seen = bytearray()
-
-    async def screen_until(needle: bytes, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in seen:
-            assert time.monotonic() < deadline, f"{needle!r} not on screen: {bytes(seen)!r}"
-            try:
-                seen.extend(os.read(master, 4096))
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
-
-    await screen_until(b"connected to lab (ro)")
+    await screen.until(b"connected to lab (ro)")
     pty_device.write(b"line one\r\n")
-    await screen_until(b"line one\r\n")
+    await screen.until(b"line one\r\n")
     state = bridge.daemon.state
     assert state is not None
     for session in list(state.sockets.values()):
         await session.ws.close(code=1012, message=b"restarting")
     pty_device.write(b"printed while the link was down\r\n")
-    await screen_until(b"reconnecting")
-    await screen_until(b"printed while the link was down\r\n")
-    assert seen.count(b"line one") == 1, "resumed from the wrong offset (repeated output)"
-    os.write(master, b"\r~.")
+    await screen.until(b"reconnecting")
+    await screen.until(b"printed while the link was down\r\n")
+    assert screen.seen.count(b"line one") == 1, "resumed from the wrong offset (repeated output)"
+    screen.type(b"\r~.")
     assert await asyncio.wait_for(proc.wait(), 20) == 0
-    os.close(master)
-    os.close(slave)
+    screen.close()
