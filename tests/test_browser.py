@@ -378,6 +378,18 @@ async def test_sysrq_menu_and_nmi_reach_the_port(
         "() => document.getElementById('notice').textContent.startsWith('NMI done')"
     )
     assert [s.state for s in nmi.states[before:]] == [True, False]
+    # power: pick the action in the power dialog, then confirm it
+    power = mock_pin_factory().pin(POWER_GPIO)
+    before = len(power.states)
+    await page.click("#btn-power")
+    await page.click("#dlg-power [data-power=off]")
+    dialog = page.locator("dialog.confirm")
+    assert "demo" in (await dialog.text_content() or "")
+    await dialog.get_by_role("button", name="Power off").click()
+    await page.wait_for_function(
+        "() => document.getElementById('notice').textContent.startsWith('Power off done')"
+    )
+    assert [s.state for s in power.states[before:]] == [True, False]
     audit = (bridge.state_dir / "audit").glob("*")
     records = [json.loads(line) for f in audit for line in f.read_text().splitlines() if line]
     assert any(r.get("event") == "nmi" and r.get("result") == "ok" for r in records), records
