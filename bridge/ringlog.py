@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import json
 import logging
 import math
@@ -230,6 +231,9 @@ class RingLog:
     ) -> RingLog:
         """Create and preallocate the ring file, or open it and recover its records by scanning.
 
+        ``size`` is authoritative: a file written with another size is converted to this one.
+        The file is locked (flock) while open: a second RingLog on it raises OSError(EBUSY).
+
         ``durable``: blocks are written with O_DIRECT (where the file system allows it: exactly
         one page reaches the device per write, whatever the page cache's folio size) and flush()
         calls fdatasync. Turn it off only in tests.
@@ -240,6 +244,11 @@ class RingLog:
         path = Path(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                msg = f"ring log {path} is open elsewhere (one writer only)"
+                raise OSError(errno.EBUSY, msg) from None
             ring = cls(fd, path, nblocks, flush_interval, clock, time_resolution, durable)
             other = ring._recover()
             if other is None and durable:

@@ -148,7 +148,8 @@ def test_offsets_stay_monotonic_across_restarts_and_crashes(tmp_path: Path) -> N
             durable_end = len(ref)
         else:
             os.close(ring._fd)  # crash: the process dies without flushing
-        start, data = held(open_ring(tmp_path / "p.log", clock))
+        with open_ring(tmp_path / "p.log", clock) as reopened:
+            start, data = held(reopened)
         assert data == bytes(ref[start:durable_end])
 
 
@@ -616,6 +617,12 @@ def test_resize_keeps_newest_and_offsets(tmp_path: Path) -> None:
         assert list(ring.records(len(ref)))[-1].marker == {"event": "offline"}
     assert path.stat().st_size == 4 * BLOCK_SIZE
     assert not (tmp_path / "p.log.resize").exists()
+
+
+def test_one_writer_only(tmp_path: Path) -> None:
+    with open_ring(tmp_path / "p.log", Clock()), pytest.raises(OSError, match="one writer"):
+        open_ring(tmp_path / "p.log", Clock())
+    open_ring(tmp_path / "p.log", Clock()).close()  # free again once closed
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
