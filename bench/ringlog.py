@@ -87,10 +87,10 @@ def simulate(
     }
 
 
-def bench_throughput(directory: Path, chunk: int, total: int = 64 * MIB) -> float:
+def bench_throughput(directory: Path, chunk: int, durable: bool, total: int = 64 * MIB) -> float:
     payload = bytes(range(256)) * (chunk // 256 + 1)
     payload = payload[:chunk]
-    ring = RingLog.open(directory / f"tp-{chunk}.log", RING_SIZE)  # O_DIRECT block writes
+    ring = RingLog.open(directory / f"tp-{chunk}.log", RING_SIZE, durable=durable)
     start = time.perf_counter()
     for _ in range(total // chunk):
         ring.append(payload)
@@ -145,7 +145,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         directory = Path(tmp)
         results["throughput_mib_s"] = {
-            f"{chunk}B_appends": round(bench_throughput(directory, chunk), 1)
+            f"{chunk}B_appends_{mode}": round(bench_throughput(directory, chunk, durable), 1)
+            for mode, durable in (("o_direct", True), ("buffered", False))
             for chunk in (64, 1024, 4096)
         }
         per_tick = BAUD_BYTES_PER_S // 100  # a UART read every 10 ms
