@@ -95,9 +95,7 @@ async def peer_fingerprint(host: str, port: int, wait: float = 10.0) -> str:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        _reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ctx), wait
-        )
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx), wait)
     except (OSError, TimeoutError) as exc:
         raise ClientError(f"cannot reach {host}:{port}: {exc}") from exc
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
