@@ -79,3 +79,30 @@ async def test_missing_device_and_unplug(tmp_path: Path, pty_device: PtyDevice) 
     pty_device.unplug()
     await wait_for(lambda: len(sink.lost) == 1)
     await uart.close()
+
+
+async def test_pyserial_socket_url_device() -> None:
+    received = bytearray()
+    peer: list[asyncio.StreamWriter] = []
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer.append(writer)
+        writer.write(b"login: ")
+        await writer.drain()
+        while data := await reader.read(1024):
+            received.extend(data)
+
+    server = await asyncio.start_server(target, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    uart, sink = UartTransport(PortConfig(name="t", device=f"socket://127.0.0.1:{port}")), Sink()
+    try:
+        await uart.open(sink)
+        await wait_for(lambda: bytes(sink.data) == b"login: ")
+        await uart.write(b"root\r")
+        await wait_for(lambda: bytes(received) == b"root\r")
+    finally:
+        await uart.close()
+        for w in peer:
+            w.close()
+        server.close()
+        await server.wait_closed()
