@@ -4,9 +4,13 @@ indistinguishable from known ones, every failure audited with its source address
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
+import threading
 import time
+
+import pytest
 
 from bridge.web.api import THROTTLE
 from bridge.web.throttle import LoginThrottle
@@ -146,3 +150,31 @@ async def test_unknown_and_known_users_are_indistinguishable(bridge: Bridge) -> 
     failures = [e for e in audit if e["event"] == "login" and e.get("ok") is False]
     assert len(failures) == 8 and all(e["peer"] == "127.0.0.1" for e in failures)
     assert {e["user"] for e in failures} == {"admin", None}  # unknown names are not recorded
+
+
+async def test_parallel_logins_hash_at_most_two_at_a_time(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.auth import passwords
+
+    running, peak = 0, 0
+    lock = threading.Lock()
+    real = passwords.verify_password
+
+    def counting(password: str, encoded: str) -> bool:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return real(password, encoded)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(passwords, "verify_password", counting)
+    results = await asyncio.gather(
+        *(_attempt(bridge, "viewer", PASSWORDS["viewer"]) for _ in range(12))
+    )
+    assert [r[0] for r in results] == [200] * 12
+    assert peak == passwords._SEMAPHORE_SLOTS == 2  # scrypt needs 32 MiB each
