@@ -256,6 +256,12 @@ async def test_viewer_sees_the_console_and_cannot_type(
     await page.check("#opt-sr")
     assert await page.evaluate("() => window.serialBridge.term.options.screenReaderMode")
     await page.locator(".xterm-accessibility-tree").wait_for(state="attached")
+    # signing out ends the session and its console
+    await page.click("#logout")
+    await page.wait_for_url("**/login")
+    await wait_for(lambda: not bridge.port.attachments)
+    await page.goto(bridge.origin + "/ports/lab")
+    assert "/login?next=/ports/lab" in page.url
     browsing.assert_clean()
 
 
@@ -323,6 +329,25 @@ async def test_long_paste_asks_and_arrives_complete(
     await page.evaluate(paste, "ls -l\nexit\n")
     got = await pty_device.read_until(lambda b: b.endswith(b"exit\r"))
     assert got == b"ls -l\rexit\r"
+    # Ctrl+Shift+C copies the selection, Ctrl+Shift+V pastes (plain Ctrl+V is ^V for the target)
+    await page.context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=bridge.origin
+    )
+    await pty_device.awrite(b"copy me please\r\n")
+    await wait_for_screen(page, "copy me please")
+    await page.evaluate(
+        """() => {
+          const t = window.serialBridge.term, b = t.buffer.active;
+          for (let i = 0; i < b.length; i++)
+            if (b.getLine(i).translateToString(true) === "copy me please") t.select(0, i, 7);
+        }"""
+    )
+    await page.keyboard.press("Control+Shift+C")
+    assert await page.evaluate("() => navigator.clipboard.readText()") == "copy me"
+    await page.keyboard.press("Control+Shift+V")
+    assert await pty_device.read_until(lambda b: len(b) >= 7) == b"copy me"
+    await page.keyboard.press("Control+V")
+    assert await pty_device.read_until(lambda b: len(b) >= 1) == b"\x16"
     # opt-in: the terminal's size typed for the target
     await page.check("#opt-size")
     got = await pty_device.read_until(lambda b: b.endswith(b"\r"))

@@ -46,12 +46,16 @@
     return session;
   }
 
+  let leaving = false; // signing out: the page goes to /login itself
+
   function toLogin() {
+    if (leaving) return;
     const next = location.pathname + location.search;
     location.assign("/login?next=" + encodeURIComponent(next));
   }
 
   async function logout() {
+    leaving = true;
     try {
       await api("/api/logout", { method: "POST", redirect: false });
     } catch (_) {
@@ -119,7 +123,9 @@
     }
   }
 
-  window.SB = { api, whoami, logout, toLogin, $, el, confirmDialog, showMe, ApiError };
+  const isLeaving = () => leaving;
+
+  window.SB = { api, whoami, logout, toLogin, isLeaving, $, el, confirmDialog, showMe, ApiError };
 
   document.addEventListener("DOMContentLoaded", () => {
     const button = $("logout");

@@ -309,6 +309,7 @@
       result: (message) => notify(`${message.action} done on ${port}.`, "ok"),
       error: (message) => notify(message.message, "error"),
       ended: async (reason) => {
+        if (window.SB.isLeaving()) return;
         try {
           await whoami(true);
           if (reason) notify(`The bridge ended this console: ${reason}.`, "error");
