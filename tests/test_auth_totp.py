@@ -144,6 +144,8 @@ async def test_login_needs_the_code_once_never_twice_never_two_steps_late(
         if late != totp.code_at(secret, now) and late != totp.code_at(secret, now - 30):
             assert (await login(bridge, s, "operator", totp=late))[0] == 401  # two steps late
         assert (await login(bridge, s, "operator", totp="12345678901"))[0] == 400  # > 10 chars
+        assert (await login(bridge, s, "operator", totp=""))[0] == 401  # an empty form field
+        assert (await login(bridge, s, "viewer", totp=""))[0] == 200  # no TOTP enrolled
         status, body = await login(bridge, s, "operator", totp=totp.code_at(secret, now - 30))
         assert status == 200, body  # one step late is fine
         current = totp.code_at(secret, now)

@@ -60,6 +60,8 @@ async def login(request: web.Request) -> web.Response:
         raise api_error(web.HTTPBadRequest, "username and password are required strings")
     if len(password) > MAX_PASSWORD or len(username) > 64:
         raise api_error(web.HTTPBadRequest, "username or password too long")
+    if code == "":
+        code = None  # an empty code field in a login form
     if code is not None and not totp.well_formed(code):
         raise api_error(web.HTTPBadRequest, "totp must be a short string of digits")
     peer = peer_of(request)
