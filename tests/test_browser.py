@@ -296,6 +296,14 @@ async def test_dropped_link_reconnects_and_shows_what_was_missed(
         assert f"printed while away {i}" in text
     assert text.count("before the drop") == 1  # nothing shown twice
     assert await page.text_content("#st-mode") == "writer"
+    assert "Reconnected" in (await page.text_content("#notice") or "")
+
+    # the device going away is not the link going away: the page says which
+    pty_device.unplug()
+    await page.locator("#st-port", has_text="target offline").wait_for()
+    assert await page.text_content("#st-link") == "connected"
+    pty_device.replace()
+    await page.locator("#st-port", has_text="target online").wait_for()
     browsing.assert_clean()
 
 
@@ -389,6 +397,12 @@ async def test_sysrq_menu_and_nmi_reach_the_port(
         ("sysrq", "s"),
         ("sysrq", "b"),
     ]
+
+    # BREAK on its own
+    breaks = sum(1 for e in transport.events if e[0] == "break")
+    await page.click("#btn-break")
+    await page.locator("#notice", has_text="BREAK done").wait_for()
+    assert sum(1 for e in transport.events if e[0] == "break") == breaks + 1
 
     # NMI: cancelled does nothing; confirmed pulses the line
     nmi = mock_pin_factory().pin(NMI_GPIO)
