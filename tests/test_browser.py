@@ -24,6 +24,7 @@ from bridge.web import pages
 from tests.browser_helpers import (
     PageWatch,
     chromium_process,
+    login,
     new_page,
     open_console,
     screen_text,
@@ -453,3 +454,18 @@ async def test_missing_terminal_assets_are_reported(
     await banner.wait_for(state="visible")
     assert "build-assets" in (await banner.text_content() or "")
     assert await page.text_content("#st-link") == "terminal unavailable"
+
+
+async def test_a_refused_console_says_why_and_stops_retrying(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
+) -> None:
+    bridge = await bridge_factory(
+        ports={"lab": {"device": str(pty_device.path), "require_totp": True}}
+    )
+    page = await browsing.page(bridge)
+    await login(page, bridge.origin, "operator", PASSWORDS["operator"], "/ports/lab")
+    await page.wait_for_function("() => window.serialBridge.link.state === 'closed'")
+    notice = await page.text_content("#notice") or ""
+    assert "refuses this console" in notice and "TOTP" in notice
+    assert await page.text_content("#st-link") == "disconnected"
+    assert not bridge.port.attachments

@@ -1,6 +1,6 @@
 """The browser side: the pages `/login`, `/` (ports overview) and `/ports/{name}` (the console, an
 xterm.js terminal), their static assets under `/static/`, and two small JSON helpers the pages use
-(`GET /api/csrf`, `GET /api/sysrq-keys`).
+(`GET /api/csrf`, `GET /api/sysrq-keys`, `GET /api/ports/{name}/access`).
 
 Pages are HTML files in `static/html/`; each response gets a fresh nonce that the page's own
 script (`static/js/csp-shim.js`) gives to the `<style>` elements xterm.js creates, so the pages run
@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from bridge.auth.policy import Permission
+from bridge.auth.policy import Permission, allowed
 from bridge.sysrq import SYSRQ_KEYS
 from bridge.web.app import STATE
 from bridge.web.authn import SESSION_COOKIE, authorise, check_host, identity_of
@@ -121,6 +121,22 @@ async def csrf(request: web.Request) -> web.Response:
     )
 
 
+async def port_access(request: web.Request) -> web.Response:
+    """Whether the caller may open this port's console, with the same checks as the websocket.
+    A browser cannot see why a websocket upgrade was refused; the console page asks here."""
+    name = request.match_info["name"]
+    identity = authorise(request, Permission.READ, name)
+    return web.json_response(
+        {
+            "port": name,
+            "user": identity.user,
+            "role": identity.role,
+            "write": allowed(identity, Permission.WRITE, name),
+            "lines": allowed(identity, Permission.LINES, name),
+        }
+    )
+
+
 async def sysrq_keys(request: web.Request) -> web.Response:
     authorise(request, Permission.READ)
     return web.json_response(
@@ -161,4 +177,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ports/{name}", console_page)
     app.router.add_get("/api/csrf", csrf)
     app.router.add_get("/api/sysrq-keys", sysrq_keys)
+    app.router.add_get("/api/ports/{name}/access", port_access)
     app.router.add_get("/static/{path:.+}", static)

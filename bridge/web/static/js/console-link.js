@@ -57,8 +57,12 @@
       ws.binaryType = "arraybuffer";
       this.ws = ws;
       this.lastSeen = Date.now();
+      let opened = false;
+      ws.addEventListener("open", () => {
+        opened = true;
+      });
       ws.addEventListener("message", (event) => this.onMessage(ws, event));
-      ws.addEventListener("close", (event) => this.onClose(ws, event));
+      ws.addEventListener("close", (event) => this.onClose(ws, event, opened));
     }
 
     onMessage(ws, event) {
@@ -99,7 +103,7 @@
       }
     }
 
-    onClose(ws, event) {
+    onClose(ws, event, opened = true) {
       if (ws !== this.ws) return;
       this.ws = null;
       if (this.stopped) return;
@@ -111,10 +115,21 @@
       }
       this.attempt += 1;
       this.setState("reconnecting", event.reason);
-      if (this.attempt % 4 === 0) this.handlers.ended(null); // let the page check the session
+      if (!opened) this.handlers.refused(); // the upgrade failed: the page asks the bridge why
+      else if (this.attempt % 4 === 0) this.handlers.ended(null); // let the page check the session
       if (this.hold) return;
       const delay = Math.min(250 * 2 ** (this.attempt - 1), 8000);
       this.timer = setTimeout(() => this.connect(), delay);
+    }
+
+    // Give up for good (the bridge refuses this console); `reason` goes to the page.
+    stop(reason) {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      const ws = this.ws;
+      this.ws = null;
+      if (ws) ws.close();
+      this.setState("closed", reason);
     }
 
     // Close the current socket (as if the network dropped it); reconnects unless `hold`.

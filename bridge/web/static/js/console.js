@@ -308,6 +308,16 @@
       status: (message) => applyStatus(message, false),
       result: (message) => notify(`${message.action} done on ${port}.`, "ok"),
       error: (message) => notify(message.message, "error"),
+      refused: async () => {
+        try {
+          await api(`/api/ports/${encodeURIComponent(port)}/access`);
+        } catch (err) {
+          if (err.status === 403 || err.status === 404) {
+            link.stop(err.message);
+            notify(`The bridge refuses this console: ${err.message}.`, "error");
+          }
+        }
+      },
       ended: async (reason) => {
         if (window.SB.isLeaving()) return;
         try {
