@@ -21,7 +21,8 @@ Block header, 24 bytes, written once per block life and identical on every rewri
 Then records, back to back; a kind byte of 0 (the zero padding) ends the block. Record header,
 24 bytes, followed by ``length`` payload bytes::
 
-    kind    B   1 = console data, 2 = event marker (payload: a JSON object, UTF-8)
+    kind    B   1 = console data, 2 = event marker (payload: a JSON object, UTF-8),
+                3 = clean close (payload: one zero byte; written by close())
     pad     x
     length  H   payload length (>= 1)
     offset  Q   console offset of the first payload byte (a marker: the offset it sits at)
@@ -45,8 +46,11 @@ with large ext4 folios a buffered 4 KiB write can dirty, and write back, 64 KiB 
 Recovery scans every block header and record once at open (no index or metadata file exists);
 the position of the write head, offsets and times come from the scan. A record that fails its
 checksum ends its block; the other blocks are kept. Offsets never decrease: the next append
-continues after the highest recovered offset. Data that was never flushed (at most one
-``flush_interval`` of output) is lost in a power cut, and its offsets may be handed out again.
+continues after the highest recovered offset, and when the newest record is not a clean-close
+record (kill -9, power cut) CRASH_GAP (64 KiB) further on, so offsets handed out for data that
+never reached the disk are not reused: a kill -9 loses less than one block, a power cut at most
+one ``flush_interval`` of output (64 KiB covers 5 s at 115200 baud). Readers see the gap as a
+hole.
 Disk use is exactly ``nblocks * 4096 <= size`` bytes. The ring keeps the newest ``nblocks - 1``
 written blocks plus the block being filled; a block's old content is dropped from reads as soon
 as its position starts being refilled.
@@ -87,6 +91,8 @@ BH = _BLOCK_HDR.size
 RH = _REC_HDR.size
 KIND_DATA = 1
 KIND_MARKER = 2
+KIND_CLOSE = 3
+CRASH_GAP = 1 << 16
 _SCAN_CHUNK = 256 * BLOCK_SIZE
 
 
@@ -167,7 +173,7 @@ def _parse_records(page: memoryview | bytes, seq: int) -> list[_Rec]:
     end = -1
     while pos + RH < BLOCK_SIZE:
         kind, length, offset, when, crc = _REC_HDR.unpack_from(page, pos)
-        if kind not in (KIND_DATA, KIND_MARKER) or length == 0:
+        if kind not in (KIND_DATA, KIND_MARKER, KIND_CLOSE) or length == 0:
             break
         p = pos + RH
         if p + length > BLOCK_SIZE or offset < end or not math.isfinite(when):
@@ -214,6 +220,7 @@ class RingLog:
         self._pend: _Pending | None = None
         self._unsynced = False
         self._closed = False
+        self._clean = False  # the newest record is a close record: nothing new since
         self._cache: tuple[int, bytes, list[_Rec]] | None = None
         self.stats = WriteStats()
 
@@ -302,10 +309,14 @@ class RingLog:
             )
             self._next = recs[-1].end
         top_seq, top_pos, top_recs = found[-1]
+        kept_top = bool(top_recs) and self._blocks[-1].seq == top_seq
+        self._clean = kept_top and top_recs[-1].kind == KIND_CLOSE
+        if self._blocks and not self._clean:
+            self._next += CRASH_GAP  # offsets handed out but never flushed are not reused
         self._next_seq = top_seq + 1
         last = top_recs[-1] if top_recs else None
         room = BLOCK_SIZE - (last.pos + last.length if last else BH)
-        usable = not top_recs or (self._blocks and self._blocks[-1].seq == top_seq)
+        usable = not top_recs or kept_top
         if usable and room >= RH + 1:
             # Resume filling the newest block; the next write rewrites it with the same prefix.
             used = BLOCK_SIZE - room
@@ -393,6 +404,7 @@ class RingLog:
         self._check_open()
         if offset < self._next:
             raise ValueError("offsets must not go backwards")
+        self._clean = kind == KIND_CLOSE
         self._next = offset
         mv = memoryview(data)
         while mv:
@@ -496,10 +508,15 @@ class RingLog:
             self._unsynced = False
 
     def close(self) -> None:
-        """Flush and close the file; further calls do nothing."""
+        """Record a clean shutdown, flush and close the file; further calls do nothing."""
         if self._closed:
             return
         try:
+            p = self._pend
+            if not self._clean and p is not None and p.used + RH + 1 <= BLOCK_SIZE:
+                # (where it does not fit, no new block is started for it: that would evict the
+                # oldest block; the next open then treats the shutdown as a crash)
+                self._put(KIND_CLOSE, b"\x00", self._next, self._clock(), coalesce=False)
             self.flush()
         finally:
             self._closed = True
@@ -560,6 +577,9 @@ class RingLog:
                 if end is not None and rec.offset >= end:
                     stop = True
                     break
+                if rec.kind == KIND_CLOSE:
+                    idx = j + 1
+                    continue
                 if rec.kind == KIND_MARKER:
                     if rec.offset >= start:
                         out.append(LogRecord(rec.offset, rec.time, b"", _marker(page, rec)))
@@ -615,6 +635,6 @@ class RingLog:
             if block.tmax >= when:
                 _page, recs = self._block_data(block)
                 for rec in recs:
-                    if rec.time >= when:
+                    if rec.time >= when and rec.kind != KIND_CLOSE:
                         return rec.offset
         return self._next

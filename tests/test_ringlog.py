@@ -125,32 +125,63 @@ def test_wraparound_keeps_exactly_the_newest_bytes(tmp_path: Path) -> None:
         assert held(ring) == (start, data)
 
 
-def test_offsets_stay_monotonic_across_restarts_and_crashes(tmp_path: Path) -> None:
+def test_offsets_are_never_reused_across_restarts_and_crashes(tmp_path: Path) -> None:
     clock = Clock()
     rnd = random.Random(1)
-    ref = bytearray()
-    durable_end = 0
+    path = tmp_path / "p.log"
+    ref = bytearray()  # the byte each offset was given to, by offset
+    kept = bytearray()  # 1 where that byte must survive the restart
     for cycle in range(12):
-        ring = open_ring(tmp_path / "p.log", clock)
-        assert ring.next_offset == durable_end
-        del ref[durable_end:]  # bytes that never reached the disk are gone
+        ring = open_ring(path, clock)
+        assert ring.next_offset >= len(ref), "an offset handed out before was reused"
+        # the last close was clean (it may skip its record when the block is full: a gap then)
+        assert ring.next_offset in (len(ref), len(ref) + ringlog.CRASH_GAP)
+        gap = ring.next_offset - len(ref)
+        ref += bytes(gap)
+        kept += bytes(gap)
         for _ in range(rnd.randrange(1, 30)):
             chunk = rnd.randbytes(rnd.randrange(1, 900))
             ring.append(chunk)
             ref += chunk
+            kept += b"\x01" * len(chunk)
             clock.now += 0.7
         ring.flush()
-        durable_end = ring.next_offset
         ring.append(b"never flushed")
         ref += b"never flushed"
-        if cycle % 2:
+        clean = cycle % 3 == 0
+        kept += (b"\x01" if clean else b"\x00") * len(b"never flushed")
+        if clean:
             ring.close()
-            durable_end = len(ref)
         else:
             os.close(ring._fd)  # crash: the process dies without flushing
-        with open_ring(tmp_path / "p.log", clock) as reopened:
-            start, data = held(reopened)
-        assert data == bytes(ref[start:durable_end])
+            ring._buf.close()
+        ring2, have = recovered(path, clock, Run(bytes(ref), []))
+        assert ring2.next_offset >= len(ref), "an offset handed out before was reused"
+        for i in range(ring2.oldest_offset, len(ref)):
+            assert have[i] == kept[i], f"offset {i}: held={have[i]}, should be {kept[i]}"
+        ref += bytes(ring2.next_offset - len(ref))
+        kept += bytes(ring2.next_offset - len(kept))
+        ring2.close()
+
+
+def test_crash_skips_offsets_clean_close_does_not(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "p.log"
+    with open_ring(path, clock) as ring:
+        ring.append(b"clean")
+    ring = open_ring(path, clock)
+    assert ring.next_offset == 5
+    ring.append(b" flushed")
+    ring.flush()
+    ring.append(b" lost")
+    os.close(ring._fd)  # kill -9
+    ring._buf.close()
+    with open_ring(path, clock) as ring:
+        assert ring.next_offset == 13 + ringlog.CRASH_GAP
+        ring.append(b"new")
+        assert ring.read(0, 100) == (0, b"clean flushed")
+        assert ring.read(13, 100) == (13 + ringlog.CRASH_GAP, b"new")  # the hole is skipped
+        assert [r.data for r in ring.records(0)] == [b"clean", b" flushed", b"new"]
 
 
 def test_kill_9_keeps_everything_flushed(tmp_path: Path) -> None:
@@ -183,11 +214,12 @@ def test_kill_9_keeps_everything_flushed(tmp_path: Path) -> None:
     expected = b"".join(b"line %d\r\n" % i for i in range(2000))
     assert flushed == len(expected) + len(b"lost in the crash")
     with RingLog.open(path, 16 * 4096) as ring:
-        assert ring.next_offset == len(expected)
+        assert ring.next_offset >= flushed  # offsets of the lost bytes are not handed out again
         start, data = held(ring)
         assert data == expected[start:]
+        end = ring.next_offset
         ring.append(b"after")
-        assert ring.read(len(expected), 100) == (len(expected), b"after")
+        assert ring.read(len(expected), 100) == (end, b"after")
 
 
 # ---------------------------------------------------------------------------- crash safety
@@ -244,7 +276,7 @@ def recovered(path: Path, clock: Clock, run: Run, size: int = SIZE) -> tuple[Rin
         else:
             assert (rec.offset, rec.marker) in run.markers, "invented marker"
             previous = rec.offset
-    assert ring.next_offset <= len(run.ref)
+    assert ring.next_offset <= len(run.ref) + ringlog.CRASH_GAP
     # read() serves the same bytes: contiguous answers, a hole moves the start forward
     at = 0
     while True:
@@ -305,7 +337,8 @@ def test_torn_write_loses_nothing_that_was_complete(
     complete_end = recorder.writes[k - 1].next_offset if k else 0
     oldest = torn.oldest_offset
     ring2, have = recovered(path, clock, run)
-    assert complete_end <= ring2.next_offset <= torn.next_offset
+    if complete_end:  # no offset handed out before the crash is handed out again
+        assert ring2.next_offset >= torn.next_offset
     assert all(have[oldest:complete_end]), "lost a complete record"
     got = recovered_markers(ring2)
     for offset, event in run.markers:
@@ -358,8 +391,8 @@ def test_garbled_or_truncated_file_keeps_every_record_before_the_damage(
             assert all(have[first:last]), f"lost block {pos} (damage in block {position})"
         elif pos == position:
             assert all(have[first:safe_end]), "lost a record before the damage"
-    if not truncate and g >= NBLOCKS * BLOCK_SIZE - BLOCK_SIZE and safe_end == end:
-        assert ring2.next_offset == end
+    if any(have):
+        assert ring2.next_offset >= end  # no offset is handed out twice
     if ring2.next_offset > ring2.oldest_offset:  # (if nothing is left, offsets restart)
         assert ring2.oldest_offset >= oldest
     continues_after(ring2, clock, path)
@@ -554,7 +587,7 @@ def test_silent_console_causes_no_writes(tmp_path: Path, monkeypatch: pytest.Mon
     assert io.calls == []
     assert (path.read_bytes(), path.stat().st_mtime_ns, ring.stats.writes) == before
     ring.close()
-    assert io.calls == []
+    assert io.calls == ["pwrite", "fdatasync"]  # the clean-close record, once at shutdown
 
 
 def test_blocks_are_written_only_when_full_until_flush(tmp_path: Path) -> None:
