@@ -190,7 +190,7 @@ async def sysrq(request: web.Request) -> web.Response:
     body = await _json_body(request)
     port = _port(request)
     try:
-        keys = validate_keys(str(body.get("keys", "")), port.cfg.sysrq_deny)
+        keys = validate_keys(body.get("keys", ""), port.cfg.sysrq_deny)  # never str() it
         interval = parse_duration(body.get("interval", "1s"))
     except ValueError as exc:
         raise api_error(web.HTTPBadRequest, str(exc)) from None
