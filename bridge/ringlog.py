@@ -51,6 +51,7 @@ record (kill -9, power cut) CRASH_GAP (64 KiB) further on, so offsets handed out
 never reached the disk are not reused: a kill -9 loses less than one block, a power cut at most
 one ``flush_interval`` of output (64 KiB covers 5 s at 115200 baud). Readers see the gap as a
 hole.
+
 Disk use is exactly ``nblocks * 4096 <= size`` bytes. The ring keeps the newest ``nblocks - 1``
 written blocks plus the block being filled; a block's old content is dropped from reads as soon
 as its position starts being refilled.
@@ -309,7 +310,7 @@ class RingLog:
             )
             self._next = recs[-1].end
         top_seq, top_pos, top_recs = found[-1]
-        kept_top = bool(top_recs) and self._blocks[-1].seq == top_seq
+        kept_top = bool(top_recs and self._blocks) and self._blocks[-1].seq == top_seq
         self._clean = kept_top and top_recs[-1].kind == KIND_CLOSE
         if self._blocks and not self._clean:
             self._next += CRASH_GAP  # offsets handed out but never flushed are not reused
