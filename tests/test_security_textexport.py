@@ -5,6 +5,7 @@ the `serial-bridge log` command; `--raw` is the explicit way to get them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -57,8 +58,12 @@ async def test_text_export_through_the_log_api_is_neutralised(
             body = await r.read()
         async with s.get(f"{bridge.base}/api/ports/lab/log?from=0&format=raw") as r:
             raw = await r.read()
+        async with s.get(f"{bridge.base}/api/ports/lab/log?from=0&format=jsonl") as r:
+            jsonl = (await r.read()).decode("utf-8")
     assert raw == HOSTILE  # control: the target really printed it all
     _assert_safe(body.decode("utf-8"))
+    assert not _DANGER.search(jsonl.replace("\n", ""))  # jsonl as printed: no raw controls
+    _assert_safe("".join(json.loads(line)["text"] for line in jsonl.splitlines()))
 
 
 def _cli_log(bridge: Bridge, *extra: str) -> bytes:
