@@ -34,12 +34,13 @@ from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, wait_for
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots for review (gitignored)
 NMI_GPIO, RESET_GPIO, POWER_GPIO = 17, 27, 22
 
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ARTIFACTS.mkdir(exist_ok=True)
     with chromium_process(tmp_path_factory.mktemp("chromium") / "profile") as endpoint:
         yield endpoint
 
@@ -123,7 +124,6 @@ async def test_login_type_echo_and_read_it_back(
     assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
 
-    ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "login.png"))
     await open_console(page, bridge.origin, "demo", "admin", PASSWORDS["admin"])
     await wait_for_screen(page, "demo$")
@@ -169,6 +169,13 @@ async def test_login_type_echo_and_read_it_back(
     await page.keyboard.press("Enter")
     await wait_for_screen(page, "green yellow truecolour plain")
     await page.screenshot(path=str(ARTIFACTS / "console.png"))
+    # the terminal follows the window, and the new size is sent again
+    await page.set_viewport_size({"width": 1000, "height": 600})
+    await page.wait_for_function("(wide) => window.serialBridge.term.cols < wide", arg=cols)
+    rows, cols = await page.evaluate(
+        "() => [window.serialBridge.term.rows, window.serialBridge.term.cols]"
+    )
+    await wait_for_screen(page, f"stty rows {rows} cols {cols}")
     # no token or credential in any URL the page used
     watch = browsing.watches[0]
     assert all("token" not in url and "password" not in url for url in watch.requests)
@@ -252,6 +259,12 @@ async def test_viewer_sees_the_console_and_cannot_type(
     await wait_for_screen(page, "still here")
     assert pty_device.drain_input() == b""
     assert browsing.watches[0].binary_frames_sent() == []
+    assert await page.text_content("#notice") == "Your role may only watch this port."
+    assert await page.locator("#opt-size").count() == 0
+    await page.screenshot(path=str(ARTIFACTS / "viewer.png"))
+    wide = await page.evaluate("() => window.serialBridge.term.cols")
+    await page.set_viewport_size({"width": 900, "height": 600})
+    await page.wait_for_function("(wide) => window.serialBridge.term.cols < wide", arg=wide)
     # screen-reader mode is a checkbox away, for every role
     assert await page.locator(".xterm-accessibility-tree").count() == 0
     await page.check("#opt-sr")

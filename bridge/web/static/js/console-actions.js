@@ -34,6 +34,7 @@
       // not only hidden: a viewer's page has no write controls at all
       for (const group of document.querySelectorAll("[data-needs=write]")) group.remove();
       $("dlg-sysrq").remove();
+      $("opt-size").closest("label").remove(); // a viewer never types, so never sends a size
     }
     const logBase = `/api/ports/${encodeURIComponent(port)}/log`;
     $("log-text").href = `${logBase}?format=text`;

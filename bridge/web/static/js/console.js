@@ -179,7 +179,8 @@
   }
 
   function sendSize(force) {
-    if (!$("opt-size").checked || !canType() || !term) return;
+    const option = $("opt-size");
+    if (!option || !option.checked || !canType() || !term) return;
     const size = `${term.rows}x${term.cols}`;
     if (!force && size === sentSize) return;
     sentSize = size;
@@ -198,6 +199,10 @@
       } else {
         focusTerminal();
       }
+      return;
+    }
+    if (inTerminal && !canType() && !event.ctrlKey && !event.metaKey && !event.altKey) {
+      if (event.key.length === 1 || event.key === "Enter") refuseTyping(); // say why nothing happens
       return;
     }
     if (!inTerminal || !event.ctrlKey || !event.shiftKey || event.altKey) return;
