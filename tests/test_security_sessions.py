@@ -231,3 +231,28 @@ async def test_no_credential_is_accepted_from_a_query_string(bridge: Bridge) -> 
             else:
                 await ws.close()
                 raise AssertionError(f"websocket opened with ?{q}")
+
+
+async def test_role_or_port_list_change_closes_the_websocket(bridge: Bridge) -> None:
+    """An open socket keeps the rights it was granted with; when they shrink, it is closed."""
+    from bridge.auth.store import UserStore
+
+    async with bridge.session(token_user="operator") as t, bridge.session(token_user="admin") as a:
+        ws = await bridge.ws(t, "lab", mode="rw")
+        await WsReader(ws).message("hello")
+        admin_ws = await bridge.ws(a, "lab", mode="ro")
+        admin_reader = WsReader(admin_ws)
+        await admin_reader.message("hello")
+        store = UserStore(bridge.state_dir)  # as another process would
+        user = store.get("operator")
+        assert user is not None
+        user.role = "viewer"
+        store.put(user)
+        _, code = await closed_within(ws, 3.0)
+        assert code == 1008
+        admin = store.get("admin")
+        assert admin is not None
+        admin.ports = ["elsewhere"]
+        store.put(admin)
+        _, code = await closed_within(admin_ws, 3.0)
+        assert code == 1008
