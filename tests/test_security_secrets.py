@@ -21,7 +21,7 @@ import pytest
 
 from bridge import totp
 from bridge.auth.store import UserStore
-from tests.conftest import PASSWORDS, Bridge, PtyDevice, WsReader
+from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, WsReader, wait_for
 from tests.test_security_support import (
     ROOT,
     acli,
@@ -164,13 +164,26 @@ def test_state_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((state / "audit").stat().st_mode) == 0o700
 
 
-async def test_key_and_state_dir_modes_of_a_running_daemon(bridge: Bridge) -> None:
-    tls = bridge.state_dir / "tls"
+async def test_key_log_and_state_dir_modes_of_a_running_daemon(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice
+) -> None:
+    b = await bridge_factory(
+        ports={"lab": {"device": str(pty_device.path)}},
+        log={"enabled": True, "size": "1MiB", "flush_interval": "10ms"},
+    )
+    await wait_for(lambda: b.daemon.state is not None and b.daemon.state.ports["lab"].online)
+    pty_device.write(b"Password: hunter2\r\n")  # targets print secrets too: the log is private
+    await wait_for(lambda: b.daemon.state is not None and b.daemon.state.ports["lab"].offset > 0)
+    tls = b.state_dir / "tls"
     assert stat.S_IMODE((tls / "key.pem").stat().st_mode) == 0o600
     assert stat.S_IMODE(tls.stat().st_mode) == 0o700
-    for path in bridge.state_dir.rglob("*"):
-        if path.is_file() and path.name != "cert.pem":
+    assert (b.state_dir / "logs" / "lab.ring").exists()
+    checked = 0
+    for path in b.state_dir.rglob("*"):
+        if path.name != "cert.pem":
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+            checked += 1
+    assert checked >= 6
 
 
 def test_serve_refuses_to_start_without_users(tmp_path: Path) -> None:
