@@ -10,7 +10,9 @@ keeps the response open like `tail -f`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -70,6 +72,7 @@ def _jsonl_lines(
     """(cursor after the line, line) for data and markers from `start` on, in offset order: from
     the ring log if there is one (markers included; `emitted` remembers markers already sent so a
     following reader sees each once), else plain data from the scrollback."""
+    exporter = TextExporter()  # one for the stream: a character split across records decodes
     if port.ringlog is not None:
         cursor = start
         for rec in port.ringlog.records(start, None):
@@ -80,8 +83,7 @@ def _jsonl_lines(
                 emitted.add(key)
                 yield cursor, {"offset": rec.offset, "time": _iso(rec.time), **rec.marker}
             else:
-                exporter = TextExporter()
-                text = exporter.feed(rec.data) + exporter.finish()
+                text = exporter.feed(rec.data)
                 cursor = rec.offset + len(rec.data)
                 yield cursor, {"offset": rec.offset, "time": _iso(rec.time), "text": text}
         return
@@ -91,8 +93,7 @@ def _jsonl_lines(
         if not data:
             return
         cursor = got_from + len(data)
-        exporter = TextExporter()
-        yield cursor, {"offset": got_from, "text": exporter.feed(data) + exporter.finish()}
+        yield cursor, {"offset": got_from, "text": exporter.feed(data)}
 
 
 async def port_log(request: web.Request) -> web.StreamResponse:
@@ -153,12 +154,14 @@ async def audit(request: web.Request) -> web.Response:
     query = getattr(state.audit, "query", None)
     if query is None:
         return web.json_response([])
-    events = query(
+    search = functools.partial(  # reads up to the whole rotated trail: off the event loop
+        query,
         user=request.query.get("user"),
         port=request.query.get("port"),
         since=parse_time(since) if since else None,
         limit=limit,
     )
+    events = await asyncio.get_running_loop().run_in_executor(None, search)
     return web.json_response(events)
 
 
