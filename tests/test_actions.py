@@ -454,20 +454,41 @@ async def test_bad_and_denied_keys_are_refused_with_400(start_bridge: StartBridg
     assert recorder.events == []
 
 
-@pytest.mark.xfail(
-    reason="bridge/web/api.py sysrq() and bridge/web/console.py control() call "
-    'validate_keys(str(body.get("keys", ""))): {"keys": null} becomes "None" = SysRq n, o '
-    "(power off), n, e (terminate all); patch in /tmp/patches/sysrq-keys-null.patch",
-    strict=True,
-)
 @pytest.mark.parametrize("keys", [None, True])
 async def test_keys_that_are_not_a_string_are_refused(
     start_bridge: StartBridge, keys: object
 ) -> None:
+    """str(None) would be "None": SysRq n, o (power off), n, e (terminate all tasks)."""
     recorder = Recorder()
     bridge = await start_bridge({"lab": {"device": "fake", "break_duration": "10ms"}}, recorder)
     status, answer = await call(bridge, "operator", "lab/sysrq", {"keys": keys, "interval": "0s"})
     assert (status, recorder.events) == (400, []), answer
+    assert "must be a string" in answer["error"]
+
+
+@pytest.mark.xfail(
+    reason="bridge/web/console.py control() calls validate_keys(str(message.get('keys', ''))): "
+    '{"keys": null} becomes "None" = SysRq n, o (power off), n, e (terminate all); '
+    "patch in /tmp/patches/sysrq-keys-null-console.patch",
+    strict=True,
+)
+@pytest.mark.parametrize("keys", [None, True])
+async def test_websocket_keys_that_are_not_a_string_are_refused(
+    start_bridge: StartBridge, keys: object
+) -> None:
+    recorder = Recorder()
+    bridge = await start_bridge({"lab": {"device": "fake", "break_duration": "10ms"}}, recorder)
+    async with bridge.session("operator") as http:
+        ws = await bridge.ws(http, "lab", mode="rw")
+        reader = WsReader(ws)
+        await ws.send_str(json.dumps({"type": "sysrq", "keys": keys, "interval": "0s"}))
+        await ws.send_str(json.dumps({"type": "ping"}))
+        await reader.message("pong")
+        await asyncio.sleep(0.3)  # a wrongly accepted sequence would be under way by now
+        await reader.pump()
+        await ws.close()
+    assert recorder.events == []
+    assert any("must be a string" in m.get("message", "") for m in reader.messages)
 
 
 async def test_websocket_break_and_sysrq(start_bridge: StartBridge) -> None:
