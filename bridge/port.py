@@ -369,7 +369,10 @@ class Port:
         transport = self.transport
         if transport is None:
             raise PortOffline(f"port {self.name} is offline")
-        await transport.write(data)
+        try:
+            await transport.write(data)
+        except OSError as exc:  # the device went away mid-write
+            raise PortOffline(f"port {self.name}: write failed: {exc}") from exc
         self.bytes_out += len(data)
 
     def _event(self, kind: str, fields: dict[str, Any], audit: bool = True) -> None:
@@ -400,6 +403,8 @@ class Port:
             await transport.send_break(self.cfg.break_duration)
             if key:
                 await transport.write(key)
+        except OSError as exc:  # DeviceUnavailable, ConnectionResetError: the device went away
+            raise PortOffline(f"port {self.name}: BREAK failed: {exc}") from exc
         finally:
             self._quiet.set()
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024
 LOW_WATER = 256 * 1024
 _ids = itertools.count(1)
+_detached: set[asyncio.Task[None]] = set()  # actions of closed sessions, running to their end
 
 
 class WsViewer:
@@ -134,7 +135,7 @@ class ConsoleSession:
             self._spawn(self._action("break", self.port.send_break(self.identity.user)))
         else:
             try:
-                keys = validate_keys(str(message.get("keys", "")), self.port.cfg.sysrq_deny)
+                keys = validate_keys(message.get("keys", ""), self.port.cfg.sysrq_deny)
                 interval = parse_duration(message.get("interval", "1s"))
             except ValueError as exc:
                 self.error(str(exc))
@@ -175,8 +176,12 @@ class ConsoleSession:
                 break
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
+        # An action already started (a REISUB sequence, say) runs to its end and is audited even
+        # when the client goes away: stopping half-way leaves the target half-handled (R,E,I sent,
+        # B never) and the keys already sent unaudited. The port's action lock bounds it.
+        for task in self.tasks:
+            _detached.add(task)
+            task.add_done_callback(_detached.discard)
         await self.port.detach(self.att)
 
 
