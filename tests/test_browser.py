@@ -424,6 +424,7 @@ async def test_sysrq_menu_and_nmi_reach_the_port(
     await page.click("#btn-nmi")
     dialog = page.locator("dialog.confirm")
     assert "demo" in (await dialog.text_content() or "")
+    await page.screenshot(path=str(ARTIFACTS / "confirm-nmi.png"))
     await dialog.get_by_role("button", name="Cancel").click()
     await page.click("#btn-nmi")
     await page.locator("dialog.confirm").get_by_role("button", name="Send NMI").click()
