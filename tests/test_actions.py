@@ -288,22 +288,23 @@ async def test_cycle_is_force_off_then_on(start_bridge: StartBridge) -> None:
 
 async def test_a_second_action_while_one_runs_gets_409(start_bridge: StartBridge) -> None:
     lines = gpio_lines(sense=False)
-    lines["power"]["long_pulse"] = "1500ms"
+    lines["power"]["long_pulse"] = "3s"
     bridge = await start_bridge({"lab": {"device": "fake", "lines": lines}})
     force_off = asyncio.create_task(call(bridge, "admin", "lab/power", {"action": "force-off"}))
     await wait_for(lambda: states(POWER) == [False, True])
-    refused = [
-        await call(bridge, "admin", "lab/nmi"),
-        await call(bridge, "admin", "lab/reset"),
-        await call(bridge, "admin", "lab/power", {"action": "on"}),
-        await call(bridge, "operator", "lab/sysrq", {"keys": "h"}),
-        await call(bridge, "operator", "lab/break"),
-    ]
-    assert [status for status, _ in refused] == [409] * 5
+    refused = await asyncio.gather(
+        call(bridge, "admin", "lab/nmi"),
+        call(bridge, "admin", "lab/reset"),
+        call(bridge, "admin", "lab/power", {"action": "on"}),
+        call(bridge, "operator", "lab/sysrq", {"keys": "h"}),
+        call(bridge, "operator", "lab/break"),
+    )
+    assert states(POWER) == [False, True], "the refusals came after the press ended"
+    assert [status for status, _ in refused] == [409] * 5, refused
     assert all("busy" in answer["error"] for _, answer in refused), refused
     assert states(NMI) == states(RESET) == IDLE_HIGH
     status, answer = await force_off
-    assert (status, answer["pulse_ms"]) == (200, 1500)
+    assert (status, answer["pulse_ms"]) == (200, 3000)
     assert states(POWER) == [False, True, False]
     status, _ = await call(bridge, "admin", "lab/nmi")  # free again
     assert status == 200
@@ -466,12 +467,6 @@ async def test_keys_that_are_not_a_string_are_refused(
     assert "must be a string" in answer["error"]
 
 
-@pytest.mark.xfail(
-    reason="bridge/web/console.py control() calls validate_keys(str(message.get('keys', ''))): "
-    '{"keys": null} becomes "None" = SysRq n, o (power off), n, e (terminate all); '
-    "patch in /tmp/patches/sysrq-keys-null-console.patch",
-    strict=True,
-)
 @pytest.mark.parametrize("keys", [None, True])
 async def test_websocket_keys_that_are_not_a_string_are_refused(
     start_bridge: StartBridge, keys: object
@@ -541,24 +536,20 @@ async def test_sysrq_while_a_sequence_runs_gets_409(start_bridge: StartBridge) -
         {"lab": {"device": "fake", "break_duration": "50ms", "lines": gpio_lines()}}, recorder
     )
     sequence = asyncio.create_task(
-        call(bridge, "operator", "lab/sysrq", {"keys": "sub", "interval": "500ms"})
+        call(bridge, "operator", "lab/sysrq", {"keys": "sub", "interval": "1s"})
     )
     await recorder.wait(lambda events: any(e.data == b"s" for e in events))
-    assert (await call(bridge, "operator", "lab/sysrq", {"keys": "h"}))[0] == 409
-    assert (await call(bridge, "admin", "lab/nmi"))[0] == 409
+    refused = await asyncio.gather(
+        call(bridge, "operator", "lab/sysrq", {"keys": "h"}), call(bridge, "admin", "lab/nmi")
+    )
+    assert not sequence.done(), "the refusals came after the sequence ended"
+    assert [status for status, _ in refused] == [409, 409], refused
     status, answer = await sequence
     assert (status, answer["keys"]) == (200, "sub")
     assert [e.data for e in recorder.events if e.kind == "write"] == [b"s", b"u", b"b"]
     assert states(NMI) == IDLE_HIGH
 
 
-@pytest.mark.xfail(
-    reason="bridge/web/console.py ConsoleSession.close() cancels running actions: a REISUB "
-    "started on the websocket stops after the first key when the client leaves, and the key "
-    "already sent is neither audited nor marked; "
-    "patch in /tmp/patches/ws-close-keeps-actions.patch",
-    strict=True,
-)
 async def test_a_sequence_finishes_and_is_audited_when_its_client_leaves(
     start_bridge: StartBridge,
 ) -> None:
@@ -576,12 +567,6 @@ async def test_a_sequence_finishes_and_is_audited_when_its_client_leaves(
     assert [(e["user"], e["keys"], e["result"]) for e in audited] == [("operator", "reisub", "ok")]
 
 
-@pytest.mark.xfail(
-    reason="bridge/port.py Port._break_then lets a transport OSError (device gone mid-BREAK) "
-    "escape: the API answers 500 'internal error' and the action is not audited; patch in "
-    "/tmp/patches/port-break-transport-errors.patch",
-    strict=True,
-)
 async def test_device_lost_during_sysrq_answers_503_and_is_audited(
     start_bridge: StartBridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
