@@ -265,6 +265,12 @@ async def test_viewer_sees_the_console_and_cannot_type(
     wide = await page.evaluate("() => window.serialBridge.term.cols")
     await page.set_viewport_size({"width": 900, "height": 600})
     await page.wait_for_function("(wide) => window.serialBridge.term.cols < wide", arg=wide)
+    # the log download links work for every role
+    async with page.expect_download() as download_info:
+        await page.click("#log-text")
+    download = await download_info.value
+    assert download.suggested_filename.startswith("lab")
+    assert "boot message for everyone\nstill here\n" in Path(await download.path()).read_text()
     # screen-reader mode is a checkbox away, for every role
     assert await page.locator(".xterm-accessibility-tree").count() == 0
     await page.check("#opt-sr")

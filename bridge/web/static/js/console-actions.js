@@ -37,10 +37,8 @@
       $("opt-size").closest("label").remove(); // a viewer never types, so never sends a size
     }
     const logBase = `/api/ports/${encodeURIComponent(port)}/log`;
-    $("log-text").href = `${logBase}?format=text`;
-    $("log-text").setAttribute("download", `${port}.log`);
+    $("log-text").href = `${logBase}?format=text`; // the bridge names the files
     $("log-raw").href = `${logBase}?format=raw`;
-    $("log-raw").setAttribute("download", `${port}.raw`);
 
     async function post(what, path, body) {
       ctx.notify(`${what} on ${port}…`);
