@@ -93,3 +93,14 @@ async def test_idle_writer_loses_the_lease(
         await r.message("error")
         assert await _nothing_more(pty_device) == b""  # no keystrokes without the lease
         await r.ws.close()
+
+
+async def test_shutdown_with_a_writer_sends_on_release(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice
+) -> None:
+    b = await _bridge(bridge_factory, pty_device)
+    async with b.session(token_user="operator") as s:
+        r = WsReader(await b.ws(s, "lab", mode="rw"))
+        assert (await r.message("hello"))["mode"] == "rw"
+        await b.daemon.stop()  # closes the websockets first: the writer leaves
+        assert pty_device.drain_input() == LOGOUT.encode()
