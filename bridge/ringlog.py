@@ -1,60 +1,51 @@
 """Flash-friendly, crash-safe circular console log: one preallocated file per port.
 
-This module owns the on-disk console history of a port. It is synchronous: the hub owns the
-timers and calls :meth:`RingLog.flush` every ``flush_interval`` when there was output.
-
-On-disk format (all integers little-endian)
--------------------------------------------
-The file is ``nblocks = size // 4096`` blocks of 4096 bytes, allocated once (zeros written) when
-the file is created. Block number ``seq`` (a counter that only grows) lives at file position
-``(seq % nblocks) * 4096``; the newest block is the valid block with the highest ``seq``.
-
-Block header, 24 bytes, written once per block life and identical on every rewrite::
-
-    magic   4s  b"SBRL"
-    version B   1
-    pad     3x
-    nblocks I   ring geometry the block was written with
-    seq     Q   block sequence number
-    crc     I   zlib.crc32 of the 20 bytes above
-
-Then records, back to back; a kind byte of 0 (the zero padding) ends the block. Record header,
-24 bytes, followed by ``length`` payload bytes::
-
-    kind    B   1 = console data, 2 = event marker (payload: a JSON object, UTF-8),
-                3 = clean close (payload: one zero byte; written by close())
-    pad     x
-    length  H   payload length (>= 1)
-    offset  Q   console offset of the first payload byte (a marker: the offset it sits at)
-    time    d   wall-clock time.time() when the first byte was received
-    crc     I   zlib.crc32 of (block seq as 8 bytes) + the 20 header bytes above + payload
-
-Records never span blocks: a chunk that does not fit is split, the rest starts the next block
-with its own offset and time. Consecutive appends within ``time_resolution`` seconds share one
-record (times are kept at that granularity). A record is sealed (its header written) when it is
-written to disk, so rewriting the current block on flush only ever adds bytes after what the
-previous write held: a write torn at any byte cannot damage records that were already on disk.
-Mixing the block ``seq`` into every record checksum means stale records from an older lap that
-survive a torn write can never be mistaken for current ones.
+This module owns the on-disk console history of a port; the block and record layout is in
+bridge/ringformat.py. The hub owns the timers and calls :meth:`RingLog.flush` every
+``flush_interval`` when there was output. All methods are called from one thread (the event
+loop); none of them waits for the device, except :meth:`close` and, as a last resort when the
+device falls far behind, a full writer queue (see below).
 
 Writes are whole, page-aligned 4 KiB pages at page-aligned positions: a block is written when it
 fills, and by flush() (which rewrites the partial block in place, then fdatasync). A silent
 console causes no I/O at all. With ``durable`` (the default) the pages go out with O_DIRECT, so
-exactly one page reaches the device per write whatever the page cache's folio size (on kernels
-with large ext4 folios a buffered 4 KiB write can dirty, and write back, 64 KiB or more).
+exactly one page reaches the device per page written whatever the page cache's folio size (on
+kernels with large ext4 folios a buffered 4 KiB write can dirty, and write back, 64 KiB or more).
+
+Writer thread: append()/add_marker()/flush() only build page images in memory and hand a copy of
+each to a background thread of this RingLog (started at the first write, stopped by close()),
+which performs the pwrite()s strictly in the order they were handed over (consecutive pages at
+consecutive positions go out as one pwrite of up to RUN_PAGES pages) and the fdatasync()s, each
+after every write handed over before it. A page handed over but not yet written stays readable
+from memory (records()/read()/offset_at() see exactly what they would see if it were on disk).
+At most QUEUE_PAGES pages (1 MiB) may be waiting or being written; a caller that hands over a
+page beyond that waits until the writer has made room (counted in ``stats.stalls`` and
+``stats.stall_seconds``): console data is never dropped. At 115200 baud or at a 12-Mbaud line
+rate the device keeps up and the queue stays a few pages deep; only a device that is slower than
+the console for more than a full queue (1 MiB) makes the caller wait.
+
+Errors: a page write that fails in the writer is logged and counted in ``stats.errors`` (append()
+never raises for it; the block is lost from disk and reads of it see a hole once it has left the
+queue); if it was written for a flush(), or an fdatasync fails, the error is also kept and raised
+(OSError) by the next flush() or by close(), like an error of a deferred write on close(2).
+
+Crash semantics: the writer drains its queue as fast as the device allows, so what a kill -9 loses
+is the block being filled plus the pages still queued (at most QUEUE_PAGES + 1 pages); a power
+cut loses at most the last ``flush_interval`` of output plus the queue.
 
 Recovery scans every block header and record once at open (no index or metadata file exists);
 the position of the write head, offsets and times come from the scan. A record that fails its
 checksum ends its block; the other blocks are kept. Offsets never decrease: the next append
 continues after the highest recovered offset, and when the newest record is not a clean-close
-record (kill -9, power cut) CRASH_GAP (64 KiB) further on, so offsets handed out for data that
-never reached the disk are not reused: a kill -9 loses less than one block, a power cut at most
-one ``flush_interval`` of output (64 KiB covers 5 s at 115200 baud). Readers see the gap as a
-hole.
+record (kill -9, power cut) CRASH_GAP (2 MiB) further on, so offsets handed out for data that
+never reached the disk are not reused: CRASH_GAP covers everything a kill -9 can lose (the writer
+queue plus one block) and a power cut's ``flush_interval`` (5 s) at up to 3 Mbaud. Readers see
+the gap as a hole.
 
-Disk use is exactly ``nblocks * 4096 <= size`` bytes. The ring keeps the newest ``nblocks - 1``
-written blocks plus the block being filled; a block's old content is dropped from reads as soon
-as its position starts being refilled.
+Consecutive appends within ``time_resolution`` seconds share one record (times are kept at that
+granularity). Disk use is exactly ``nblocks * 4096 <= size`` bytes. The ring keeps the newest
+``nblocks - 1`` written blocks plus the block being filled; a block's old content is dropped from
+reads as soon as its position starts being refilled.
 
 If the file was written with another ``nblocks`` (the configured size changed), its records are
 copied into a new file of the new size (the two files coexist during the copy) that replaces it.
@@ -67,67 +58,56 @@ import errno
 import fcntl
 import json
 import logging
-import math
 import mmap
 import os
-import struct
+import threading
 import time
-import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.ringformat import (
+    BH,
+    BLOCK_SIZE,
+    KIND_CLOSE,
+    KIND_DATA,
+    KIND_MARKER,
+    MAX_MARKER_BYTES,
+    RH,
+    LogRecord,
+    Rec,
+    block_header,
+    marker,
+    parse_header,
+    parse_records,
+    seal_record,
+)
+
+__all__ = ["BLOCK_SIZE", "CRASH_GAP", "QUEUE_PAGES", "LogRecord", "RingLog", "WriteStats"]
+
 log = logging.getLogger(__name__)
 
-BLOCK_SIZE = 4096
-MAGIC = b"SBRL"
-VERSION = 1
-MAX_MARKER_BYTES = 1024
-
-_BLOCK_HDR = struct.Struct("<4sB3xIQI")
-_REC_HDR = struct.Struct("<BxHQdI")
-_SEQ = struct.Struct("<Q")
-BH = _BLOCK_HDR.size
-RH = _REC_HDR.size
-KIND_DATA = 1
-KIND_MARKER = 2
-KIND_CLOSE = 3
-CRASH_GAP = 1 << 16
+QUEUE_PAGES = 256  # pages handed to the writer and not yet written: at most 1 MiB
+RUN_PAGES = 64  # consecutive pages written by one pwrite (256 KiB)
+CRASH_GAP = 1 << 21
+assert CRASH_GAP >= (QUEUE_PAGES + 1) * BLOCK_SIZE  # a kill -9 loses at most this much
 _SCAN_CHUNK = 256 * BLOCK_SIZE
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    """One record as recovered or read: console bytes, or an event marker at an offset."""
-
-    offset: int
-    time: float
-    data: bytes
-    marker: dict[str, Any] | None = None
 
 
 @dataclass
 class WriteStats:
     """Counters of what this RingLog handed to the file system (for tests and the bench)."""
 
-    writes: int = 0
+    writes: int = 0  # pages written
     bytes_written: int = 0
     syncs: int = 0
-    errors: int = 0  # full-block writes that failed (append() does not raise for them)
-
-
-@dataclass(slots=True)
-class _Rec:
-    kind: int
-    offset: int
-    time: float
-    pos: int  # payload position within the block
-    length: int
-
-    @property
-    def end(self) -> int:
-        return self.offset + (self.length if self.kind == KIND_DATA else 0)
+    errors: int = 0  # page writes and syncs that failed (append() does not raise for them)
+    write_calls: int = 0  # pwrite() calls (a call writes up to RUN_PAGES consecutive pages)
+    queue_peak: int = 0  # most pages waiting for the writer at once (<= QUEUE_PAGES)
+    stalls: int = 0  # times the caller waited for room in a full queue
+    stall_seconds: float = 0.0  # caller time spent waiting so
 
 
 @dataclass(slots=True)
@@ -142,55 +122,31 @@ class _Block:
 
 @dataclass(slots=True)
 class _Pending:
-    """The block being filled (in memory; the disk copy holds its first ``written`` bytes)."""
+    """The block being filled (in memory; the writer has been handed its first ``written``
+    bytes)."""
 
     seq: int
-    page: mmap.mmap  # page-aligned, as O_DIRECT wants
-    recs: list[_Rec] = field(default_factory=list)
+    page: mmap.mmap
+    recs: list[Rec] = field(default_factory=list)
     used: int = BH
     written: int = 0
-    open_rec: _Rec | None = None
+    open_rec: Rec | None = None
     entry: _Block | None = None
 
 
-def _block_header(nblocks: int, seq: int) -> bytes:
-    head = _BLOCK_HDR.pack(MAGIC, VERSION, nblocks, seq, 0)[: BH - 4]
-    return head + struct.pack("<I", zlib.crc32(head))
+@dataclass(slots=True)
+class _Job:
+    """A page image handed to the writer (``seq`` -1: an fdatasync after every earlier job)."""
+
+    seq: int
+    position: int
+    page: bytes
+    recs: list[Rec]  # the records of the page, for reads while it is in flight
+    used: int
+    flush: bool  # written for flush(): a failure is raised by the next flush()/close()
 
 
-def _parse_header(page: memoryview | bytes) -> tuple[int, int] | None:
-    """(nblocks, seq) of a block with a valid header, else None."""
-    magic, version, nblocks, seq, crc = _BLOCK_HDR.unpack_from(page, 0)
-    if magic != MAGIC or version != VERSION or zlib.crc32(page[: BH - 4]) != crc:
-        return None
-    return nblocks, seq
-
-
-def _parse_records(page: memoryview | bytes, seq: int) -> list[_Rec]:
-    """The valid records of a block, in order; parsing stops at the first invalid one."""
-    recs: list[_Rec] = []
-    seq_crc = zlib.crc32(_SEQ.pack(seq))
-    pos = BH
-    end = -1
-    while pos + RH < BLOCK_SIZE:
-        kind, length, offset, when, crc = _REC_HDR.unpack_from(page, pos)
-        if kind not in (KIND_DATA, KIND_MARKER, KIND_CLOSE) or length == 0:
-            break
-        p = pos + RH
-        if p + length > BLOCK_SIZE or offset < end or not math.isfinite(when):
-            break
-        if zlib.crc32(page[p : p + length], zlib.crc32(page[pos : p - 4], seq_crc)) != crc:
-            break
-        rec = _Rec(kind, offset, when, p, length)
-        recs.append(rec)
-        end = rec.end
-        pos = p + length
-    return recs
-
-
-def _marker(page: memoryview | bytes | mmap.mmap, rec: _Rec) -> dict[str, Any]:
-    value = json.loads(bytes(page[rec.pos : rec.pos + rec.length]))
-    return value if isinstance(value, dict) else {"event": value}
+_SYNC = _Job(-1, 0, b"", [], 0, True)
 
 
 class RingLog:
@@ -206,8 +162,8 @@ class RingLog:
         time_resolution: float,
         durable: bool,
     ) -> None:
-        self._fd = fd  # buffered: reads, preallocation
-        self._wfd = fd  # block writes: O_DIRECT where the file system supports it
+        self._fd = fd  # buffered: reads, preallocation, fdatasync
+        self._wfd = fd  # page writes (writer thread): O_DIRECT where the file system allows it
         self._buf = mmap.mmap(-1, BLOCK_SIZE)
         self.path = path
         self._n = nblocks
@@ -222,8 +178,18 @@ class RingLog:
         self._unsynced = False
         self._closed = False
         self._clean = False  # the newest record is a close record: nothing new since
-        self._cache: tuple[int, bytes, list[_Rec]] | None = None
+        self._cache: tuple[int, bytes, list[Rec]] | None = None
         self.stats = WriteStats()
+        # Writer thread state, guarded by _cv.
+        self._cv = threading.Condition()
+        self._jobs: deque[_Job] = deque()
+        self._inflight: dict[int, _Job] = {}  # seq -> newest image handed over, until written
+        self._queued = 0  # pages in _jobs or being written
+        self._busy = False  # the writer is performing a job
+        self._stopping = False
+        self._discard = False  # stop without writing what is queued (tests: a crash)
+        self._error: OSError | None = None  # to raise from the next flush()/close()
+        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ open / recovery
     @classmethod
@@ -277,7 +243,7 @@ class RingLog:
     def _recover(self) -> int | None:
         """Scan the file; returns another geometry (nblocks) if the file was written with one."""
         length = os.fstat(self._fd).st_size
-        found: list[tuple[int, int, list[_Rec]]] = []  # (seq, position, records)
+        found: list[tuple[int, int, list[Rec]]] = []  # (seq, position, records)
         geometries: dict[int, int] = {}
         for base in range(0, min(length, self._n * BLOCK_SIZE), _SCAN_CHUNK):
             raw = os.pread(self._fd, _SCAN_CHUNK, base)
@@ -286,13 +252,13 @@ class RingLog:
             chunk = memoryview(raw)
             for at in range(0, len(chunk) - BLOCK_SIZE + 1, BLOCK_SIZE):
                 page = chunk[at : at + BLOCK_SIZE]
-                head = _parse_header(page)
+                head = parse_header(page)
                 if head is None:
                     continue
                 nblocks, seq = head
                 geometries[seq] = nblocks
                 if nblocks == self._n and seq % self._n == (base + at) // BLOCK_SIZE:
-                    found.append((seq, (base + at) // BLOCK_SIZE, _parse_records(page, seq)))
+                    found.append((seq, (base + at) // BLOCK_SIZE, parse_records(page, seq)))
         if geometries:
             newest_geometry = geometries[max(geometries)]
             if newest_geometry != self._n:
@@ -417,7 +383,7 @@ class RingLog:
                 if p.used + need > BLOCK_SIZE:
                     self._retire(p)
                     continue
-                r = _Rec(kind, self._next, when, p.used + RH, 0)
+                r = Rec(kind, self._next, when, p.used + RH, 0)
                 p.recs.append(r)
                 p.open_rec = r
                 if p.entry is None:
@@ -447,41 +413,132 @@ class RingLog:
             self._blocks.pop(0)  # its position is being refilled
         page = self._buf
         page[:] = bytes(BLOCK_SIZE)
-        page[:BH] = _block_header(self._n, seq)
+        page[:BH] = block_header(self._n, seq)
         self._pend = _Pending(seq, page)
         return self._pend
 
     def _seal(self, p: _Pending) -> None:
         r = p.open_rec
-        if r is None:
-            return
-        p.open_rec = None
-        at = r.pos - RH
-        _REC_HDR.pack_into(p.page, at, r.kind, r.length, r.offset, r.time, 0)
-        crc = zlib.crc32(_SEQ.pack(p.seq))
-        crc = zlib.crc32(p.page[at : r.pos - 4], crc)
-        crc = zlib.crc32(p.page[r.pos : r.pos + r.length], crc)
-        struct.pack_into("<I", p.page, r.pos - 4, crc)
+        if r is not None:
+            p.open_rec = None
+            seal_record(p.page, p.seq, r)
 
     def _retire(self, p: _Pending) -> None:
-        """Write a full block and move on. An I/O error does not stop appending (offsets must
-        stay in step with the hub's): the block is lost from disk, reads see a hole there."""
+        """Hand a full block to the writer and move on. A failed write does not stop appending
+        (offsets must stay in step with the hub's): the block is lost from disk, reads see a
+        hole there once it has left the writer queue."""
         self._pend = None
-        try:
-            self._write(p)
-        except OSError as exc:
-            self.stats.errors += 1
-            log.error("ring log %s: block write failed, %d bytes lost: %s", self.path, p.used, exc)
+        self._write(p, flush=False)
 
-    def _write(self, p: _Pending) -> None:
-        """Write the whole page of the block (it is one page, rewritten in place on flush)."""
+    def _write(self, p: _Pending, *, flush: bool) -> None:
+        """Hand a copy of the block's page to the writer (rewritten in place on flush)."""
         if p.used <= p.written:
             return
-        self._write_page((p.seq % self._n) * BLOCK_SIZE, p.page)
+        position = (p.seq % self._n) * BLOCK_SIZE
+        self._submit(_Job(p.seq, position, bytes(p.page), p.recs, p.used, flush))
         p.written = p.used
         self._unsynced = True
 
-    def _write_page(self, position: int, page: bytes | mmap.mmap) -> None:
+    def _submit(self, job: _Job) -> None:
+        with self._cv:
+            if job.seq >= 0 and self._queued >= QUEUE_PAGES:
+                # Last resort: the device is more than a full queue behind the console. Wait
+                # for room rather than drop console data or let memory grow.
+                began = time.perf_counter()
+                while self._queued >= QUEUE_PAGES:
+                    self._cv.wait()
+                self.stats.stalls += 1
+                self.stats.stall_seconds += time.perf_counter() - began
+            self._jobs.append(job)
+            if job.seq >= 0:
+                self._inflight[job.seq] = job
+                self._queued += 1
+                self.stats.queue_peak = max(self.stats.queue_peak, self._queued)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._writer, name=f"ringlog {self.path.name}", daemon=True
+                )
+                self._thread.start()
+            self._cv.notify_all()
+
+    def _writer(self) -> None:
+        """The writer thread: performs the jobs in order, merging consecutive pages."""
+        cv = self._cv
+        # page-aligned, as O_DIRECT wants (freed with the thread: slices may outlive a write)
+        view = memoryview(mmap.mmap(-1, RUN_PAGES * BLOCK_SIZE))
+        while True:
+            with cv:
+                while not self._jobs and not self._stopping:
+                    cv.wait()
+                if self._discard or not self._jobs:
+                    self._jobs.clear()
+                    self._inflight.clear()
+                    self._queued = 0
+                    cv.notify_all()
+                    return
+                batch = [self._jobs.popleft()]
+                while (
+                    batch[0].seq >= 0
+                    and len(batch) < RUN_PAGES
+                    and self._jobs
+                    and self._jobs[0].seq >= 0
+                    and self._jobs[0].position == batch[-1].position + BLOCK_SIZE
+                ):
+                    batch.append(self._jobs.popleft())
+                self._busy = True
+            try:
+                if batch[0].seq < 0:
+                    self._sync()
+                else:
+                    self._write_run(batch, view)
+            except Exception:  # a bug must not leave the caller waiting for room forever
+                log.exception("ring log %s: writer failed", self.path)
+            with cv:
+                for job in batch:
+                    if job.seq >= 0:
+                        self._queued -= 1
+                        if self._inflight.get(job.seq) is job:
+                            del self._inflight[job.seq]
+                self._busy = False
+                cv.notify_all()
+
+    def _write_run(self, batch: list[_Job], view: memoryview) -> None:
+        for i, job in enumerate(batch):
+            view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = job.page
+        try:
+            self._write_page(batch[0].position, view[: len(batch) * BLOCK_SIZE])
+            return
+        except OSError as exc:
+            if len(batch) == 1:
+                self._failed(batch[0], exc)
+                return
+        for i, job in enumerate(batch):  # find the pages that cannot be written
+            try:
+                self._write_page(job.position, view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+            except OSError as exc:
+                self._failed(job, exc)
+
+    def _failed(self, job: _Job, exc: OSError) -> None:
+        self.stats.errors += 1
+        log.error("ring log %s: block write failed, %d bytes lost: %s", self.path, job.used, exc)
+        if job.flush:
+            with self._cv:
+                self._error = self._error or exc
+
+    def _sync(self) -> None:
+        try:
+            if self._durable:
+                os.fdatasync(self._fd)
+        except OSError as exc:
+            self.stats.errors += 1
+            log.error("ring log %s: fdatasync failed: %s", self.path, exc)
+            with self._cv:
+                self._error = self._error or exc
+            return
+        self.stats.syncs += 1
+
+    def _write_page(self, position: int, page: bytes | memoryview) -> None:
+        """Write whole pages at a page-aligned position (writer thread)."""
         try:
             written = os.pwrite(self._wfd, page, position)
         except OSError as exc:
@@ -492,24 +549,52 @@ class RingLog:
             written = os.pwrite(self._fd, page, position)
         if written != len(page):
             raise OSError(errno.EIO, f"short write to {self.path}: {written} of {len(page)} bytes")
-        self.stats.writes += 1
+        self.stats.writes += len(page) // BLOCK_SIZE
         self.stats.bytes_written += len(page)
+        self.stats.write_calls += 1
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every page and sync handed to the writer is done (False on timeout).
+        For tests and benchmarks; callers on the event loop never need it."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._jobs and not self._busy, timeout)
 
     def flush(self) -> None:
-        """Write the partial block and make written blocks durable; no I/O if nothing is pending."""
+        """Hand the partial block to the writer and have written blocks made durable; no I/O if
+        nothing is pending. Does not wait for the device: raises (OSError) an error of an
+        earlier flush's write or sync instead."""
         self._check_open()
+        self._flush_submit()
+        self._raise_error()
+
+    def _flush_submit(self) -> None:
         p = self._pend
         if p is not None and p.used > p.written:
             self._seal(p)
-            self._write(p)
+            self._write(p, flush=True)
         if self._unsynced:
-            if self._durable:
-                os.fdatasync(self._fd)
-            self.stats.syncs += 1
+            self._submit(_SYNC)
             self._unsynced = False
 
+    def _raise_error(self) -> None:
+        with self._cv:
+            exc, self._error = self._error, None
+        if exc is not None:
+            raise OSError(exc.errno, f"ring log {self.path}: write failed: {exc.strerror}")
+
+    def _stop_writer(self, *, discard: bool = False) -> None:
+        """Stop the writer thread once its queue is written (``discard``: without writing it)."""
+        with self._cv:
+            self._stopping = True
+            self._discard = discard
+            self._cv.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
     def close(self) -> None:
-        """Record a clean shutdown, flush and close the file; further calls do nothing."""
+        """Record a clean shutdown, flush, wait for the writer and close the file; further calls
+        do nothing. Raises (OSError) an error of a flush's write or sync not raised before."""
         if self._closed:
             return
         try:
@@ -518,13 +603,17 @@ class RingLog:
                 # (where it does not fit, no new block is started for it: that would evict the
                 # oldest block; the next open then treats the shutdown as a crash)
                 self._put(KIND_CLOSE, b"\x00", self._next, self._clock(), coalesce=False)
-            self.flush()
+            self._flush_submit()
         finally:
-            self._closed = True
-            if self._wfd != self._fd:
-                os.close(self._wfd)
-            os.close(self._fd)
-            self._buf.close()
+            try:
+                self._stop_writer()
+            finally:
+                self._closed = True
+                if self._wfd != self._fd:
+                    os.close(self._wfd)
+                os.close(self._fd)
+                self._buf.close()
+        self._raise_error()
 
     def __enter__(self) -> RingLog:
         return self
@@ -537,15 +626,20 @@ class RingLog:
             raise ValueError("ring log is closed")
 
     # ------------------------------------------------------------------ reading
-    def _block_data(self, b: _Block) -> tuple[bytes | mmap.mmap, list[_Rec]]:
+    def _block_data(self, b: _Block) -> tuple[bytes | mmap.mmap, list[Rec]]:
         p = self._pend
         if p is not None and p.seq == b.seq:
             return p.page, p.recs
+        if self._inflight:
+            with self._cv:  # the writer removes a job only once its page is in the file
+                job = self._inflight.get(b.seq)
+            if job is not None:
+                return job.page, job.recs
         if self._cache is not None and self._cache[0] == b.seq:
             return self._cache[1], self._cache[2]
         page = os.pread(self._fd, BLOCK_SIZE, (b.seq % self._n) * BLOCK_SIZE)
-        head = _parse_header(page) if len(page) == BLOCK_SIZE else None
-        recs = _parse_records(page, b.seq) if head == (self._n, b.seq) else []
+        head = parse_header(page) if len(page) == BLOCK_SIZE else None
+        recs = parse_records(page, b.seq) if head == (self._n, b.seq) else []
         self._cache = (b.seq, page, recs)
         return page, recs
 
@@ -583,7 +677,7 @@ class RingLog:
                     continue
                 if rec.kind == KIND_MARKER:
                     if rec.offset >= start:
-                        out.append(LogRecord(rec.offset, rec.time, b"", _marker(page, rec)))
+                        out.append(LogRecord(rec.offset, rec.time, b"", marker(page, rec)))
                     idx = j + 1
                     continue
                 lo = max(rec.offset, data_end)

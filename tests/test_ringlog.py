@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
 import os
 import random
 import signal
@@ -10,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import ringlog
+from bridge import ringformat, ringlog
 from bridge.ringlog import BLOCK_SIZE, LogRecord, RingLog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +51,32 @@ def held(ring: RingLog) -> tuple[int, bytes]:
     return ring.read(0, 1 << 30)
 
 
+def crash(ring: RingLog, *, drained: bool = True) -> None:
+    """kill -9: the process dies without flushing. ``drained``: every page handed to the writer
+    thread had reached the file; else what was still queued is lost with the process."""
+    if drained:
+        assert ring.wait_idle(10)
+    ring._stop_writer(discard=True)
+    if ring._wfd != ring._fd:
+        os.close(ring._wfd)
+    os.close(ring._fd)
+    ring._buf.close()
+
+
+class Gate:
+    """Holds the writer thread before each pwrite until opened (a device that fell behind)."""
+
+    def __init__(self, ring: RingLog, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open = threading.Event()
+        original = ring._write_page
+
+        def gated(position: int, page: bytes | memoryview) -> None:
+            self.open.wait()
+            original(position, page)
+
+        monkeypatch.setattr(ring, "_write_page", gated)
+
+
 @dataclass
 class Write:
     position: int
@@ -60,21 +87,34 @@ class Write:
 
 @dataclass
 class Recorder:
-    """Every page the ring hands to the file system, with the ring's state at that moment."""
+    """Every page the ring hands to its writer thread, with the ring's state at that moment, and
+    every page the writer thread then hands to the file system."""
 
     ring: RingLog
     writes: list[Write] = field(default_factory=list)
+    written: list[tuple[int, bytes]] = field(default_factory=list)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Recorder:
-        original = self.ring._write_page
+        submit, write_page = self.ring._submit, self.ring._write_page
 
-        def record(position: int, page: bytes | mmap.mmap) -> None:
+        def record(job: Any) -> None:
             r = self.ring
-            self.writes.append(Write(position, bytes(page), r.next_offset, r.oldest_offset))
-            original(position, page)
+            if job.seq >= 0:
+                self.writes.append(Write(job.position, job.page, r.next_offset, r.oldest_offset))
+            submit(job)
 
-        monkeypatch.setattr(self.ring, "_write_page", record)
+        def record_written(position: int, data: bytes | memoryview) -> None:
+            for at in range(0, len(data), BLOCK_SIZE):  # one pwrite may carry several pages
+                self.written.append((position + at, bytes(data[at : at + BLOCK_SIZE])))
+            write_page(position, data)
+
+        monkeypatch.setattr(self.ring, "_submit", record)
+        monkeypatch.setattr(self.ring, "_write_page", record_written)
         return self
+
+    def check_written_in_order(self) -> None:
+        """The writer wrote exactly the pages it was handed, in the order it was handed them."""
+        assert self.written == [(w.position, w.page) for w in self.writes]
 
 
 # ---------------------------------------------------------------------------- basics
@@ -153,8 +193,7 @@ def test_offsets_are_never_reused_across_restarts_and_crashes(tmp_path: Path) ->
         if clean:
             ring.close()
         else:
-            os.close(ring._fd)  # crash: the process dies without flushing
-            ring._buf.close()
+            crash(ring)
         ring2, have = recovered(path, clock, Run(bytes(ref), []))
         assert ring2.next_offset >= len(ref), "an offset handed out before was reused"
         for i in range(ring2.oldest_offset, len(ref)):
@@ -174,8 +213,7 @@ def test_crash_skips_offsets_clean_close_does_not(tmp_path: Path) -> None:
     ring.append(b" flushed")
     ring.flush()
     ring.append(b" lost")
-    os.close(ring._fd)  # kill -9
-    ring._buf.close()
+    crash(ring)
     with open_ring(path, clock) as ring:
         assert ring.next_offset == 13 + ringlog.CRASH_GAP
         ring.append(b"new")
@@ -194,6 +232,7 @@ def test_kill_9_keeps_everything_flushed(tmp_path: Path) -> None:
         for i in range(2000):
             ring.append(b"line %d\\r\\n" % i)
         ring.flush()
+        ring.wait_idle()  # flushed = handed to the writer thread and written by it
         ring.append(b"lost in the crash")
         print(ring.next_offset, flush=True)
         time.sleep(60)
@@ -319,6 +358,7 @@ def test_torn_write_loses_nothing_that_was_complete(
     recorder = Recorder(ring).install(monkeypatch)
     run = run_workload(ring, clock, ops)
     ring.close()
+    recorder.check_written_in_order()
     if not recorder.writes:
         return
     # tear one of the last writes: after the prefix, those overwrite an older lap
@@ -374,7 +414,7 @@ def test_garbled_or_truncated_file_keeps_every_record_before_the_damage(
     seq = int.from_bytes(page[12:20], "little")
     safe_end = 0  # end offset of the records wholly before the damaged byte in that block
     if inside >= 24:
-        for rec in ringlog._parse_records(page, seq):
+        for rec in ringformat.parse_records(page, seq):
             if rec.pos + rec.length <= inside:
                 safe_end = max(safe_end, rec.end)
     if truncate:
@@ -577,6 +617,7 @@ def test_silent_console_causes_no_writes(tmp_path: Path, monkeypatch: pytest.Mon
     ring.append(b"boot\r\n")
     io = IoCounter(monkeypatch)
     ring.flush()
+    assert ring.wait_idle(10)
     assert io.calls == ["pwrite", "fdatasync"]
     assert not ring.dirty
     before = (path.read_bytes(), path.stat().st_mtime_ns, ring.stats.writes)
@@ -596,9 +637,11 @@ def test_blocks_are_written_only_when_full_until_flush(tmp_path: Path) -> None:
         for _ in range(300):
             ring.append(b"x" * 100)
             clock.now += 0.01
+        assert ring.wait_idle(10)
         assert ring.stats.writes == 30_000 // (BLOCK_SIZE - 48)
         assert ring.dirty
         ring.flush()
+        assert ring.wait_idle(10)
         assert ring.stats.writes == 30_000 // (BLOCK_SIZE - 48) + 1
         assert not ring.dirty
 
@@ -612,17 +655,23 @@ def test_a_failing_disk_never_desynchronises_offsets(
     ref = rnd.randbytes(40_000)
     ring = open_ring(path, clock, size=32 * BLOCK_SIZE)
     ring.append(ref[:10_000])
+    assert ring.wait_idle(10)
     original = ring._write_page
 
-    def broken(position: int, page: bytes | mmap.mmap) -> None:
+    def broken(position: int, page: bytes | memoryview) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(ring, "_write_page", broken)
     ring.append(ref[10_000:20_000])  # two blocks fill and fail to be written
-    assert ring.next_offset == 20_000 and ring.stats.errors >= 2
+    assert ring.next_offset == 20_000
+    assert ring.wait_idle(10)
+    assert ring.stats.errors >= 2
     assert "block write failed" in caplog.text
-    with pytest.raises(OSError):
-        ring.flush()
+    ring.flush()  # hands the partial block to the writer thread, where its write fails...
+    assert ring.wait_idle(10)
+    with pytest.raises(OSError, match="Input/output error"):
+        ring.flush()  # ...and the next flush() raises it, once
+    ring.flush()
     monkeypatch.setattr(ring, "_write_page", original)
     ring.append(ref[20_000:])
     ring.close()
@@ -668,3 +717,131 @@ def test_bad_arguments(tmp_path: Path) -> None:
         ring.add_marker({"event": "x", "blob": "y" * 2000})
     with pytest.raises(ValueError, match="closed"):
         ring.append(b"late")
+
+
+# ---------------------------------------------------------------------------- writer thread
+
+
+def test_reads_see_pages_still_queued_for_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages handed to the writer thread but not yet in the file read exactly as if they were."""
+    clock = Clock()
+    rnd = random.Random(11)
+    path = tmp_path / "p.log"
+    ring = open_ring(path, clock, size=64 * BLOCK_SIZE)
+    gate = Gate(ring, monkeypatch)
+    ref = bytearray()
+    for i in range(120):
+        chunk = rnd.randbytes(rnd.randrange(1, 1500))
+        ring.append(chunk)
+        ref += chunk
+        clock.now += rnd.choice([0.0, 0.5, 2.0])
+        if i % 25 == 0:
+            ring.add_marker({"event": "x", "i": i})
+            ring.flush()
+
+    def answers() -> tuple[Any, ...]:
+        times = [clock.now - 100 + k * 7.5 for k in range(20)]
+        return held(ring), list(ring.records(0)), [ring.offset_at(t) for t in times]
+
+    assert ring.stats.writes == 0 and ring._queued > 1  # nothing has reached the file yet
+    queued = answers()
+    assert queued[0] == (0, bytes(ref))
+    gate.open.set()
+    assert ring.wait_idle(10)
+    assert ring.stats.writes > 1 and not ring._inflight
+    assert answers() == queued
+    ring.close()
+    with open_ring(path, clock, size=64 * BLOCK_SIZE) as ring:
+        assert held(ring) == (0, bytes(ref))
+        assert [r for r in ring.records(0) if r.marker] == [r for r in queued[1] if r.marker]
+
+
+def test_a_full_writer_queue_makes_the_caller_wait_and_drops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    rnd = random.Random(12)
+    path = tmp_path / "p.log"
+    size = 2 * ringlog.QUEUE_PAGES * BLOCK_SIZE
+    ring = open_ring(path, clock, size=size)
+    gate = Gate(ring, monkeypatch)
+    ref = rnd.randbytes((ringlog.QUEUE_PAGES + 20) * BLOCK_SIZE)
+    feeder = threading.Thread(
+        target=lambda: [ring.append(ref[i : i + 1000]) for i in range(0, len(ref), 1000)]
+    )
+    feeder.start()
+    deadline = time.monotonic() + 10
+    while ring._queued < ringlog.QUEUE_PAGES and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert feeder.is_alive(), "the caller went on past a full queue"
+    assert ring._queued == ringlog.QUEUE_PAGES  # bounded: no page beyond the bound
+    gate.open.set()
+    feeder.join(10)
+    assert not feeder.is_alive()
+    assert ring.stats.stalls >= 1 and ring.stats.stall_seconds > 0.1
+    assert ring.stats.queue_peak == ringlog.QUEUE_PAGES
+    ring.close()
+    assert ring.stats.errors == 0
+    with open_ring(path, clock, size=size) as ring:
+        assert held(ring) == (0, ref)
+
+
+def test_kill_9_with_a_full_writer_queue_reuses_no_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies while the device is a whole queue behind: what reached the file comes
+    back, nothing wrong does, and CRASH_GAP covers every offset handed out for the queued data."""
+    clock = Clock()
+    rnd = random.Random(13)
+    path = tmp_path / "p.log"
+    size = 2 * ringlog.QUEUE_PAGES * BLOCK_SIZE
+    ref = bytearray(rnd.randbytes(50_000))
+    ring = open_ring(path, clock, size=size)
+    ring.append(ref)
+    ring.flush()
+    assert ring.wait_idle(10)
+    on_disk = len(ref)
+    gate = Gate(ring, monkeypatch)
+    while ring._queued < ringlog.QUEUE_PAGES:  # one append hands over at most one page
+        chunk = rnd.randbytes(1000)
+        ring.append(chunk)
+        ref += chunk
+        clock.now += 0.3
+    handed_out = ring.next_offset
+    with ring._cv:  # kill -9: the write under way completes, the rest of the queue is lost
+        ring._stopping = ring._discard = True
+    gate.open.set()
+    crash(ring, drained=False)
+    ring2, have = recovered(path, clock, Run(bytes(ref), []), size=size)
+    assert ring2.next_offset >= handed_out, "an offset handed out before was reused"
+    assert all(have[:on_disk])
+    assert not all(have[on_disk:])
+    ring2.close()
+
+
+def test_a_sync_error_is_raised_by_the_next_flush_and_by_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    ring = RingLog.open(tmp_path / "p.log", SIZE, clock=clock)
+
+    def failing(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ringlog.os, "fdatasync", failing)
+    ring.append(b"one")
+    ring.flush()  # does not wait for the device
+    assert ring.wait_idle(10) and ring.stats.errors == 1
+    ring.append(b"two")
+    with pytest.raises(OSError, match="No space left"):
+        ring.flush()
+    with pytest.raises(OSError, match="No space left"):
+        ring.close()  # the second flush's sync failed too: close() reports it, and closes
+    with pytest.raises(ValueError, match="closed"):
+        ring.append(b"late")
+    monkeypatch.undo()
+    with RingLog.open(tmp_path / "p.log", SIZE, clock=clock) as ring:
+        assert held(ring) == (0, b"onetwo")
