@@ -121,7 +121,7 @@ class _Target:
     ) -> StreamReport | None:
         data = memoryview(background_payload(self.size) if background else payload(self.size))
         if nonce is not None:
-            if not self.sync_phase(nonce, timeout=60.0):
+            if not self.sync_phase(nonce, timeout=180.0):
                 return None
             if not self.write_all(memoryview(start_marker(nonce)), time.monotonic() + 10):
                 return StreamReport(0, 0.0, 0.0, 10.0, 0, True)

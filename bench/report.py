@@ -58,6 +58,7 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             )
             s[f"thr{n}_client_cpu"] = median(_vals(runs, "client_cpu_share"))
             s[f"thr{n}_server_cpu"] = median(_vals(runs, "server_cpu_share"))
+            s[f"thr{n}_client_sat"] = any(r.get("client_worker_max", 0) > 0.85 for r in runs)
             s[f"thr{n}_cpu_s_per_mib"] = median(_vals(runs, "cpu_s_per_mib"))
             peaks = _vals(runs, "peak_rss_mib")
             s[f"thr{n}_peak_rss"] = max(peaks) if peaks else None
@@ -119,6 +120,8 @@ def _thr_cell(s: dict[str, Any], n: int) -> str:
         cell += "*"
     if s.get(f"thr{n}_bad"):
         cell += "!"
+    if s.get(f"thr{n}_client_sat"):
+        cell += "c"
     return cell
 
 
@@ -205,7 +208,8 @@ def table(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
         )
     lines.append(
         "* = capped by the per-run time limit (throughput = bytes written / time); "
-        "! = clients with missing/corrupt bytes; line rate: Ng = clients that saw gaps, "
+        "! = clients with missing/corrupt bytes; c = a client worker process used > 85% of a "
+        "core (the client side may be the limit); line rate: Ng = clients that saw gaps, "
         "Nb = clients behind at the end, %rate = share of the line rate the UART could "
         "deliver (below 100% a real UART without flow control loses bytes), % = server CPU "
         "share of one core"

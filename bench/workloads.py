@@ -161,15 +161,16 @@ def stream(
     """Target -> n clients; every client checks length and CRC32 of the stream."""
     env.target.flush()
     nonce = new_nonce()
+    # The target writes sync tokens from now on; clients count as connected once they see one.
+    env.target.start_stream(n=size, deadline=deadline, nonce=nonce, rate=rate)
     group = ClientGroup(env, system.endpoint(), n_clients, "stream", nonce)
     try:
-        ok, err = group.wait_connected()
-        if ok < n_clients:
-            return {"error": f"only {ok}/{n_clients} connected: {err}"}
-        env.target.start_stream(n=size, deadline=deadline, nonce=nonce, rate=rate)
         try:
+            ok, err = group.wait_connected(120)
+            if ok < n_clients:
+                raise RuntimeError(f"only {ok}/{n_clients} connected and attached: {err}")
             group.wait_synced(60)
-        except TimeoutError:
+        except Exception:
             env.target.abort()
             env.target.wait_stream(10)
             raise
@@ -196,6 +197,7 @@ def stream(
         "written": rep.written,
         "deadline_hit": rep.deadline_hit,
         "complete": len(complete),
+        "never_synced": sum(1 for c in clients if not c["synced"]),
         "intact": len(intact),
         "gaps": sum(c["gaps"] for c in clients),
         "gap_bytes": sum(c["gap_bytes"] for c in clients),
@@ -212,6 +214,8 @@ def stream(
     client_wall = max((r["wall"] for r in res), default=0.0)
     if client_wall > 0:
         out["client_cpu_share"] = round(client_cpu / client_wall, 3)  # in cores
+        # One worker process near 1.0 means the client side, not the server, may be the limit.
+        out["client_worker_max"] = round(max(r["cpu"] / max(r["wall"], 1e-9) for r in res), 3)
     if before is not None and after is not None:
         cpu = after.cpu - before.cpu
         out["server_cpu_s"] = round(cpu, 3)
@@ -310,16 +314,21 @@ def stalled(env: Env, system: System, size: int, deadline: float) -> dict[str, A
     env.target.flush()
     nonce = new_nonce()
     pid = system.pid
-    group = ClientGroup(env, system.endpoint(), 1, "stream", nonce)
     sock = None
     out: dict[str, Any] = {}
+    env.target.start_stream(n=size, deadline=deadline, nonce=nonce)
+    group = ClientGroup(env, system.endpoint(), 1, "stream", nonce)
     try:
-        ok, err = group.wait_connected()
-        if ok < 1:
-            return {"error": f"live client did not connect: {err}"}
-        sock = open_stalled(system.endpoint())
-        env.target.start_stream(n=size, deadline=deadline, nonce=nonce)
-        group.wait_synced(60)
+        try:
+            sock = open_stalled(system.endpoint())
+            ok, err = group.wait_connected()
+            if ok < 1:
+                raise RuntimeError(f"live client did not connect: {err}")
+            group.wait_synced(60)
+        except Exception:
+            env.target.abort()
+            env.target.wait_stream(10)
+            raise
         before = sample(pid)
         reset_peak_rss(pid)
         env.target.go()
