@@ -269,8 +269,15 @@ async def test_demo_qemu_runs_a_real_kernel_and_stops_it(tmp_path: Path) -> None
         env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")},
         start_new_session=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    errors = bytearray()
+
+    async def drain_stderr(stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):  # a full pipe would block the demo
+            errors.extend(chunk)
+
+    draining = asyncio.create_task(drain_stderr(proc.stderr))
     try:
-        assert proc.stdout is not None
         banner: dict[str, str] = {}
         async with asyncio.timeout(120):
             while "qemu pid" not in banner:
@@ -299,9 +306,15 @@ async def test_demo_qemu_runs_a_real_kernel_and_stops_it(tmp_path: Path) -> None
                     return await resp.text()
 
             async def wait_history(needle: str, timeout: float) -> None:
-                async with asyncio.timeout(timeout):
-                    while needle not in await history():
-                        await asyncio.sleep(0.2)
+                text = ""
+                try:
+                    async with asyncio.timeout(timeout):
+                        while needle not in (text := await history()):
+                            await asyncio.sleep(0.2)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"{needle!r} not in the demo's log within {timeout} s:\n{text[-2000:]}"
+                    ) from None
 
             await wait_history(PROMPT, BOOT_TIMEOUT)
             async with http.post(f"{url}/api/ports/demo/sysrq", json={"keys": "h"}) as resp:
@@ -314,7 +327,11 @@ async def test_demo_qemu_runs_a_real_kernel_and_stops_it(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         assert not Path(f"/proc/{qemu_pid}").exists(), "QEMU outlived the demo"
+    except BaseException:
+        print("demo stderr:", errors[-3000:].decode(errors="replace"))
+        raise
     finally:
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+        await asyncio.wait_for(draining, 10)
