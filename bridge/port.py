@@ -122,6 +122,9 @@ class Port:
         self.bytes_in = 0
         self.bytes_out = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._release_done = asyncio.Event()
+        self._release_done.set()
 
     # ---- device lifecycle -------------------------------------------------------------------
 
@@ -289,7 +292,7 @@ class Port:
         await att.subscriber.close()
         if self.writer is att:
             self.writer = None
-            await self._send_on_release()
+            self._queue_on_release()
         self._event("detach", {"user": att.user, "peer": att.peer})
         self._broadcast_status("leave", actor=att.user)
 
@@ -302,8 +305,7 @@ class Port:
         att.last_input = time.monotonic()
         if old is not None and old is not att:
             self._event("takeover", {"user": att.user, "from": old.user})
-            if self.cfg.on_release:
-                asyncio.get_running_loop().create_task(self._send_on_release())
+            self._queue_on_release()
             return "takeover"
         return "lease"
 
@@ -314,13 +316,29 @@ class Port:
     async def release(self, att: Attachment) -> None:
         if self.writer is att:
             self.writer = None
-            await self._send_on_release()
+            self._queue_on_release()
             self._broadcast_status("release", actor=att.user)
 
+    def _queue_on_release(self) -> None:
+        """Send `on_release` (e.g. "exit\\r") for a writer who left or lost the lease. Until it is
+        written, the next writer's keystrokes wait, so the logout reaches the target first."""
+        if not self.cfg.on_release:
+            return
+        self._release_done.clear()
+        task = asyncio.get_running_loop().create_task(self._send_on_release())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _send_on_release(self) -> None:
-        if self.cfg.on_release and self.transport is not None:
-            with contextlib.suppress(DeviceUnavailable):
-                await self.transport.write(self.cfg.on_release)
+        try:
+            # under the action lock: never inside a BREAK+key window, where the "e" of "exit"
+            # would be SysRq-e (terminate all tasks)
+            async with self._action_lock:
+                if self.transport is not None:
+                    with contextlib.suppress(OSError):
+                        await self.transport.write(self.cfg.on_release)
+        finally:
+            self._release_done.set()
 
     async def _expire_idle_writer(self) -> None:
         timeout = self.cfg.writer_idle_timeout
@@ -329,7 +347,7 @@ class Port:
             att = self.writer
             if att is not None and time.monotonic() - att.last_input > timeout:
                 self.writer = None
-                await self._send_on_release()
+                self._queue_on_release()
                 self._event("lease-expired", {"user": att.user})
                 self._broadcast_status("idle-release", actor=att.user)
 
@@ -365,6 +383,7 @@ class Port:
                 else "read-only: take over to type"
             )
         att.last_input = time.monotonic()
+        await self._release_done.wait()
         await self._quiet.wait()
         transport = self.transport
         if transport is None:
