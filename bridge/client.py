@@ -128,12 +128,13 @@ class BridgeClient:
         token: str | None = None,
         user: str | None = None,
         password: str | None = None,
+        totp: str | None = None,
         fingerprint: str | None = None,
         known_hosts: KnownHosts | None = None,
         notice: Any = None,
     ) -> None:
         self.target = parse_url(url)
-        self.token, self.user, self.password = token, user, password
+        self.token, self.user, self.password, self.totp = token, user, password, totp
         self.fingerprint = normalise_fingerprint(fingerprint) if fingerprint else None
         self.known_hosts = known_hosts or KnownHosts()
         self.notice = notice or (lambda text: print(text, file=sys.stderr))
@@ -165,9 +166,7 @@ class BridgeClient:
         )
         try:
             if not self.token and self.user is not None:
-                body = await self.request(
-                    "POST", "/api/login", {"username": self.user, "password": self.password or ""}
-                )
+                body = await self.request("POST", "/api/login", self._login_body())
                 self.csrf = body.get("csrf")
         except BaseException:
             await self.session.close()
@@ -177,6 +176,12 @@ class BridgeClient:
     async def __aexit__(self, *exc: object) -> None:
         if self.session is not None:
             await self.session.close()
+
+    def _login_body(self) -> dict[str, str]:
+        body = {"username": self.user or "", "password": self.password or ""}
+        if self.totp:
+            body["totp"] = self.totp
+        return body
 
     def _headers(self) -> dict[str, str]:
         return {"X-CSRF-Token": self.csrf} if self.csrf else {}

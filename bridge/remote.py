@@ -26,7 +26,13 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
             password = sys.stdin.readline().rstrip("\r\n")
         else:
             password = getpass.getpass(f"Password for {args.user}: ")
-        return {"user": args.user, "password": password}
+        totp = None
+        if args.totp:
+            if args.password_stdin:
+                totp = sys.stdin.readline().strip()
+            else:
+                totp = getpass.getpass("One-time code: ").strip()
+        return {"user": args.user, "password": password, "totp": totp}
     token = os.environ.get("SERIAL_BRIDGE_TOKEN")
     if not token:
         path = Path(args.token_file) if args.token_file else config_dir() / "token"
@@ -124,11 +130,14 @@ def run_log(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="https://HOST:PORT/PORTNAME")
+    p.add_argument(
+        "--totp", action="store_true", help="with --user: also ask for a one-time (TOTP) code"
+    )
     p.add_argument("--user", default=None, help="log in as this user (password prompt)")
     p.add_argument(
         "--password-stdin",
         action="store_true",
-        help="with --user: read the password from standard input",
+        help="with --user: read the password (and then the --totp code) from standard input",
     )
     p.add_argument(
         "--token-file",

@@ -190,3 +190,43 @@ async def test_connect_reconnects_and_resumes_from_its_offset(
     screen.type(b"\r~.")
     assert await asyncio.wait_for(proc.wait(), 20) == 0
     screen.close()
+
+
+async def test_cli_login_with_a_one_time_code(bridge: Bridge, tmp_path: Path) -> None:
+    from bridge.auth.store import UserStore
+    from bridge.totp import code_at, new_secret
+    from tests.conftest import PASSWORDS
+
+    users = UserStore(bridge.state_dir)
+    admin = users.get("admin")
+    assert admin is not None
+    admin.totp_secret = new_secret()
+    users.put(admin)
+
+    async def power_status(stdin: str) -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI,
+            "power",
+            f"{bridge.base}/lab",
+            "status",
+            "--user",
+            "admin",
+            "--totp",
+            "--password-stdin",
+            "--fingerprint",
+            bridge.daemon.fingerprint,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")},
+        )
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 30)
+        return proc.returncode or 0, out + err
+
+    code, output = await power_status(f"{PASSWORDS['admin']}\n000000\n")
+    assert code == 1 and b"401" in output
+    code, output = await power_status(
+        f"{PASSWORDS['admin']}\n{code_at(admin.totp_secret, time.time())}\n"
+    )
+    assert code == 0, output
+    assert b'"power": "unknown"' in output
