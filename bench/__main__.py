@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", default="1,10,50,100", help="throughput client counts")
     p.add_argument("--linerate-seconds", type=float, default=None, help="default 60; quick 10")
     p.add_argument("--echo-count", type=int, default=None, help="round trips (default 2000)")
-    p.add_argument("--echo-limit", type=float, default=None, help="echo seconds cap (20)")
+    p.add_argument("--echo-limit", type=float, default=None, help="echo seconds cap (10)")
     p.add_argument("--run-limit", type=float, default=None, help="time cap per throughput run")
     p.add_argument("--client-procs", type=int, default=4, help="max client worker processes")
     p.add_argument("--profile", action="store_true", help="py-spy serial-bridge afterwards")
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.size = (a.size_mib or (8 if a.quick else 64)) * MIB
     a.lr_seconds = a.linerate_seconds or (10.0 if a.quick else 60.0)
     a.echo_count = a.echo_count or (300 if a.quick else 2000)
-    a.echo_limit = a.echo_limit or (8.0 if a.quick else 20.0)
+    a.echo_limit = a.echo_limit or (8.0 if a.quick else 10.0)
     a.run_limit = a.run_limit or (5.0 if a.quick else 10.0)
     a.workloads = [w for w in (a.only.split(",") if a.only else WORKLOADS) if w]
     for w in a.workloads:
@@ -162,8 +162,8 @@ def run(a: argparse.Namespace) -> int:
     target = TargetHandle(ctx, payload_size)
     env = workloads.Env(ctx=ctx, target=target, payload_size=payload_size, max_procs=a.client_procs)
     systems = build_systems(a.system_names, tmp, notes)
-    for n in notes:
-        log(n)
+    for note in notes:
+        log(note)
     log(f"pty slave {target.slave_path}; systems: {', '.join(systems)}; workdir {tmp}")
     started = time.monotonic()
     try:
@@ -255,6 +255,10 @@ def run(a: argparse.Namespace) -> int:
             results["serial-bridge"]["profile"] = run_profiles(
                 a, env, systems["serial-bridge"], tmp
             )
+        if a.profile and "serial-bridge+log" in systems:
+            results["serial-bridge+log"]["profile"] = run_profiles(
+                a, env, systems["serial-bridge+log"], tmp, only_first=True
+            )
     finally:
         for system in systems.values():
             with contextlib.suppress(Exception):
@@ -291,26 +295,35 @@ def run(a: argparse.Namespace) -> int:
     print()
     print("issue 8 targets (serial-bridge vs peers measured in this run):")
     print(report.verdicts_text(verdicts))
-    for label, item in (results.get("serial-bridge", {}).get("profile") or {}).items():
-        print(f"\nserial-bridge profile, {label} (py-spy):")
-        print(profile.text(item["profile"]))
-    for n in notes:
-        print("note:", n)
+    for name in ("serial-bridge", "serial-bridge+log"):
+        for label, item in (results.get(name, {}).get("profile") or {}).items():
+            run = item["run"]
+            print(
+                f"\n{name} profile, {label} (py-spy; {run.get('mib_s')} MiB/s, "
+                f"server {run.get('server_cpu_share')} cores):"
+            )
+            print(profile.text(item["profile"]))
+    for note in notes:
+        print("note:", note)
     print(f"\nJSON: {out}")
     return 0
 
 
-def run_profiles(a: argparse.Namespace, env: workloads.Env, system: Any, tmp: Path) -> Any:
+def run_profiles(
+    a: argparse.Namespace, env: workloads.Env, system: Any, tmp: Path, only_first: bool = False
+) -> Any:
     jobs = [
         ("throughput 1 client", (1, a.size, a.run_limit, None)),
         ("throughput 50 clients", (50, a.size, a.run_limit, None)),
         ("115200 baud, 10 clients, 10 s", (10, RATE_115200 * 10, 11.0, float(RATE_115200))),
     ]
+    if only_first:
+        jobs = jobs[:1]
     out: dict[str, Any] = {}
     system.start(env.target.slave_path)
     try:
         for label, (n, size, limit, rate) in jobs:
-            prof = profile.Profiler(system.pid, tmp / f"profile-{n}-{rate}.txt")
+            prof = profile.Profiler(system.pid, tmp / f"profile-{system.name}-{n}-{rate}.txt")
             try:
                 run = guarded({}, system.name, f"profiled {label}", workloads.stream,
                               env, system, n, size, limit, rate)  # fmt: skip

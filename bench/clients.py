@@ -210,8 +210,12 @@ class Client:
                         return
                     self.sink.feed(data)
 
+            def close_pty() -> None:
+                loop.remove_reader(fd)
+                os.close(fd)
+
             loop.add_reader(fd, readable)
-            self._closers.append(lambda: (loop.remove_reader(fd), os.close(fd)))
+            self._closers.append(close_pty)
 
             async def send_pty(b: bytes) -> None:
                 os.write(fd, b)

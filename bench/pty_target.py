@@ -292,7 +292,7 @@ class TargetHandle:
     def wait_stream(self, timeout: float) -> StreamReport | None:
         tag, rep = self._recv(timeout)
         assert tag == "done", tag
-        return rep  # type: ignore[no-any-return]
+        return rep
 
     def start_echo(self, bg_rate: float, limit: float) -> None:
         self.conn.send(("echo", {"bg_rate": bg_rate, "limit": limit}))

@@ -131,11 +131,11 @@ def _lr_cell(lr: dict[str, Any] | None) -> str:
     gaps = lr.get("clients_with_gaps", 0)
     behind = lr.get("clients", 0) - lr.get("complete", 0)
     cpu = lr.get("server_cpu_share")
-    cell = f"{gaps}g/{behind}b"
+    cell = f"{gaps}/{behind}"
     if lr.get("achieved") is not None:
-        cell += f" {lr['achieved'] * 100:.0f}%rate"
+        cell += f" {lr['achieved'] * 100:.0f}%"
     if cpu is not None:
-        cell += f" {cpu * 100:.1f}%"
+        cell += f" {cpu * 100:.1f}"
     return cell
 
 
@@ -188,7 +188,10 @@ def table(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
     row("idle RSS MiB, 0 clients", lambda s: _f(s.get("rss0")))
     row("idle RSS MiB, 100 clients", lambda s: _f(s.get("rss100")))
     for name in ("115200x10", "115200x100", "3Mx100", "12Mx100"):
-        row(f"line {name}: gaps/behind CPU%", lambda s, name=name: _lr_cell(s.get(f"lr_{name}")))
+        row(
+            f"line {name}: gap/behind rate% CPU%",
+            lambda s, name=name: _lr_cell(s.get(f"lr_{name}")),
+        )
     row("stalled: live client + UART", lambda s: _stalled_cell(s.get("stalled"), "live"))
     row("stalled: UART longest block", lambda s: _stalled_cell(s.get("stalled"), "uart"))
     row("stalled: RSS before/peak MiB", lambda s: _stalled_cell(s.get("stalled"), "rss"))
@@ -209,10 +212,9 @@ def table(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
     lines.append(
         "* = capped by the per-run time limit (throughput = bytes written / time); "
         "! = clients with missing/corrupt bytes; c = a client worker process used > 85% of a "
-        "core (the client side may be the limit); line rate: Ng = clients that saw gaps, "
-        "Nb = clients behind at the end, %rate = share of the line rate the UART could "
-        "deliver (below 100% a real UART without flow control loses bytes), % = server CPU "
-        "share of one core"
+        "core (the client side may be the limit); line rate 'G/B R% C': G clients saw gaps, "
+        "B clients were behind at the end, R = % of the line rate the UART could deliver "
+        "(below 100 a real UART without flow control loses bytes), C = server CPU % of one core"
     )
     return "\n".join(lines)
 
