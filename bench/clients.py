@@ -396,6 +396,9 @@ async def _worker(conn: Connection, ep: Endpoint, n: int, mode: str, nonce: str 
             cpu0 = self_cpu()
             t0 = time.monotonic()
             msg, kw = await box.get(3600)
+            while msg == "progress":  # counts so far, without ending the measurement
+                conn.send(("progress", [(s.count, s.t_last) for s in sinks]))
+                msg, kw = await box.get(3600)
             if msg == "final":
                 length = kw["length"]
                 await _wait_until(

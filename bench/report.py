@@ -152,6 +152,8 @@ def _stalled_cell(st: dict[str, Any] | None, field: str) -> str:
         return f"{_f(st.get('rss_before_mib'))}/{_f(st.get('peak_rss_mib'))}"
     if field == "gap":
         return "yes" if st.get("stalled_gap") else "no"
+    if field == "resume":
+        return "yes" if st.get("live_resumed") else "no"
     return NA
 
 
@@ -196,6 +198,7 @@ def table(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
     row("stalled: UART longest block", lambda s: _stalled_cell(s.get("stalled"), "uart"))
     row("stalled: RSS before/peak MiB", lambda s: _stalled_cell(s.get("stalled"), "rss"))
     row("stalled: gap told to stalled", lambda s: _stalled_cell(s.get("stalled"), "gap"))
+    row("stalled: live resumes after", lambda s: _stalled_cell(s.get("stalled"), "resume"))
     row("cold start to first byte, s", lambda s: _f(s.get("cold"), 3))
 
     heads = [SHORT.get(s, s) for s in systems]

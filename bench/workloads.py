@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from bench.common import (
     MIB,
     crc_of,
     new_nonce,
+    payload,
     percentile,
     reset_peak_rss,
     sample,
@@ -334,38 +336,48 @@ def stalled(env: Env, system: System, size: int, deadline: float) -> dict[str, A
         env.target.go()
         rep = env.target.wait_stream(deadline + 30)
         assert rep is not None
-        group.send("final", {"length": rep.written, "grace": 5.0})
-        res = group.results(60)
+        time.sleep(2.0)
+        group.send("progress", {})
+        live_during, live_t_last = group._gather("progress", 30)[0][0]
         after = sample(pid)
-        live = res[0]["clients"][0]
-        intact = live["count"] == rep.written and live["crc"] == crc_of(
-            env.payload_size, rep.written
-        )
         out = {
             "size": size,
             "target_written": rep.written,
             "target_all_written": rep.written == size,
             "target_max_block_s": round(rep.max_block, 3),
-            "live_bytes": live["count"],
-            "live_intact": intact,
-            "live_gaps": live["gaps"],
+            "live_bytes_during_stall": live_during,
             "rss_before_mib": _mib(before.rss_kib),
             "peak_rss_mib": _mib(max(after.hwm_kib, before.rss_kib)),
             "rss_after_mib": _mib(after.rss_kib),
         }
-        if live["t_last"] > rep.t_first and intact:
-            out["live_mib_s"] = round(rep.written / MIB / (live["t_last"] - rep.t_first), 2)
+        # Then the stalled client goes away (ser2net) or starts reading (websocket: it should
+        # be told what it missed) while a trickle of output flows: does the live one resume?
+        env.target.start_stream(n=256 * 1024, deadline=8.0, nonce=None, rate=64 * 1024)
         if system.endpoint().kind == "ws":
-            # Keep a trickle of output flowing so the server has a reason to tell the stalled
-            # client what it missed, then read it.
-            env.target.start_stream(n=256 * 1024, deadline=6.0, nonce=None, rate=64 * 1024)
             got = read_stalled_for_gap(sock, timeout=5.0)
-            env.target.wait_stream(30)
             out["stalled_gap"] = got["gap"]
             out["stalled_read_bytes"] = got["bytes"]
             out["stalled_texts"] = got["texts"][:3]
         else:
+            with contextlib.suppress(OSError):
+                sock.close()
             out["stalled_gap"] = None
+        rep2 = env.target.wait_stream(30)
+        assert rep2 is not None
+        total = rep.written + rep2.written
+        group.send("final", {"length": total, "grace": 5.0})
+        live = group.results(60)[0]["clients"][0]
+        crc = zlib.crc32(
+            memoryview(payload(env.payload_size))[: rep2.written],
+            crc_of(env.payload_size, rep.written),
+        )
+        out["live_intact"] = rep.written == live_during and live["gaps"] == 0
+        out["live_gaps"] = live["gaps"]
+        out["after_stall_written"] = rep2.written
+        out["live_bytes_total"] = live["count"]
+        out["live_resumed"] = live["count"] == total and live["crc"] == crc
+        if out["live_intact"] and live_t_last > rep.t_first:
+            out["live_mib_s"] = round(rep.written / MIB / (live_t_last - rep.t_first), 2)
     finally:
         if sock is not None:
             with contextlib.suppress(OSError):
