@@ -28,7 +28,7 @@ from bench import profile, report, workloads
 from bench.common import MIB, RATE_3M, RATE_12M, RATE_115200, payload, utc_stamp
 from bench.pty_target import TargetHandle
 from bench.ser2net import Ser2net
-from bench.serialbridge import SerialBridge
+from bench.serialbridge import SerialBridge, use_snapshot
 from bench.serialbridge import available as sb_available
 
 WORKLOADS = ("throughput", "echo", "idle", "linerate", "stalled", "cold")
@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-limit", type=float, default=None, help="time cap per throughput run")
     p.add_argument("--client-procs", type=int, default=4, help="max client worker processes")
     p.add_argument("--profile", action="store_true", help="py-spy serial-bridge afterwards")
+    p.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="run serial-bridge from the live tree instead of a copy of bridge/ taken at start",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
     a = p.parse_args(argv)
     a.runs = a.runs or (1 if a.quick else 5)
@@ -161,6 +167,10 @@ def run(a: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     target = TargetHandle(ctx, payload_size)
     env = workloads.Env(ctx=ctx, target=target, payload_size=payload_size, max_procs=a.client_procs)
+    snapshot: dict[str, str] = {}
+    if a.snapshot and any(n.startswith("serial-bridge") for n in a.system_names):
+        snapshot = use_snapshot(tmp / "snapshot")
+        log(f"serial-bridge runs from a snapshot of bridge/: {snapshot}")
     systems = build_systems(a.system_names, tmp, notes)
     for note in notes:
         log(note)
@@ -282,6 +292,7 @@ def run(a: argparse.Namespace) -> int:
             "ser2net": _ser2net_version(),
             "git": _git_head(),
             "wall_s": round(time.monotonic() - started, 1),
+            "serial_bridge_snapshot": snapshot,
             "notes": notes + env.notes,
         },
         "results": results,

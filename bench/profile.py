@@ -28,7 +28,7 @@ def py_spy() -> str | None:
 class Profiler:
     """py-spy attached to a pid from construction until `stop()`."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 200) -> None:
+    def __init__(self, pid: int, out: Path, rate: int = 400) -> None:
         exe = py_spy()
         if exe is None:
             raise RuntimeError("py-spy not installed (pip install py-spy)")

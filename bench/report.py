@@ -163,7 +163,7 @@ def table(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
 
     def row(label: str, fn: Any) -> None:
         cells = [fn(summary[s]) for s in systems]
-        if any(c != NA for c in cells):
+        if any(c.strip("-/ ") for c in cells):
             rows.append((label, cells))
 
     for n in CLIENT_COUNTS:

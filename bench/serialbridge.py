@@ -9,6 +9,8 @@ Driven only through its public interface (docs/design contract): `serial-bridge 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import re
 import shutil
 import ssl
@@ -25,7 +27,38 @@ REPO = Path(__file__).resolve().parent.parent
 PORT_NAME = "bench"
 
 
+_snapshot: Path | None = None
+
+
+def use_snapshot(directory: Path) -> dict[str, str]:
+    """Run serial-bridge from a copy of bridge/ taken now: the tree is being edited while the
+    bench runs, and every run of one harness invocation must measure the same code."""
+    global _snapshot
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(
+        REPO / "bridge", directory / "bridge", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    _snapshot = directory
+    digest = hashlib.sha256()
+    for f in sorted((directory / "bridge").rglob("*.py")):
+        digest.update(f.relative_to(directory).as_posix().encode() + b"\0" + f.read_bytes())
+    git = subprocess.run(
+        ["git", "status", "--porcelain", "--", "bridge"], capture_output=True, text=True, cwd=REPO
+    ).stdout
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    return {
+        "path": str(directory),
+        "git_head": head,
+        "uncommitted_files_in_bridge": str(len(git.splitlines())),
+        "sha256_of_py_sources": digest.hexdigest()[:16],
+    }
+
+
 def command() -> list[str]:
+    if _snapshot is not None:
+        return [sys.executable, "-m", "bridge"]
     exe = Path(sys.executable).parent / "serial-bridge"
     if exe.exists():
         return [str(exe)]
@@ -33,11 +66,27 @@ def command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "bridge"]
 
 
+def _cwd() -> Path:
+    return _snapshot or REPO
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    if _snapshot is not None:
+        env["PYTHONPATH"] = str(_snapshot)
+    return env
+
+
 def available() -> tuple[bool, str]:
     """Whether `serial-bridge serve` exists yet (the daemon is being written concurrently)."""
     try:
         out = subprocess.run(
-            [*command(), "--help"], capture_output=True, text=True, timeout=30, cwd=REPO
+            [*command(), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=_cwd(),
+            env=_env(),
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, repr(e)
@@ -115,7 +164,8 @@ class SerialBridge:
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=REPO,
+            cwd=_cwd(),
+            env=_env(),
         )
         if out.returncode != 0:
             raise RuntimeError(
@@ -146,7 +196,8 @@ class SerialBridge:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            cwd=REPO,
+            cwd=_cwd(),
+            env=_env(),
         )
         log.close()
         if wait:
