@@ -94,6 +94,7 @@ RUN_PAGES = 64  # consecutive pages written by one pwrite (256 KiB)
 CRASH_GAP = 1 << 21
 assert CRASH_GAP >= (QUEUE_PAGES + 1) * BLOCK_SIZE  # a kill -9 loses at most this much
 _SCAN_CHUNK = 256 * BLOCK_SIZE
+_ZEROS = bytes(BLOCK_SIZE)
 
 
 @dataclass
@@ -209,8 +210,10 @@ class RingLog:
         The file is locked (flock) while open: a second RingLog on it raises OSError(EBUSY).
 
         ``durable``: blocks are written with O_DIRECT (where the file system allows it: exactly
-        one page reaches the device per write, whatever the page cache's folio size) and flush()
-        calls fdatasync. Turn it off only in tests.
+        one page reaches the device per page written, whatever the page cache's folio size) and
+        flush() has the writer thread call fdatasync. Turn it off only in tests.
+
+        Opening scans (and, for a new file, preallocates) the whole file on the calling thread.
         """
         nblocks = size // BLOCK_SIZE
         if nblocks < 2:
@@ -347,8 +350,9 @@ class RingLog:
 
     # ------------------------------------------------------------------ writing
     def append(self, data: bytes | bytearray | memoryview) -> None:
-        """Add console bytes; touches the disk only when a 4 KiB block fills (a failed block
-        write is logged and counted in ``stats.errors``, not raised; flush() does raise)."""
+        """Add console bytes; a block is handed to the writer thread when it fills (4 KiB). Never
+        waits for the device unless the writer queue is full (see the module docstring); a
+        failed block write is logged and counted in ``stats.errors``, not raised."""
         if data:
             self._put(KIND_DATA, data, self._next, self._clock(), coalesce=True)
 
@@ -412,7 +416,7 @@ class RingLog:
         while self._blocks and self._blocks[0].seq <= seq - self._n:
             self._blocks.pop(0)  # its position is being refilled
         page = self._buf
-        page[:] = bytes(BLOCK_SIZE)
+        page[:] = _ZEROS
         page[:BH] = block_header(self._n, seq)
         self._pend = _Pending(seq, page)
         return self._pend
