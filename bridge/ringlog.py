@@ -22,12 +22,17 @@ At most QUEUE_PAGES pages (1 MiB) may be waiting or being written; a caller that
 page beyond that waits until the writer has made room (counted in ``stats.stalls`` and
 ``stats.stall_seconds``): console data is never dropped. At 115200 baud or at a 12-Mbaud line
 rate the device keeps up and the queue stays a few pages deep; only a device that is slower than
-the console for more than a full queue (1 MiB) makes the caller wait.
+the console for more than a full queue (1 MiB) makes the caller wait. The writer holds the GIL
+only to take a run and copy it into its page-aligned buffer (pwrite and fdatasync release it).
+Reads of blocks already written still pread() the file on the calling thread (from the page
+cache as a rule), as do open() (recovery scan, preallocation) and close() (it waits for the
+writer's queue and last sync).
 
 Errors: a page write that fails in the writer is logged and counted in ``stats.errors`` (append()
 never raises for it; the block is lost from disk and reads of it see a hole once it has left the
 queue); if it was written for a flush(), or an fdatasync fails, the error is also kept and raised
-(OSError) by the next flush() or by close(), like an error of a deferred write on close(2).
+(OSError) by the next flush() or by close(), like an error of a deferred write on close(2), and
+the next flush() writes a block whose flush write failed again if it is still being filled.
 
 Crash semantics: the writer drains its queue as fast as the device allows, so what a kill -9 loses
 is the block being filled plus the pages still queued (at most QUEUE_PAGES + 1 pages); a power
@@ -151,7 +156,7 @@ _SYNC = _Job(-1, 0, b"", [], 0, True)
 
 
 class RingLog:
-    """A bounded console log of one port; see the module docstring for the format."""
+    """A bounded console log of one port (format: bridge/ringformat.py; behaviour: above)."""
 
     def __init__(
         self,
@@ -190,6 +195,7 @@ class RingLog:
         self._stopping = False
         self._discard = False  # stop without writing what is queued (tests: a crash)
         self._error: OSError | None = None  # to raise from the next flush()/close()
+        self._rewrite: set[int] = set()  # blocks whose flush write failed: the next flush retries
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ open / recovery
@@ -346,6 +352,8 @@ class RingLog:
     def dirty(self) -> bool:
         """True when flush() has something to write or sync."""
         p = self._pend
+        if p is not None and p.seq in self._rewrite:
+            return True
         return self._unsynced or (p is not None and p.used > p.written)
 
     # ------------------------------------------------------------------ writing
@@ -528,6 +536,7 @@ class RingLog:
         if job.flush:
             with self._cv:
                 self._error = self._error or exc
+                self._rewrite.add(job.seq)
 
     def _sync(self) -> None:
         try:
@@ -573,6 +582,11 @@ class RingLog:
 
     def _flush_submit(self) -> None:
         p = self._pend
+        if self._rewrite:
+            with self._cv:
+                if p is not None and p.seq in self._rewrite:
+                    p.written = 0  # its last write failed: write it again
+                self._rewrite.clear()
         if p is not None and p.used > p.written:
             self._seal(p)
             self._write(p, flush=True)
