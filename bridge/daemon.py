@@ -71,17 +71,21 @@ class Daemon:
         self.fingerprint = ""
         self._watcher: asyncio.Task[None] | None = None
 
-    def _make_port(self, cfg: PortConfig, audit: AuditLog) -> Port:
+    async def _make_port(self, cfg: PortConfig, audit: AuditLog, config: Config) -> Port:
+        """A port built from `config`'s [log] and [gpio] (the new ones during a reload)."""
         ringlog = None
-        if self.config.log.enabled:
-            path = self.config.server.state_dir / "logs" / f"{cfg.name}.ring"
-            ringlog = RingLog.open(path, self.config.log.size, self.config.log.flush_interval)
+        if config.log.enabled:
+            path = config.server.state_dir / "logs" / f"{cfg.name}.ring"
+            # recovery scans the whole ring: in a thread, so a reload does not stall the loop
+            ringlog = await asyncio.to_thread(
+                RingLog.open, path, config.log.size, config.log.flush_interval
+            )
 
         def on_event(kind: str, fields: dict[str, Any]) -> None:
             audit.record(kind, **fields)
 
-        lines = make_lines(cfg, self.config.gpio)
-        return Port(cfg, self.transport_factory, lines, self.config.log, ringlog, on_event)
+        lines = make_lines(cfg, config.gpio)
+        return Port(cfg, self.transport_factory, lines, config.log, ringlog, on_event)
 
     async def start(self) -> None:
         server = self.config.server
@@ -100,7 +104,7 @@ class Daemon:
         ports: dict[str, Port] = {}
         try:
             for name, cfg in self.config.ports.items():
-                ports[name] = self._make_port(cfg, audit)
+                ports[name] = await self._make_port(cfg, audit, self.config)
         except Exception:
             for port in ports.values():
                 await port.close()
@@ -156,7 +160,7 @@ class Daemon:
             changes.append(f"port {name}: removed")
         for name, cfg in new.ports.items():
             if name not in old.ports:
-                state.ports[name] = self._make_port(cfg, audit)
+                state.ports[name] = await self._make_port(cfg, audit, new)
                 state.ports[name].start()
                 changes.append(f"port {name}: added")
             elif cfg != old.ports[name] or (cfg.lines.configured and old.gpio != new.gpio):

@@ -200,7 +200,7 @@ class Port:
         await self.lines.close()
         self._flush_log()
         if self.ringlog is not None:
-            self.ringlog.close()
+            await asyncio.to_thread(self.ringlog.close)  # drains queued pages, then syncs
 
     # ---- output: the hot path ---------------------------------------------------------------
 
