@@ -207,6 +207,11 @@ def run(a: argparse.Namespace) -> int:
                             env, system, a.echo_count, 0, 0.0,
                         )  # fmt: skip
                         res.setdefault("echo_idle", []).append(v)
+                        v = guarded(
+                            res, name, "echo idle, lean client", workloads.echo_lean,
+                            env, system, a.echo_count, a.echo_limit,
+                        )  # fmt: skip
+                        res.setdefault("echo_lean", []).append(v)
                         if name != "raw-pty":
                             v = guarded(
                                 res, name, "echo +10 streaming", workloads.echo,
@@ -309,10 +314,12 @@ def run(a: argparse.Namespace) -> int:
     for name in ("serial-bridge", "serial-bridge+log"):
         for label, item in (results.get(name, {}).get("profile") or {}).items():
             run = item["run"]
-            print(
-                f"\n{name} profile, {label} (py-spy; {run.get('mib_s')} MiB/s, "
-                f"server {run.get('server_cpu_share')} cores):"
+            figures = (
+                f"{run.get('mib_s')} MiB/s, server {run.get('server_cpu_share')} cores"
+                if "mib_s" in run
+                else f"p50 {run.get('p50_us')} µs, p99 {run.get('p99_us')} µs"
             )
+            print(f"\n{name} profile, {label} (py-spy; {figures}):")
             print(profile.text(item["profile"]))
     for note in notes:
         print("note:", note)
@@ -323,21 +330,22 @@ def run(a: argparse.Namespace) -> int:
 def run_profiles(
     a: argparse.Namespace, env: workloads.Env, system: Any, tmp: Path, only_first: bool = False
 ) -> Any:
-    jobs = [
-        ("throughput 1 client", (1, a.size, a.run_limit, None)),
-        ("throughput 50 clients", (50, a.size, a.run_limit, None)),
-        ("115200 baud, 10 clients, 10 s", (10, RATE_115200 * 10, 11.0, float(RATE_115200))),
-    ]
+    jobs: list[tuple[str, Any, tuple[Any, ...]]] = [
+        ("throughput 1 client", workloads.stream, (1, a.size, a.run_limit, None)),
+        ("throughput 50 clients", workloads.stream, (50, a.size, a.run_limit, None)),
+        ("115200 baud, 10 clients, 10 s", workloads.stream,
+         (10, RATE_115200 * 10, 11.0, float(RATE_115200))),
+        ("echo idle", workloads.echo, (a.echo_count, 0, 0.0, a.echo_limit)),
+    ]  # fmt: skip
     if only_first:
         jobs = jobs[:1]
     out: dict[str, Any] = {}
     system.start(env.target.slave_path)
     try:
-        for label, (n, size, limit, rate) in jobs:
-            prof = profile.Profiler(system.pid, tmp / f"profile-{system.name}-{n}-{rate}.txt")
+        for i, (label, fn, args) in enumerate(jobs):
+            prof = profile.Profiler(system.pid, tmp / f"profile-{system.name}-{i}.txt")
             try:
-                run = guarded({}, system.name, f"profiled {label}", workloads.stream,
-                              env, system, n, size, limit, rate)  # fmt: skip
+                run = guarded({}, system.name, f"profiled {label}", fn, env, system, *args)
             finally:
                 summary = prof.stop()
             out[label] = {"run": run, "profile": summary}

@@ -556,3 +556,51 @@ def read_stalled_for_gap(sock: socket.socket, timeout: float) -> dict[str, Any]:
                     if isinstance(msg, dict) and msg.get("type") == "gap":
                         out["gap"] = msg
     return out
+
+
+def lean_echo(ep: Endpoint, count: int, warmup: int, limit: float) -> dict[str, Any]:
+    """Keystroke round trips from a minimal blocking client (no event loop, no aiohttp): the
+    same path through the server with as little client-side time in the figure as possible."""
+    fd = -1
+    sock: socket.socket | None = None
+    if ep.kind == "pty":
+        fd = os.open(ep.path, os.O_RDWR | os.O_NOCTTY)
+    else:
+        sock = open_stalled(ep, rcvbuf=1 << 20)
+        sock.settimeout(5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ep.kind == "ws":
+        mask = os.urandom(4)
+        msg = bytes([0x82, 0x81]) + mask + bytes([ECHO_BYTE ^ mask[0]])
+    else:
+        msg = ECHO
+    lat: list[float] = []
+    timeouts = 0
+    end = time.monotonic() + limit
+    try:
+        for i in range(count + warmup):
+            if time.monotonic() > end:
+                break
+            t0 = time.perf_counter_ns()
+            if sock is None:
+                os.write(fd, msg)
+            else:
+                sock.sendall(msg)
+            while True:
+                try:
+                    data = os.read(fd, READ_SIZE) if sock is None else sock.recv(READ_SIZE)
+                except TimeoutError:
+                    timeouts += 1
+                    data = ECHO
+                if not data:
+                    raise ConnectionError("closed")
+                if ECHO in data:
+                    break
+            if i >= warmup:
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+    finally:
+        if sock is not None:
+            sock.close()
+        if fd >= 0:
+            os.close(fd)
+    return {"latencies_us": lat, "timeouts": timeouts}

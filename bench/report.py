@@ -62,7 +62,7 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             s[f"thr{n}_cpu_s_per_mib"] = median(_vals(runs, "cpu_s_per_mib"))
             peaks = _vals(runs, "peak_rss_mib")
             s[f"thr{n}_peak_rss"] = max(peaks) if peaks else None
-        for key in ("echo_idle", "echo_load"):
+        for key in ("echo_idle", "echo_lean", "echo_load"):
             runs = _runs(results, system, key)
             if runs:
                 s[f"{key}_p50"] = median(_vals(runs, "p50_us"))
@@ -184,6 +184,8 @@ def table(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
     row("echo idle p50 µs", lambda s: _f(s.get("echo_idle_p50")))
     row("echo idle p99 µs", lambda s: _f(s.get("echo_idle_p99")))
     row("echo idle max µs", lambda s: _f(s.get("echo_idle_max")))
+    row("echo idle, lean client p50 µs", lambda s: _f(s.get("echo_lean_p50")))
+    row("echo idle, lean client p99 µs", lambda s: _f(s.get("echo_lean_p99")))
     row("echo +10 streaming p50 µs", lambda s: _f(s.get("echo_load_p50")))
     row("echo +10 streaming p99 µs", lambda s: _f(s.get("echo_load_p99")))
     row("echo +10 streaming max µs", lambda s: _f(s.get("echo_load_max")))
@@ -244,6 +246,14 @@ def targets(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> list
         None if r is None else r >= 10.0,
         f"sb {_f(sb.get('thr50'))} vs {_f(summary.get(S2N_SHIP_TLS, {}).get('thr50'))} MiB/s, "
         f"pairwise ratio {_f(r, 1)}",
+    )
+    r = pairwise(results, SB, S2N_NODELAY_TLS, "echo_lean", "p99_us")
+    add(
+        "echo p99 <= ser2net chardelay off (TLS), lean blocking client",
+        None if r is None else r <= 1.0,
+        f"sb {_f(sb.get('echo_lean_p99'))} vs "
+        f"{_f(summary.get(S2N_NODELAY_TLS, {}).get('echo_lean_p99'))} µs, "
+        f"pairwise ratio {_f(r, 2)}",
     )
     r = pairwise(results, SB, S2N_NODELAY_TLS, "echo_idle", "p99_us")
     add(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from bench.clients import Endpoint, open_stalled, read_stalled_for_gap, worker_main
+from bench.clients import Endpoint, lean_echo, open_stalled, read_stalled_for_gap, worker_main
 from bench.common import (
     MIB,
     crc_of,
@@ -283,6 +283,26 @@ def echo(
         )
     if bgres:
         out["background_bytes_min"] = min(c["count"] for r in bgres for c in r["clients"])
+    return out
+
+
+def echo_lean(env: Env, system: System, count: int, limit: float = 60.0) -> dict[str, Any]:
+    """Idle keystroke round trips from a minimal blocking client in the orchestrator."""
+    env.target.flush()
+    env.target.start_echo(bg_rate=0.0, limit=limit + 30)
+    try:
+        time.sleep(0.2)
+        res = lean_echo(system.endpoint(rw=True), count, max(20, count // 20), limit)
+    finally:
+        env.target.stop()
+    lat = sorted(res["latencies_us"])
+    out: dict[str, Any] = {"round_trips": len(lat), "timeouts": res["timeouts"]}
+    if lat:
+        out.update(
+            p50_us=round(percentile(lat, 50), 1),
+            p99_us=round(percentile(lat, 99), 1),
+            max_us=round(lat[-1], 1),
+        )
     return out
 
 
