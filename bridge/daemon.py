@@ -5,6 +5,7 @@ starts the listeners, and runs until told to stop. The only place real or fake h
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import logging
 import signal
@@ -34,6 +35,17 @@ from bridge.web.throttle import SERVER_LIMITS
 
 log = logging.getLogger(__name__)
 TransportFactory = Callable[[PortConfig], ConsoleTransport]
+
+
+# asyncio's TLS protocol gives every connection a 256 KiB read buffer (Python 3.11: 25 MiB for
+# 100 idle clients). What clients send is keystrokes and small control messages, and a TLS record
+# is at most 16 KiB, so 32 KiB loses nothing. A class attribute read when a connection is made.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def limit_tls_read_buffers() -> None:
+    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class AccessLog(AbstractAccessLogger):
@@ -88,6 +100,7 @@ class Daemon:
         return Port(cfg, self.transport_factory, lines, config.log, ringlog, on_event)
 
     async def start(self) -> None:
+        limit_tls_read_buffers()
         server = self.config.server
         prepare_state_dir(server.state_dir)
         if server.tls_cert and server.tls_key:

@@ -32,6 +32,10 @@ from bridge.scrollback import Scrollback
 
 log = logging.getLogger(__name__)
 REOPEN_INTERVAL = 1.0
+STREAM_GAP = 0.02  # output this soon after earlier output, with no keystroke between, is a stream
+BATCH_WINDOW = 0.05  # a stream's output is sent at least this often...
+BATCH_LIMIT = 16 * 1024  # ...or as soon as this much is gathered
+TYPING = 1.0  # for this long after a keystroke nothing is gathered: echoes go out at once
 
 
 class PortError(Exception):
@@ -122,6 +126,10 @@ class Port:
         self.bytes_in = 0
         self.bytes_out = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._batch = bytearray()
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._last_output = 0.0
+        self._last_typed = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self._release_done = asyncio.Event()
         self._release_done.set()
@@ -164,10 +172,12 @@ class Port:
             await asyncio.sleep(REOPEN_INTERVAL)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._flush_batch()
         self.error = str(exc) if exc else "device closed"
         self._lost.set()
 
     async def _stop_tasks(self) -> None:
+        self._flush_batch()
         tasks, self._task, self._idle_task = (self._task, self._idle_task), None, None
         for task in tasks:
             if task is not None:
@@ -205,6 +215,35 @@ class Port:
     # ---- output: the hot path ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        """From the transport. Output that follows other output within STREAM_GAP, with no
+        keystroke in the last TYPING seconds (a boot log scrolling by), is gathered for up to
+        BATCH_WINDOW or BATCH_LIMIT bytes, so clients get fewer, larger frames; while someone
+        types (echoes) and after a pause, output goes out at once."""
+        now = time.monotonic()
+        streaming = now - self._last_output < STREAM_GAP and now - self._last_typed > TYPING
+        self._last_output = now
+        if self._batch:
+            self._batch += data
+            if not streaming or len(self._batch) >= BATCH_LIMIT:
+                self._flush_batch()
+        elif streaming and len(data) < BATCH_LIMIT:
+            self._batch = bytearray(data)
+            self._batch_timer = asyncio.get_running_loop().call_later(
+                BATCH_WINDOW, self._flush_batch
+            )
+        else:
+            self._publish(data)
+
+    def _flush_batch(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        batch, self._batch = self._batch, bytearray()
+        if batch:
+            self._publish(bytes(batch))
+
+    def _publish(self, data: bytes) -> None:
+        """Number the bytes, keep them (scrollback, ring log) and fan them out: the hot path."""
         chunk = Chunk(data, self.offset)
         self.offset += len(data)
         self.bytes_in += len(data)
@@ -383,6 +422,8 @@ class Port:
                 else "read-only: take over to type"
             )
         att.last_input = time.monotonic()
+        self._last_typed = att.last_input  # while someone types, output goes out at once
+        self._flush_batch()
         await self._release_done.wait()
         await self._quiet.wait()
         transport = self.transport
