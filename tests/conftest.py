@@ -172,10 +172,15 @@ BridgeFactory = Callable[..., Awaitable[Bridge]]
 @pytest.fixture
 async def bridge_factory(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
     """`await bridge_factory(ports={...}, server={...}, log={...})` -> a running Bridge with users
-    admin/operator/viewer (passwords in PASSWORDS) and a bearer token for each."""
+    admin/operator/viewer (passwords in PASSWORDS) and a bearer token for each. A
+    `transport_factory` replaces the real transports (a recording fake, say)."""
     running: list[Daemon] = []
 
-    async def start(ports: dict[str, dict[str, Any]], **sections: Any) -> Bridge:
+    async def start(
+        ports: dict[str, dict[str, Any]],
+        transport_factory: Callable[[Any], Any] | None = None,
+        **sections: Any,
+    ) -> Bridge:
         state_dir = tmp_path / f"state{len(running)}"
         state_dir.mkdir()
         users = UserStore(state_dir)
@@ -183,7 +188,8 @@ async def bridge_factory(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
         for name in PASSWORDS:
             users.add(name, name, user_hash(name), None)
             tokens[name] = users.create_token(name, f"{name}-test")
-        daemon = Daemon(make_config(state_dir, ports, **sections))
+        config = make_config(state_dir, ports, **sections)
+        daemon = Daemon(config, transport_factory) if transport_factory else Daemon(config)
         await daemon.start()
         running.append(daemon)
         return Bridge(daemon, state_dir, tokens)

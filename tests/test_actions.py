@@ -16,20 +16,17 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from bridge.auth.store import UserStore
 from bridge.config import PortConfig
-from bridge.daemon import Daemon
 from bridge.hw.interfaces import TransportSink
 from bridge.hw.lines import mock_pin_factory
-from tests.conftest import PASSWORDS, Bridge, WsReader, make_config, user_hash, wait_for
+from tests.conftest import Bridge, BridgeFactory, WsReader, wait_for
 
 NMI, RESET, POWER, SENSE = 17, 27, 22, 23
 EPS = 0.002  # timer granularity: a sleep may end this much before its deadline
@@ -123,33 +120,20 @@ StartBridge = Callable[..., Awaitable[Bridge]]
 
 
 @pytest.fixture
-async def start_bridge(tmp_path: Path) -> AsyncIterator[StartBridge]:
+async def start_bridge(bridge_factory: BridgeFactory) -> StartBridge:
     """`await start_bridge(ports, recorder=Recorder(), gpio=...)`: a running daemon whose ports
     use the recording fake transport, users admin/operator/viewer with bearer tokens."""
-    running: list[Daemon] = []
 
     async def start(
         ports: dict[str, dict[str, Any]], recorder: Recorder | None = None, **sections: Any
     ) -> Bridge:
-        state_dir = tmp_path / f"state{len(running)}"
-        state_dir.mkdir()
-        users = UserStore(state_dir)
-        tokens = {}
-        for name in PASSWORDS:
-            users.add(name, name, user_hash(name), None)
-            tokens[name] = users.create_token(name, f"{name}-test")
-        config = make_config(state_dir, ports, gpio={"pin_factory": "mock"}, **sections)
-        daemon = Daemon(config, transport_factory=recorder or Recorder())
-        await daemon.start()
-        running.append(daemon)
-        await wait_for(
-            lambda: daemon.state is not None and all(p.online for p in daemon.state.ports.values())
-        )
-        return Bridge(daemon, state_dir, tokens)
+        sections.setdefault("gpio", {"pin_factory": "mock"})
+        bridge = await bridge_factory(ports, recorder or Recorder(), **sections)
+        state = bridge.daemon.state
+        await wait_for(lambda: state is not None and all(p.online for p in state.ports.values()))
+        return bridge
 
-    yield start
-    for daemon in running:
-        await daemon.stop()
+    return start
 
 
 def gpio_lines(active_high: bool = True, sense: bool = True) -> dict[str, Any]:
