@@ -24,7 +24,6 @@ from bridge.hw.interfaces import (
     ActionResult,
     ConsoleTransport,
     ControlLines,
-    DeviceUnavailable,
     UnsupportedAction,
 )
 from bridge.ringlog import RingLog
@@ -148,11 +147,20 @@ class Port:
             self._lost.clear()
             try:
                 await transport.open(self)
-            except DeviceUnavailable as exc:
-                self.error = str(exc)
+            except Exception as exc:  # missing, busy, refused, or a transport bug: retry anyway
+                self.error = str(exc) or type(exc).__name__
                 if not announced_missing:
-                    log.warning("port %s: device unavailable: %s (retrying)", self.name, exc)
+                    unexpected = not isinstance(exc, OSError)  # DeviceUnavailable is an OSError
+                    log.warning(
+                        "port %s: device unavailable: %s (retrying every %.0f s)",
+                        self.name,
+                        self.error,
+                        REOPEN_INTERVAL,
+                        exc_info=unexpected,
+                    )
                     announced_missing = True
+                with contextlib.suppress(Exception):
+                    await transport.close()
                 await asyncio.sleep(REOPEN_INTERVAL)
                 continue
             announced_missing = False

@@ -8,7 +8,9 @@ import os
 import pytest
 
 from bridge import port as port_module
-from tests.conftest import Bridge, PtyDevice, WsReader
+from bridge.hw.interfaces import TransportSink
+from bridge.hw.virtual import VirtualShellTransport
+from tests.conftest import Bridge, BridgeFactory, PtyDevice, WsReader, wait_for
 
 
 def open_fds() -> int:
@@ -40,3 +42,25 @@ async def test_fifty_replugs_leave_the_daemon_healthy(
 
 def _count(r: WsReader, event: str) -> int:
     return sum(1 for m in r.messages if m.get("type") == "status" and m.get("event") == event)
+
+
+async def test_a_transport_failing_unexpectedly_is_retried(
+    bridge_factory: BridgeFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not only a missing device: whatever open() raises, the port keeps retrying."""
+    monkeypatch.setattr(port_module, "REOPEN_INTERVAL", 0.05)
+    attempts: list[int] = []
+
+    class Flaky(VirtualShellTransport):
+        async def open(self, sink: TransportSink) -> None:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise RuntimeError("driver hiccup")
+            await super().open(sink)
+
+    b: Bridge = await bridge_factory(
+        ports={"vm": {"device": "virtual:shell"}}, transport_factory=lambda cfg: Flaky()
+    )
+    await wait_for(lambda: b.port.online)
+    assert len(attempts) == 3
+    assert "driver hiccup" in caplog.text
