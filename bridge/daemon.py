@@ -31,7 +31,7 @@ from bridge.port import Port
 from bridge.ringlog import RingLog
 from bridge.tls import ensure_certificate, fingerprint, server_context
 from bridge.web.app import AppState, create_app
-from bridge.web.console import watch_sockets
+from bridge.web.console import close_websockets, watch_sockets
 from bridge.web.throttle import SERVER_LIMITS
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,11 @@ class Daemon:
         audit = cast(AuditLog, state.audit)
         for name in old.ports.keys() - new.ports.keys():
             port = state.ports.pop(name)
-            await self._close_port_clients(name, "port removed from the configuration")
-            await port.close("port removed from the configuration")
+            reason = "port removed from the configuration"
+            await port.close(reason)  # tells its clients why, in a status message
+            await close_websockets(
+                [s for s in state.sockets.values() if s.port is port], 1001, reason
+            )
             changes.append(f"port {name}: removed")
         for name, cfg in new.ports.items():
             if name not in old.ports:
@@ -184,14 +187,6 @@ class Daemon:
         audit.record("config-reload", changes=changes)
         return changes
 
-    async def _close_port_clients(self, name: str, reason: str) -> None:
-        assert self.state is not None
-        for session in list(self.state.sockets.values()):
-            if session.port.name == name:
-                session.viewer.send_message({"type": "status", "event": "closed", "reason": reason})
-                with contextlib.suppress(Exception):
-                    await session.ws.close(code=1001, message=reason.encode()[:120])
-
     def urls(self) -> list[str]:
         return [f"https://{_hostport(a)}" for a in self.addresses]
 
@@ -202,9 +197,7 @@ class Daemon:
                 await self._watcher
             self._watcher = None
         if self.state is not None:
-            for session in list(self.state.sockets.values()):
-                with contextlib.suppress(Exception):
-                    await session.ws.close(code=1001, message=reason.encode()[:120])
+            await close_websockets(list(self.state.sockets.values()), 1001, reason)
             for port in self.state.ports.values():
                 await port.close(reason)
         if self.runner is not None:

@@ -259,14 +259,16 @@ async def close_sockets(
         or (session_key is not None and s.identity.session_id == session_key)
         or (token_id is not None and s.identity.token_id == token_id)
     ]
-    await _close_all(victims, reason)
+    await close_websockets(victims, 1008, reason)
     return len(victims)
 
 
-async def _close_all(victims: list[ConsoleSession], reason: str) -> None:
+async def close_websockets(victims: list[ConsoleSession], code: int, reason: str) -> None:
+    """Close console websockets with `code` and `reason`."""
+
     async def close(s: ConsoleSession) -> None:
         with contextlib.suppress(Exception):
-            await s.ws.close(code=1008, message=reason.encode()[:120])
+            await s.ws.close(code=code, message=reason.encode()[:120])
 
     # concurrently: one client that never answers the close must not delay the others
     await asyncio.gather(*(close(s) for s in victims))
@@ -306,7 +308,9 @@ async def watch_sockets(state: AppState, interval: float = 0.5) -> None:
             log.exception("session check failed; retrying")
             continue
         if stale:
-            task = asyncio.create_task(_close_all(stale, "session ended or credentials changed"))
+            task = asyncio.create_task(
+                close_websockets(stale, 1008, "session ended or credentials changed")
+            )
             closing.add(task)
             task.add_done_callback(closing.discard)
 
