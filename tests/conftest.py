@@ -112,6 +112,24 @@ def pty_device(tmp_path: Path) -> Any:
     dev.close()
 
 
+@pytest.fixture
+def mock_pins() -> Any:
+    """gpiozero's shared MockFactory, with every pin's history cleared before and after."""
+    from bridge.hw.lines import mock_pin_factory
+
+    mock = mock_pin_factory()
+    mock.reset()
+    yield mock
+    mock.reset()
+
+
+def pin_states(gpio: int) -> list[bool]:
+    """The full state history of a mock pin (not gpiozero's zip-based assert_states)."""
+    from bridge.hw.lines import mock_pin_factory
+
+    return [s.state for s in mock_pin_factory().pin(gpio).states]
+
+
 def user_hash(name: str) -> str:
     if name not in _HASHES:
         _HASHES[name] = hash_password(PASSWORDS[name])

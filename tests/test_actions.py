@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from bridge.config import PortConfig
 from bridge.hw.interfaces import TransportSink
 from bridge.hw.lines import mock_pin_factory
 from tests.conftest import Bridge, BridgeFactory, WsReader, wait_for
+from tests.conftest import pin_states as states
 
 NMI, RESET, POWER, SENSE = 17, 27, 22, 23
 EPS = 0.002  # timer granularity: a sleep may end this much before its deadline
@@ -97,17 +98,7 @@ class Recorder:
 # ---- fixtures ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def pins() -> Iterator[Any]:
-    mock = mock_pin_factory()
-    mock.reset()
-    yield mock
-    mock.reset()
-
-
-def states(gpio: int) -> list[bool]:
-    """The full state history of a mock pin."""
-    return [s.state for s in mock_pin_factory().pin(gpio).states]
+pytestmark = pytest.mark.usefixtures("mock_pins")
 
 
 def lasted(gpio: int, index: int) -> float:

@@ -4,15 +4,15 @@ busy refusal, and that nothing is driven at creation, close, failure or cancella
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bridge.config import LineConfig, LinesConfig
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.hw.lines import GpioLines, LinesBusy, LineSetupError, mock_pin_factory
+from tests.conftest import pin_states as states
 
 NMI, RESET, POWER, SENSE = 17, 27, 22, 23
 PULSE, LONG = 0.05, 0.15
@@ -20,17 +20,7 @@ GAP = 0.05
 SLACK = 0.25  # scheduling delay allowed on a busy 2-core machine
 
 
-@pytest.fixture(autouse=True)
-def factory() -> Iterator[Any]:
-    mock = mock_pin_factory()
-    mock.reset()
-    yield mock
-    mock.reset()
-
-
-def states(gpio: int) -> list[bool]:
-    """The full state history of a mock pin (not gpiozero's zip-based assert_states)."""
-    return [s.state for s in mock_pin_factory().pin(gpio).states]
+pytestmark = pytest.mark.usefixtures("mock_pins")
 
 
 def durations(gpio: int) -> list[float]:
