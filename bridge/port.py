@@ -455,7 +455,7 @@ class Port:
             self._on_event(kind, {"port": self.name, **fields})
 
     @contextlib.asynccontextmanager
-    async def _exclusive_action(self, what: str) -> Any:
+    async def _exclusive_action(self) -> Any:
         if self._action_lock.locked():
             raise ActionBusy(f"port {self.name} is busy with another action; try again")
         async with self._action_lock:
@@ -477,7 +477,7 @@ class Port:
             self._quiet.set()
 
     async def send_break(self, user: str) -> ActionResult:
-        async with self._exclusive_action("break"):
+        async with self._exclusive_action():
             await self._break_then(b"")
         result = {"action": "break", "duration_ms": round(self.cfg.break_duration * 1000)}
         self._event("break", {"user": user}, audit=False)
@@ -485,7 +485,7 @@ class Port:
 
     async def sysrq(self, keys: str, interval: float, user: str) -> ActionResult:
         """BREAK + key for each key (already validated), `interval` seconds apart."""
-        async with self._exclusive_action("sysrq"):
+        async with self._exclusive_action():
             for i, key in enumerate(keys):
                 if i:
                     await asyncio.sleep(interval)
@@ -508,7 +508,7 @@ class Port:
             if "status" not in self.lines.supported():
                 return self._done({"action": "power", "power": self.lines.power_state()}, user)
             return self._done(await self._call_lines(action), user)
-        async with self._exclusive_action(action):
+        async with self._exclusive_action():
             result = await self._call_lines(action)
         self._event(action.split(":")[0], {"user": user, **result}, audit=False)
         return self._done(result, user)
