@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bridge.ringlog import RingLog
+from bridge.history.ringlog import RingLog
 
 MIB = 1024 * 1024
 RING_SIZE = 16 * MIB

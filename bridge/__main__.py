@@ -1,5 +1,5 @@
 """`python -m bridge` runs the `serial-bridge` command."""
 
-from bridge.cli import main
+from bridge.service.cli import main
 
 raise SystemExit(main())

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.auth.passwords import hash_password
-from bridge.auth.store import UserStore
+from bridge.access.passwords import hash_password
+from bridge.access.store import UserStore
 from bridge.config import Config, parse_config
-from bridge.daemon import Daemon
+from bridge.service.daemon import Daemon
 
 PASSWORDS = {"admin": "admin-pass-1", "operator": "operator-pass-1", "viewer": "viewer-pass-1"}
 _HASHES: dict[str, str] = {}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.audit import EVENTS, AuditLog, iso_time
+from bridge.history.audit import EVENTS, AuditLog, iso_time
 
 
 class Clock:

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from bridge.access.throttle import LoginThrottle
 from bridge.web.api import THROTTLE
-from bridge.web.throttle import LoginThrottle
 from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice
 from tests.test_security_support import FakeClock
 
@@ -155,7 +155,7 @@ async def test_unknown_and_known_users_are_indistinguishable(bridge: Bridge) -> 
 async def test_parallel_logins_hash_at_most_two_at_a_time(
     bridge: Bridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bridge.auth import passwords
+    from bridge.access import passwords
 
     running, peak = 0, 0
     lock = threading.Lock()

@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
-from bridge import totp
-from bridge.auth.store import UserStore
+from bridge.access import totp
+from bridge.access.store import UserStore
 from tests.conftest import Bridge, BridgeFactory, PtyDevice, wait_for
 from tests.test_security_support import acli, cli, login, write_cli_config
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from bridge import totp
+from bridge.access import totp
 from bridge.hw.lines import mock_pin_factory
 from bridge.web import pages
 from tests.browser_helpers import (

@@ -193,8 +193,8 @@ async def test_connect_reconnects_and_resumes_from_its_offset(
 
 
 async def test_cli_login_with_a_one_time_code(bridge: Bridge, tmp_path: Path) -> None:
-    from bridge.auth.store import UserStore
-    from bridge.totp import code_at, new_secret
+    from bridge.access.store import UserStore
+    from bridge.access.totp import code_at, new_secret
     from tests.conftest import PASSWORDS
 
     users = UserStore(bridge.state_dir)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bridge import port as port_module
 from bridge.config import PortConfig
-from bridge.fanout import Chunk
+from bridge.console import port as port_module
+from bridge.console.fanout import Chunk
+from bridge.console.port import Port
 from bridge.hw.factory import NoLines
-from bridge.port import Port
 
 
 class Frames:

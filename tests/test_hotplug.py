@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bridge import port as port_module
+from bridge.console import port as port_module
 from bridge.hw.interfaces import TransportSink
 from bridge.hw.virtual import VirtualShellTransport
 from tests.conftest import Bridge, BridgeFactory, PtyDevice, WsReader, wait_for

@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 from bridge.config import PortConfig
-from bridge.daemon import Daemon
 from bridge.hw.interfaces import TransportSink
+from bridge.service.daemon import Daemon
 from tests.conftest import Bridge, BridgeFactory, PtyDevice, WsReader, make_config, wait_for
 
 

@@ -8,7 +8,7 @@ import os
 import time
 import zlib
 
-from bridge.auth.store import UserStore
+from bridge.access.store import UserStore
 from tests.conftest import Bridge, BridgeFactory, PtyDevice, WsReader, user_hash, wait_for
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from bridge.console.sysrq import validate_keys
 from bridge.hw import qemu_target
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.hw.qmp import QmpLines
 from bridge.hw.telnet import TelnetTransport, parse_telnet_url
-from bridge.sysrq import validate_keys
 from tests import qemu_guest
 from tests.qemu_guest import BOOT_MARKER, CHARDEV_ID, PROMPT, QemuGuest, require_qemu
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge.auth.store import UserStore
+from bridge.access.store import UserStore
 from bridge.config import load_config
-from bridge.daemon import Daemon, reload_from_disk
+from bridge.service.daemon import Daemon, reload_from_disk
 from tests.conftest import Bridge, PtyDevice, WsReader, user_hash, wait_for
 
 

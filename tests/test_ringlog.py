@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import ringformat, ringlog
-from bridge.ringlog import BLOCK_SIZE, LogRecord, RingLog
+from bridge.history import ringformat, ringlog
+from bridge.history.ringlog import BLOCK_SIZE, LogRecord, RingLog
 
 REPO = Path(__file__).resolve().parent.parent
 NBLOCKS = 3
@@ -227,7 +227,7 @@ def test_kill_9_keeps_everything_flushed(tmp_path: Path) -> None:
         """
         import sys, time
         from pathlib import Path
-        from bridge.ringlog import RingLog
+        from bridge.history.ringlog import RingLog
         ring = RingLog.open(Path(sys.argv[1]), 16 * 4096)
         for i in range(2000):
             ring.append(b"line %d\\r\\n" % i)
@@ -268,7 +268,7 @@ def test_kill_9_while_the_writer_thread_is_busy(tmp_path: Path) -> None:
         """
         import sys
         from pathlib import Path
-        from bridge.ringlog import RingLog
+        from bridge.history.ringlog import RingLog
         ring = RingLog.open(Path(sys.argv[1]), 64 * 4096)
         i = 0
         while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.scrollback import Scrollback
+from bridge.console.scrollback import Scrollback
 
 
 @given(

@@ -1,4 +1,4 @@
-"""bridge.sdnotify against a real unix datagram socket standing in for systemd's notify socket."""
+"""bridge.service.sdnotify against a real unix datagram socket standing in for systemd."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import sdnotify
+from bridge.service import sdnotify
 
 
 @pytest.fixture

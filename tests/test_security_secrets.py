@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge import totp
-from bridge.auth.store import UserStore
+from bridge.access import totp
+from bridge.access.store import UserStore
 from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, WsReader, wait_for
 from tests.test_security_support import (
     ROOT,

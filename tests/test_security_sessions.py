@@ -235,7 +235,7 @@ async def test_no_credential_is_accepted_from_a_query_string(bridge: Bridge) -> 
 
 async def test_role_or_port_list_change_closes_the_websocket(bridge: Bridge) -> None:
     """An open socket keeps the rights it was granted with; when they shrink, it is closed."""
-    from bridge.auth.store import UserStore
+    from bridge.access.store import UserStore
 
     async with bridge.session(token_user="operator") as t, bridge.session(token_user="admin") as a:
         ws = await bridge.ws(t, "lab", mode="rw")

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import trustme
 
-from bridge.tls import cert_paths
+from bridge.service.tls import cert_paths
 from tests.conftest import Bridge, BridgeFactory, PtyDevice, wait_for
 from tests.test_security_support import client_tls
 

@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.auth.sessions import _digest
-from bridge.auth.store import UserStore
-from bridge.daemon import Daemon
+from bridge.access.sessions import _digest
+from bridge.access.store import UserStore
+from bridge.access.throttle import SERVER_LIMITS
+from bridge.service.daemon import Daemon
 from bridge.web import api
-from bridge.web.throttle import SERVER_LIMITS
 from tests.conftest import (
     PASSWORDS,
     Bridge,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import selftest
+from bridge.service import selftest
 
 
 class Loopback:
@@ -205,7 +205,7 @@ def test_lines_bad_config(
 
 
 def test_registered_in_the_cli(loopback: Loopback, capsys: pytest.CaptureFixture[str]) -> None:
-    from bridge.cli import main
+    from bridge.service.cli import main
 
     assert main(["selftest", "--device", loopback.device, "--no-break"]) == 0
     assert "result: PASS" in capsys.readouterr().out

@@ -11,14 +11,14 @@ import threading
 import time
 from pathlib import Path
 
-from bridge.auth.store import UserStore
+from bridge.access.store import UserStore
 from tests.conftest import user_hash
 
 SCRIPT = textwrap.dedent(
     """
     import asyncio, logging, sys
     from pathlib import Path
-    from bridge import daemon
+    from bridge.service import daemon
     from bridge.config import load_config
 
     async def stuck(self, reason="x"):

@@ -1,10 +1,10 @@
-"""SysRq key validation (bridge.sysrq.validate_keys) as every front end uses it."""
+"""SysRq key validation (bridge.console.sysrq.validate_keys) as every front end uses it."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.sysrq import DESTRUCTIVE_KEYS, SYSRQ_KEYS, describe, help_text, validate_keys
+from bridge.console.sysrq import DESTRUCTIVE_KEYS, SYSRQ_KEYS, describe, help_text, validate_keys
 
 
 def test_reisub_is_accepted_and_lowercased() -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.textexport import TextExporter, to_text
+from bridge.history.textexport import TextExporter, to_text
 
 
 def assert_safe(text: str) -> None:

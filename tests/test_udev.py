@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import udev
+from bridge.service import udev
 
 PCI = "sys/devices/pci0000:00/0000:00:14.0/usb1"
 
@@ -308,7 +308,7 @@ def test_char_device_resolved_by_number(sysfs: Path, capsys: pytest.CaptureFixtu
 
 
 def test_registered_in_the_cli(sysfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bridge.cli import main
+    from bridge.service.cli import main
 
     argv = ["udev-rule", "lab1", "/dev/ttyUSB0", "--sysfs-root", str(sysfs)]
     assert main(argv) == 0

@@ -12,17 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import totp
-from bridge.auth.passwords import verify_async
-from bridge.auth.policy import Permission
+from bridge.access import totp
+from bridge.access.passwords import verify_async
+from bridge.access.policy import Permission
+from bridge.access.throttle import LoginThrottle
 from bridge.config import parse_duration
+from bridge.console.port import Port, PortError
+from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
-from bridge.port import Port, PortError
-from bridge.sysrq import validate_keys
 from bridge.web.app import STATE, AppState, api_error
 from bridge.web.authn import SESSION_COOKIE, authorise, check_host, peer_of, same_origin
 from bridge.web.console import close_sockets
-from bridge.web.throttle import LoginThrottle
 
 MAX_PASSWORD = 1024
 BODY_TIMEOUT = 10.0  # a request body must arrive within this (slow-body clients are cut off)

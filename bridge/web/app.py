@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from bridge.auth.sessions import SessionStore
-from bridge.auth.store import UserStore
+from bridge.access.sessions import SessionStore
+from bridge.access.store import UserStore
 from bridge.config import Config
-from bridge.port import Port
+from bridge.console.port import Port
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from bridge.auth.policy import Identity, Permission, allowed, needs_second_factor
-from bridge.auth.store import User
+from bridge.access.policy import Identity, Permission, allowed, needs_second_factor
+from bridge.access.store import User
 from bridge.web.app import STATE, AppState, api_error
 
 SESSION_COOKIE = "__Host-sb_session"

@@ -4,7 +4,7 @@ Binary frames carry bytes (server->client: target output; client->server: keystr
 writer). Text frames carry JSON control messages (see docs/protocol.md). Output is written
 straight to the connection's transport as frames built once per chunk (bridge.web.frames); the
 kernel socket buffer plus a per-client budget absorb bursts, and a client over budget is caught up
-by its Subscriber (bridge.fanout) without slowing anyone else.
+by its Subscriber (bridge.console.fanout) without slowing anyone else.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from bridge.auth.policy import Identity, Permission, allowed, needs_second_factor
+from bridge.access.policy import Identity, Permission, allowed, needs_second_factor
 from bridge.config import parse_duration
-from bridge.fanout import Chunk
+from bridge.console.fanout import Chunk
+from bridge.console.port import Attachment, Port, PortError
+from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
-from bridge.port import Attachment, Port, PortError
-from bridge.sysrq import validate_keys
 from bridge.web.app import STATE, AppState, api_error
 from bridge.web.authn import authorise, peer_of, same_origin, still_valid
 from bridge.web.frames import binary_frame, text_frame

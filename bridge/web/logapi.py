@@ -2,10 +2,10 @@
 
 `/log?from=OFFSET&since=ISO8601&format=text|raw|jsonl&follow=0|1` streams (chunked) from the
 scrollback and the ring log; `from=-N` is the last N bytes; an offset older than what is held
-starts at the oldest byte held and `X-Log-From` says where it really started. `text` neutralises
-control characters (bridge.textexport), `raw` is for replay, `jsonl` interleaves event markers
-(online/offline, BREAK/SysRq/NMI/power and who did them) with the output, by offset. `follow=1`
-keeps the response open like `tail -f`.
+starts at the oldest byte held and `X-Log-From` says where it really started. `text`
+neutralises control characters (bridge.history.textexport), `raw` is for replay, `jsonl`
+interleaves event markers (online/offline, BREAK/SysRq/NMI/power and who did them) with the
+output, by offset. `follow=1` keeps the response open like `tail -f`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.auth.policy import Permission
-from bridge.port import Port
-from bridge.textexport import TextExporter
+from bridge.access.policy import Permission
+from bridge.console.port import Port
+from bridge.history.textexport import TextExporter
 from bridge.web.app import STATE, api_error
 from bridge.web.authn import authorise
 

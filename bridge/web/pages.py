@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from bridge.auth.policy import Permission, allowed
-from bridge.sysrq import SYSRQ_KEYS
+from bridge.access.policy import Permission, allowed
+from bridge.console.sysrq import SYSRQ_KEYS
 from bridge.web.app import STATE
 from bridge.web.authn import SESSION_COOKIE, authorise, check_host, identity_of
 

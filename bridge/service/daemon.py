@@ -20,19 +20,19 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from bridge import sdnotify
-from bridge.audit import AuditLog
-from bridge.auth.sessions import SessionStore
-from bridge.auth.store import UserStore
+from bridge.access.sessions import SessionStore
+from bridge.access.store import UserStore
+from bridge.access.throttle import SERVER_LIMITS
 from bridge.config import Config, ConfigError, PortConfig, load_config
+from bridge.console.port import Port
+from bridge.history.audit import AuditLog
+from bridge.history.ringlog import RingLog
 from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
-from bridge.port import Port
-from bridge.ringlog import RingLog
-from bridge.tls import ensure_certificate, fingerprint, server_context
+from bridge.service import sdnotify
+from bridge.service.tls import ensure_certificate, fingerprint, server_context
 from bridge.web.app import AppState, create_app
 from bridge.web.console import close_websockets, watch_sockets
-from bridge.web.throttle import SERVER_LIMITS
 
 log = logging.getLogger(__name__)
 TransportFactory = Callable[[PortConfig], ConsoleTransport]

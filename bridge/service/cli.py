@@ -17,11 +17,11 @@ from bridge import __version__
 from bridge.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
 COMMAND_MODULES = (
-    "bridge.admin",
-    "bridge.remote",
-    "bridge.demo",
-    "bridge.udev",
-    "bridge.selftest",
+    "bridge.service.admin",
+    "bridge.client.remote",
+    "bridge.service.demo",
+    "bridge.service.udev",
+    "bridge.service.selftest",
 )
 
 
@@ -61,8 +61,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from bridge.auth.store import UserStore
-    from bridge.daemon import serve
+    from bridge.access.store import UserStore
+    from bridge.service.daemon import serve
 
     config = load_or_exit(args)
     setup_logging(args.verbose)
@@ -86,7 +86,7 @@ def run_check_config(args: argparse.Namespace) -> int:
 
 
 def run_cert_show(args: argparse.Namespace) -> int:
-    from bridge.tls import cert_paths, fingerprint
+    from bridge.service.tls import cert_paths, fingerprint
 
     config = load_or_exit(args)
     cert = config.server.tls_cert or cert_paths(config.server.state_dir)[0]

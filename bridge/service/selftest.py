@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import add_config_arg, config_path
 from bridge.config import ConfigError, LineConfig, LinesConfig, load_config
+from bridge.service.cli import add_config_arg, config_path
 
 BAUD_RATES = (9600, 115200, 921600)
 OPTIONAL_BAUD_RATES = (3000000,)

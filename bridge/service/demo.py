@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bridge.auth.passwords import hash_password
-from bridge.auth.store import UserStore
+from bridge.access.passwords import hash_password
+from bridge.access.store import UserStore
 from bridge.config import Config, parse_config
 from bridge.hw.factory import VIRTUAL_DEVICE
 
@@ -100,7 +100,7 @@ async def _wait_online(daemon: Any, name: str, within: float) -> bool:
 
 
 async def run_demo_async(args: argparse.Namespace) -> int:
-    from bridge.daemon import Daemon
+    from bridge.service.daemon import Daemon
 
     state_dir = Path(tempfile.mkdtemp(prefix="serial-bridge-demo-"))
     try:
@@ -172,7 +172,7 @@ async def run_demo_async(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from bridge.cli import setup_logging
+    from bridge.service.cli import setup_logging
 
     setup_logging(args.verbose)
     with contextlib.suppress(KeyboardInterrupt):

@@ -2,7 +2,7 @@
 
 One `Port` per configured target. It opens the transport (retrying while the device is missing),
 numbers every output byte with a monotonically increasing offset, keeps the scrollback and the ring
-log, fans chunks out to subscribers (bridge.fanout), holds the writer lease, and runs BREAK,
+log, fans chunks out to subscribers (bridge.console.fanout), holds the writer lease, and runs BREAK,
 SysRq, NMI, reset and power one at a time. The network side calls its methods; it never touches
 hardware itself (bridge.hw does).
 """
@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.config import LogConfig, PortConfig
-from bridge.fanout import Chunk, Outlet, Subscriber
+from bridge.console.fanout import Chunk, Outlet, Subscriber
+from bridge.console.scrollback import Scrollback
+from bridge.history.ringlog import RingLog
 from bridge.hw.interfaces import (
     ActionResult,
     ConsoleTransport,
     ControlLines,
     UnsupportedAction,
 )
-from bridge.ringlog import RingLog
-from bridge.scrollback import Scrollback
 
 log = logging.getLogger(__name__)
 REOPEN_INTERVAL = 1.0

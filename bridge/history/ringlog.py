@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.ringformat import (
+from bridge.history.ringformat import (
     BH,
     BLOCK_SIZE,
     KIND_CLOSE,

@@ -12,12 +12,12 @@ import getpass
 import sys
 import time
 
-from bridge import totp
-from bridge.audit import AuditLog
-from bridge.auth.passwords import hash_password
-from bridge.auth.policy import ROLES
-from bridge.auth.store import StoreError, UserStore
-from bridge.cli import add_config_arg, load_or_exit
+from bridge.access import totp
+from bridge.access.passwords import hash_password
+from bridge.access.policy import ROLES
+from bridge.access.store import StoreError, UserStore
+from bridge.history.audit import AuditLog
+from bridge.service.cli import add_config_arg, load_or_exit
 
 MIN_PASSWORD = 8
 

@@ -2,7 +2,7 @@
 
 Credentials, in order: `--user NAME` (password prompt, or `--password-stdin`), the
 `SERIAL_BRIDGE_TOKEN` environment variable, or a token file (`--token-file`, default
-`~/.config/serial-bridge/token`). The certificate is pinned (see bridge.client).
+`~/.config/serial-bridge/token`). The certificate is pinned (see bridge.client.http).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bridge.client import BridgeClient, ClientError, KnownHosts, config_dir, parse_url
+from bridge.client.http import BridgeClient, ClientError, KnownHosts, config_dir, parse_url
 
 
 def _credentials(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def _print_result(result: Any) -> int:
 
 
 def run_connect(args: argparse.Namespace) -> int:
-    from bridge.connect import interactive
+    from bridge.client.connect import interactive
 
     name = _port_name(args)
     return _run(args, lambda c: interactive(c, name, args.read_only, args.takeover))

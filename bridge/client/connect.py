@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge.client import ApiError, BridgeClient, ClientError
+from bridge.client.http import ApiError, BridgeClient, ClientError
 
 HELP = (
     "\r\nSupported escapes (after a newline):\r\n"
