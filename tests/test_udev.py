@@ -313,3 +313,37 @@ def test_registered_in_the_cli(sysfs: Path, capsys: pytest.CaptureFixture[str]) 
     argv = ["udev-rule", "lab1", "/dev/ttyUSB0", "--sysfs-root", str(sysfs)]
     assert main(argv) == 0
     assert 'SYMLINK+="serial-bridge/lab1"' in capsys.readouterr().out
+
+
+HOSTILE = FakeUsb(
+    "0403",
+    "6001",
+    'X1\nRUN+="/bin/sh -c id"\r\\',
+    'Evil\nSUBSYSTEM=="tty", RUN+="/bin/touch /tmp/pwned"\n#',
+    "Gadget\x1b]0;owned\x07\x1b[2J\u2028\u202e\x9b",
+    "1-1.7",
+    {0: "ttyUSB7"},
+)
+
+
+def test_hostile_usb_strings_cannot_add_rules_or_reach_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A BadUSB adapter (or a target's USB gadget) chooses its own manufacturer, product and
+    serial strings: newlines must not start new rule lines and controls must not reach the
+    admin's terminal, in the comments and in the match values alike (#18.1)."""
+    build(tmp_path, HOSTILE)
+    assert cli(tmp_path, "lab1", "/dev/ttyUSB7") == 0
+    captured = capsys.readouterr()
+    for text in (captured.out, captured.err):
+        assert all(ch.isprintable() or ch == "\n" for ch in text), repr(text)
+    lines = captured.out.splitlines()
+    rule = rule_line(captured.out)
+    assert all(line.startswith("#") for line in lines if line != rule)
+    assert not any(line.rstrip().endswith("\\") for line in lines)  # no line continuation
+    assert rule == (
+        'SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", ATTRS{idProduct}=="6001", '
+        'ATTRS{serial}=="X1?RUN+=?/bin/sh -c id???", '
+        'SYMLINK+="serial-bridge/lab1", GROUP="dialout", MODE="0660"'
+    )
+    assert "Evil\\x{a}SUBSYSTEM" in captured.out  # shown, escaped, in a comment

@@ -136,19 +136,30 @@ def _match_value(value: str) -> str:
     return "".join("?" if ch in _GLOB_CHARS or not ch.isprintable() else ch for ch in value)
 
 
+def _shown(value: str) -> str:
+    """Attribute text for a comment line: what is not printable (newlines, ESC, C1 controls,
+    bidi overrides...) and the backslash become visible escapes, so a hostile USB string
+    descriptor can neither add a line to the rules file nor reach the admin's terminal."""
+    return "".join(ch if ch.isprintable() and ch != "\\" else f"\\x{{{ord(ch):x}}}" for ch in value)
+
+
 def render_rule(name: str, adapter: UsbSerialAdapter) -> str:
-    """The comment lines and the rule line for one port (ends with a newline)."""
+    """The comment lines and the rule line for one port (ends with a newline).
+
+    Every attribute read from the device passes `_shown` (comments) or `_match_value` (the rule),
+    so the output is exactly: comment lines and the one rule line."""
     what = " ".join(x for x in (adapter.manufacturer, adapter.product) if x) or "USB serial"
+    serial = _shown(adapter.serial) if adapter.serial else None
     lines = [
-        f"# {name}: {what} {adapter.vendor_id}:{adapter.product_id}"
-        + (f", serial {adapter.serial}" if adapter.serial else ", no serial number")
-        + f", USB port {adapter.usb_port}"
+        f"# {name}: {_shown(what)} {_shown(adapter.vendor_id)}:{_shown(adapter.product_id)}"
+        + (f", serial {serial}" if serial else ", no serial number")
+        + f", USB port {_shown(adapter.usb_port)}"
         + (
-            f", interface {adapter.interface} of {adapter.num_interfaces}"
+            f", interface {_shown(adapter.interface)} of {adapter.num_interfaces}"
             if adapter.num_interfaces > 1 and adapter.interface is not None
             else ""
         )
-        + f" (now {adapter.tty})"
+        + f" (now {_shown(adapter.tty)})"
     ]
     match = [
         'SUBSYSTEM=="tty"',
@@ -159,7 +170,7 @@ def render_rule(name: str, adapter: UsbSerialAdapter) -> str:
         match.append(f'ATTRS{{serial}}=="{_match_value(adapter.serial)}"')
         if len(adapter.serial) <= 4 or set(adapter.serial) <= {"0", "1"}:
             lines.append(
-                f"# warning: serial {adapter.serial!r} looks like a factory default that other"
+                f"# warning: serial '{serial}' looks like a factory default that other"
                 " adapters share; if you have two, match KERNELS (the USB port) instead"
             )
     else:
@@ -167,7 +178,8 @@ def render_rule(name: str, adapter: UsbSerialAdapter) -> str:
         match.append(f'KERNELS=="{_match_value(adapter.usb_port)}"')
         lines.append(
             "# this adapter has no serial number: the rule is tied to the USB socket it is"
-            f" plugged into ({adapter.usb_port}); moving it to another socket loses the name"
+            f" plugged into ({_shown(adapter.usb_port)}); moving it to another socket loses"
+            " the name"
         )
     if adapter.num_interfaces > 1 and adapter.interface is not None:
         # bInterfaceNumber lives on another sysfs parent than idVendor, and udev wants all ATTRS
