@@ -13,7 +13,6 @@ import time
 import pytest
 
 from bridge.access.throttle import LoginThrottle
-from bridge.web.api import THROTTLE
 from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice
 from tests.test_security_support import FakeClock
 
@@ -73,7 +72,7 @@ async def _attempt(bridge: Bridge, user: str, password: str) -> tuple[int, dict[
 async def test_after_five_failures_even_the_right_password_waits(bridge: Bridge) -> None:
     assert bridge.daemon.runner is not None
     clock = FakeClock()
-    bridge.daemon.runner.app[THROTTLE].clock = clock
+    bridge.daemon.state.gate.throttle.clock = clock
     for _ in range(5):
         assert (await _attempt(bridge, "operator", "wrong-password"))[0] == 401
     assert (await _attempt(bridge, "operator", "wrong-password"))[0] == 401  # 6th: checked
@@ -91,7 +90,7 @@ async def test_after_five_failures_even_the_right_password_waits(bridge: Bridge)
 
 async def test_source_with_ten_failures_a_minute_gets_429(bridge: Bridge) -> None:
     assert bridge.daemon.runner is not None
-    bridge.daemon.runner.app[THROTTLE].clock = FakeClock()
+    bridge.daemon.state.gate.throttle.clock = FakeClock()
     for i in range(10):
         assert (await _attempt(bridge, f"nobody{i}", "wrong-password"))[0] == 401
     status, headers, _ = await _attempt(bridge, "admin", PASSWORDS["admin"])
@@ -107,7 +106,7 @@ async def test_trusted_proxy_decides_the_source_address(
             server={"trusted_proxies": proxies},
         )
         assert b.daemon.runner is not None
-        b.daemon.runner.app[THROTTLE].clock = FakeClock()
+        b.daemon.state.gate.throttle.clock = FakeClock()
         for i in range(11):
             async with (
                 b.session() as s,
@@ -128,7 +127,7 @@ async def test_trusted_proxy_decides_the_source_address(
 
 async def test_unknown_and_known_users_are_indistinguishable(bridge: Bridge) -> None:
     assert bridge.daemon.runner is not None
-    bridge.daemon.runner.app[THROTTLE].per_source = 1000
+    bridge.daemon.state.gate.throttle.per_source = 1000
     timings: dict[str, list[float]] = {"admin": [], "no-such-user": []}
     answers = set()
     for _ in range(4):

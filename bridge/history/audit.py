@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 FILE_NAME = "audit.jsonl"
 FORBIDDEN_FIELDS = frozenset(
@@ -71,6 +71,17 @@ def _parse_time(stamp: object) -> float | None:
     try:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     except ValueError:
+        return None
+
+
+class Auditor(Protocol):
+    """What records audit events: `AuditLog`, or `NullAudit` where nothing is kept."""
+
+    def record(self, event: str, **fields: Any) -> None: ...
+
+
+class NullAudit:
+    def record(self, event: str, **fields: Any) -> None:
         return None
 
 

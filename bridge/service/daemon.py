@@ -20,9 +20,10 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from bridge.access.gate import Gate
 from bridge.access.sessions import SessionStore
 from bridge.access.store import UserStore
-from bridge.access.throttle import SERVER_LIMITS
+from bridge.access.throttle import SERVER_LIMITS, LoginThrottle
 from bridge.config import Config, ConfigError, PortConfig, load_config
 from bridge.console.port import Port
 from bridge.history.audit import AuditLog
@@ -31,8 +32,9 @@ from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
 from bridge.service import sdnotify
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
-from bridge.web.app import AppState, create_app
+from bridge.web.app import create_app
 from bridge.web.console import close_websockets, watch_sockets
+from bridge.web.state import AppState
 
 log = logging.getLogger(__name__)
 TransportFactory = Callable[[PortConfig], ConsoleTransport]
@@ -123,11 +125,15 @@ class Daemon:
             for port in ports.values():
                 await port.close()
             raise
+        users = UserStore(server.state_dir)
+        sessions = SessionStore(server.session_idle, server.session_lifetime)
+        gate = Gate(users, sessions, lambda: self.config, audit, LoginThrottle())
         self.state = AppState(
             config=self.config,
             ports=ports,
-            users=UserStore(server.state_dir),
-            sessions=SessionStore(server.session_idle, server.session_lifetime),
+            users=users,
+            sessions=sessions,
+            gate=gate,
             audit=audit,
             fingerprint=self.fingerprint,
         )

@@ -13,21 +13,25 @@ from typing import Any
 from aiohttp import web
 
 from bridge.access import totp
-from bridge.access.passwords import verify_async
+from bridge.access.gate import Denied
 from bridge.access.policy import Permission
-from bridge.access.throttle import LoginThrottle
 from bridge.config import parse_duration
 from bridge.console.port import Port, PortError
 from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
-from bridge.web.app import STATE, AppState, api_error
-from bridge.web.authn import SESSION_COOKIE, authorise, check_host, peer_of, same_origin
+from bridge.web.authn import (
+    SESSION_COOKIE,
+    authorise,
+    check_host,
+    http_error,
+    peer_of,
+    same_origin,
+)
 from bridge.web.console import close_sockets
+from bridge.web.state import STATE, api_error
 
 MAX_PASSWORD = 1024
 BODY_TIMEOUT = 10.0  # a request body must arrive within this (slow-body clients are cut off)
-THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
-LOGIN_FAILED = "wrong user name, password or code"
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -64,51 +68,21 @@ async def login(request: web.Request) -> web.Response:
         code = None  # an empty code field in a login form
     if code is not None and not totp.well_formed(code):
         raise api_error(web.HTTPBadRequest, "totp must be a short string of digits")
-    peer = peer_of(request)
-    throttle = request.app[THROTTLE]
-    wait = throttle.retry_after(username, peer)
-    if wait:
-        audit_login_failure(state, username, peer, "throttled")
-        raise api_error(
-            web.HTTPTooManyRequests,
-            f"too many failed logins; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
-    user = state.users.get(username)
-    ok = await verify_async(password, user.password if user else None)
-    reason = "wrong password" if user else "unknown user"
-    mfa = False
-    if ok and user is not None:
-        if user.totp_secret:
-            step = totp.verify(user.totp_secret, code, user.totp_last_step) if code else None
-            mfa = ok = step is not None and state.users.use_totp_step(user.name, step)
-            reason = "wrong, reused or missing TOTP code"
-        elif state.config.server.require_totp:
-            ok, reason = False, "TOTP required but not enrolled"
-    if not ok or user is None:
-        throttle.failure(username, peer)
-        audit_login_failure(state, username, peer, reason)
-        raise api_error(web.HTTPUnauthorized, LOGIN_FAILED)
-    throttle.success(username)
+    try:
+        user = await state.gate.login(username, password, code, peer_of(request))
+    except Denied as denied:
+        raise http_error(denied) from None
+    mfa = user.totp_secret is not None
     old = state.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
     if old is not None:
         state.sessions.end(old)  # never keep a session id from before the login
     session_id, session = state.sessions.create(user.name, user.generation, mfa)
-    state.audit.record("login", user=user.name, peer=peer, ok=True, mfa=mfa)
+    state.audit.record("login", user=user.name, peer=peer_of(request), ok=True, mfa=mfa)
     response = web.json_response({"user": user.name, "role": user.role, "csrf": session.csrf})
     response.set_cookie(
         SESSION_COOKIE, session_id, secure=True, httponly=True, samesite="Strict", path="/"
     )
     return response
-
-
-def audit_login_failure(state: AppState, username: str, peer: str, reason: str) -> None:
-    """Audit a failed login with its source. The name is recorded only when it is a real user's:
-    what was typed for an unknown one may be a password typed into the wrong field."""
-    known = state.users.get(username) is not None
-    state.audit.record(
-        "login", user=username if known else None, peer=peer, ok=False, reason=reason
-    )
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -265,7 +239,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app[THROTTLE] = LoginThrottle()
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/whoami", whoami)

@@ -1,4 +1,8 @@
-"""Where a request is authenticated and authorised: every route calls `authorise` first.
+"""How the web front door turns a request into a decision: every route calls `authorise` first.
+
+This module is the HTTP half: it finds the credential in the request and checks what only HTTP
+has (Host, Origin, CSRF, forwarding headers); the decision itself — which identity, which
+permission on which port — is `bridge.access.gate`'s, the same for every front door.
 
 Credentials come only from the `Authorization: Bearer` header, the `__Host-sb_session` cookie or
 a client certificate signed by `server.client_ca` — never from a query string or a forwarding
@@ -20,9 +24,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from bridge.access.policy import Identity, Permission, allowed, needs_second_factor
-from bridge.access.store import User
-from bridge.web.app import STATE, AppState, api_error
+from bridge.access.gate import Denied, Refusal
+from bridge.access.policy import Identity, Permission
+from bridge.web.state import STATE, api_error
 
 SESSION_COOKIE = "__Host-sb_session"
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -95,11 +99,6 @@ def same_origin(request: web.Request) -> bool:
     return origin == f"https://{host}" and host_name(request) in state.allowed_hosts()
 
 
-def _identity(user: User, via: str, mfa: bool, **ids: Any) -> Identity:
-    ports = frozenset(user.ports) if user.ports is not None else None
-    return Identity(user.name, user.role, ports, via, mfa=mfa, **ids)
-
-
 def certificate_names(peercert: dict[str, Any] | None) -> list[str]:
     """Names a verified client certificate carries: subject CN first, then DNS/email SANs."""
     if not peercert:
@@ -114,78 +113,44 @@ def certificate_names(peercert: dict[str, Any] | None) -> list[str]:
 
 
 def identity_of(request: web.Request) -> Identity | None:
-    """The authenticated identity of a request, or None."""
-    state = request.app[STATE]
-    identity = _identity_of(request, state)
-    if identity is not None and needs_second_factor(identity, state.config.server.require_totp):
-        return None  # server.require_totp: nobody without a second factor gets in
-    return identity
-
-
-def _identity_of(request: web.Request, state: AppState) -> Identity | None:
+    """The authenticated identity of a request, or None. Credentials come from the
+    `Authorization: Bearer` header, else the session cookie, else a verified client certificate."""
+    gate = request.app[STATE].gate
     auth = request.headers.get("Authorization")
     if auth is not None:
         scheme, _, secret = auth.partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        token = state.users.check_token(secret.strip())
-        if token is None:
-            return None
-        user = state.users.get(token.user)
-        if user is None:
-            return None
-        return _identity(user, "token", user.totp_secret is not None, token_id=token.id)
+        return gate.identify_token(secret) if scheme.lower() == "bearer" else None
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie is not None:
-        session = state.sessions.get(cookie)
-        if session is None:
-            return None
-        user = state.users.get(session.user)
-        if user is None or user.generation != session.generation:
-            state.sessions.end(session)
-            return None
-        return _identity(user, "session", session.mfa, session_id=session.key)
-    if state.config.server.client_ca is not None and request.transport is not None:
-        for name in certificate_names(request.transport.get_extra_info("peercert")):
-            user = state.users.get(name)
-            if user is not None:
-                return _identity(user, "certificate", user.totp_secret is not None)
+        return gate.identify_session(cookie)
+    if request.app[STATE].config.server.client_ca is not None and request.transport is not None:
+        return gate.identify_certificate(
+            certificate_names(request.transport.get_extra_info("peercert"))
+        )
     return None
 
 
-def still_valid(
-    state: AppState, identity: Identity, users: dict[str, User], token_ids: set[str]
-) -> bool:
-    """Whether an identity taken earlier (an open websocket's) would still be granted now: the
-    session is alive, the token not revoked, the user not deleted, re-keyed or re-roled."""
-    user = users.get(identity.user)
-    if user is None:
-        return False
-    current = _identity(user, identity.via, identity.mfa)
-    if (current.role, current.ports) != (identity.role, identity.ports):
-        return False
-    if identity.via == "session":
-        session = state.sessions.by_key(identity.session_id or "")
-        if session is None or session.generation != user.generation:
-            return False
-    elif identity.via == "token" and identity.token_id not in token_ids:
-        return False
-    return not needs_second_factor(identity, state.config.server.require_totp)
+HTTP_REFUSALS: dict[Refusal, type[web.HTTPException]] = {
+    Refusal.UNAUTHENTICATED: web.HTTPUnauthorized,
+    Refusal.NOT_FOUND: web.HTTPNotFound,
+    Refusal.FORBIDDEN: web.HTTPForbidden,
+    Refusal.THROTTLED: web.HTTPTooManyRequests,
+}
+
+
+def http_error(denied: Denied) -> web.HTTPException:
+    """The HTTP answer to an access refusal (429 with Retry-After when throttled)."""
+    headers = {"Retry-After": str(denied.retry_after)} if denied.retry_after else None
+    return api_error(HTTP_REFUSALS[denied.refusal], denied.message, headers=headers)
 
 
 def authorise(request: web.Request, permission: Permission, port: str | None = None) -> Identity:
     """Authenticate and authorise a request, or raise 401/403/404 (an unseen port is 404)."""
     check_host(request)
-    identity = identity_of(request)
-    if identity is None:
-        raise api_error(web.HTTPUnauthorized, "authentication required")
-    state = request.app[STATE]
-    if port is not None and (port not in state.ports or not identity.may_see_port(port)):
-        raise api_error(web.HTTPNotFound, f"no port {port!r}")
-    if not allowed(identity, permission, port):
-        raise api_error(web.HTTPForbidden, f"your role ({identity.role}) may not do this")
-    if port is not None and needs_second_factor(identity, state.ports[port].cfg.require_totp):
-        raise api_error(web.HTTPForbidden, f"port {port!r} requires TOTP: log in with a code")
+    try:
+        identity = request.app[STATE].gate.authorise(identity_of(request), permission, port)
+    except Denied as denied:
+        raise http_error(denied) from None
     if request.headers.get("Upgrade", "").lower() == "websocket":
         check_upgrade_origin(request, identity)
     elif request.method not in ("GET", "HEAD", "OPTIONS"):

@@ -18,15 +18,15 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from bridge.access.policy import Identity, Permission, allowed, needs_second_factor
+from bridge.access.policy import Identity, Permission, allowed
 from bridge.config import parse_duration
 from bridge.console.fanout import Chunk
 from bridge.console.port import Attachment, Port, PortError
 from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
-from bridge.web.app import STATE, AppState, api_error
-from bridge.web.authn import authorise, peer_of, same_origin, still_valid
+from bridge.web.authn import authorise, peer_of, same_origin
 from bridge.web.frames import binary_frame, text_frame
+from bridge.web.state import STATE, AppState, api_error
 
 log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024
@@ -288,9 +288,7 @@ def check_sockets(state: AppState) -> list[ConsoleSession]:
             session = state.sessions.by_key(s.identity.session_id or "")
             if session is not None:
                 state.sessions.touch(session)
-        if not still_valid(state, s.identity, users, token_ids) or needs_second_factor(
-            s.identity, s.port.cfg.require_totp
-        ):
+        if not state.gate.still_valid(s.identity, users, token_ids, s.port.name):
             stale.append(s)
     return stale
 

@@ -22,8 +22,8 @@ from aiohttp import web
 from bridge.access.policy import Permission
 from bridge.console.port import Port
 from bridge.history.textexport import TextExporter
-from bridge.web.app import STATE, api_error
 from bridge.web.authn import authorise
+from bridge.web.state import STATE, api_error
 
 PIECE = 256 * 1024
 FOLLOW_POLL = 15.0

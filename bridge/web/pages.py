@@ -22,8 +22,8 @@ from aiohttp import web
 
 from bridge.access.policy import Permission, allowed
 from bridge.console.sysrq import SYSRQ_KEYS
-from bridge.web.app import STATE
 from bridge.web.authn import SESSION_COOKIE, authorise, check_host, identity_of
+from bridge.web.state import STATE
 
 log = logging.getLogger(__name__)
 

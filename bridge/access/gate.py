@@ -1,0 +1,175 @@
+"""The one access decision every front door asks: who is this, and may they do that here?
+
+A front door (web, ssh, rfc2217) extracts a credential in its own protocol's way — a bearer
+header, a session cookie, a client certificate, an SSH key, a typed password — and hands it to
+`Gate`, which turns it into an `Identity` (or nothing), and decides whether that identity may use
+a permission on a port. Nothing here knows about HTTP, websockets or SSH: a rule changed here
+holds at every door.
+
+- `identify_token`, `identify_session`, `identify_certificate`: credential -> `Identity` or None.
+- `login`: user name + password (+ TOTP code) from a source address -> `Identity`, throttled per
+  account and per source; every failure looks and costs the same and is audited.
+- `authorise`: `Identity` + `Permission` (+ port) -> the identity, or `Denied` saying why.
+- `still_valid`: whether an identity taken earlier (an open console's) would be granted now.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.access import totp
+from bridge.access.passwords import verify_async
+from bridge.access.policy import Identity, Permission, allowed, needs_second_factor
+from bridge.access.sessions import SessionStore
+from bridge.access.store import User, UserStore
+from bridge.access.throttle import LoginThrottle
+from bridge.config import Config
+from bridge.history.audit import Auditor
+
+LOGIN_FAILED = "wrong user name, password or code"
+
+
+class Refusal(enum.Enum):
+    """Why a decision went against a caller; each door maps it to its own protocol's answer."""
+
+    UNAUTHENTICATED = "unauthenticated"  # HTTP 401
+    NOT_FOUND = "not found"  # HTTP 404: a port the identity may not see does not exist for it
+    FORBIDDEN = "forbidden"  # HTTP 403
+    THROTTLED = "throttled"  # HTTP 429, with retry_after
+
+
+class Denied(Exception):
+    def __init__(self, refusal: Refusal, message: str, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.refusal, self.message, self.retry_after = refusal, message, retry_after
+
+
+def identity_for(user: User, via: str, mfa: bool, **ids: Any) -> Identity:
+    ports = frozenset(user.ports) if user.ports is not None else None
+    return Identity(user.name, user.role, ports, via, mfa=mfa, **ids)
+
+
+@dataclass
+class Gate:
+    """Identities and decisions over the users file, the sessions and the current config."""
+
+    users: UserStore
+    sessions: SessionStore
+    config: Callable[[], Config]  # the config in force (it changes on reload)
+    audit: Auditor
+    throttle: LoginThrottle
+
+    def _second_factor_ok(self, identity: Identity | None) -> Identity | None:
+        if identity is not None and needs_second_factor(
+            identity, self.config().server.require_totp
+        ):
+            return None  # server.require_totp: nobody without a second factor gets in
+        return identity
+
+    def identify_token(self, secret: str) -> Identity | None:
+        token = self.users.check_token(secret.strip())
+        user = self.users.get(token.user) if token is not None else None
+        if token is None or user is None:
+            return None
+        identity = identity_for(user, "token", user.totp_secret is not None, token_id=token.id)
+        return self._second_factor_ok(identity)
+
+    def identify_session(self, session_id: str) -> Identity | None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        user = self.users.get(session.user)
+        if user is None or user.generation != session.generation:
+            self.sessions.end(session)
+            return None
+        return self._second_factor_ok(
+            identity_for(user, "session", session.mfa, session_id=session.key)
+        )
+
+    def identify_certificate(self, names: list[str]) -> Identity | None:
+        """A verified client certificate's names (CN first, then SANs): the first that is a user."""
+        for name in names:
+            user = self.users.get(name)
+            if user is not None:
+                identity = identity_for(user, "certificate", user.totp_secret is not None)
+                return self._second_factor_ok(identity)
+        return None
+
+    async def login(self, username: str, password: str, code: str | None, peer: str) -> User:
+        """Check a password (+ TOTP code when enrolled) from `peer`; the user, or `Denied`
+        (THROTTLED before anything is checked, UNAUTHENTICATED the same for every failure)."""
+        wait = self.throttle.retry_after(username, peer)
+        if wait:
+            self.audit_login_failure(username, peer, "throttled")
+            raise Denied(Refusal.THROTTLED, f"too many failed logins; try again in {wait} s", wait)
+        user = self.users.get(username)
+        ok = await verify_async(password, user.password if user else None)
+        reason = "wrong password" if user else "unknown user"
+        if ok and user is not None:
+            if user.totp_secret:
+                step = totp.verify(user.totp_secret, code, user.totp_last_step) if code else None
+                ok = step is not None and self.users.use_totp_step(user.name, step)
+                reason = "wrong, reused or missing TOTP code"
+            elif self.config().server.require_totp:
+                ok, reason = False, "TOTP required but not enrolled"
+        if not ok or user is None:
+            self.throttle.failure(username, peer)
+            self.audit_login_failure(username, peer, reason)
+            raise Denied(Refusal.UNAUTHENTICATED, LOGIN_FAILED)
+        self.throttle.success(username)
+        return user
+
+    def audit_login_failure(self, username: str, peer: str, reason: str) -> None:
+        """Audit a failed login with its source. The name is recorded only when it is a real
+        user's: what was typed for an unknown one may be a password typed into the wrong field."""
+        known = self.users.get(username) is not None
+        self.audit.record(
+            "login", user=username if known else None, peer=peer, ok=False, reason=reason
+        )
+
+    def authorise(
+        self, identity: Identity | None, permission: Permission, port: str | None = None
+    ) -> Identity:
+        """The identity when it may use `permission` (on `port`), else `Denied`. A port the
+        identity may not see is NOT_FOUND, exactly like a port that does not exist."""
+        if identity is None:
+            raise Denied(Refusal.UNAUTHENTICATED, "authentication required")
+        config = self.config()
+        if port is not None and (port not in config.ports or not identity.may_see_port(port)):
+            raise Denied(Refusal.NOT_FOUND, f"no port {port!r}")
+        if not allowed(identity, permission, port):
+            raise Denied(Refusal.FORBIDDEN, f"your role ({identity.role}) may not do this")
+        if port is not None and needs_second_factor(identity, config.ports[port].require_totp):
+            raise Denied(Refusal.FORBIDDEN, f"port {port!r} requires TOTP: log in with a code")
+        return identity
+
+    def still_valid(
+        self,
+        identity: Identity,
+        users: dict[str, User],
+        token_ids: set[str],
+        port: str | None = None,
+    ) -> bool:
+        """Whether an identity taken earlier (an open console's) would still be granted now: the
+        session is alive, the token not revoked, the user not deleted, re-keyed or re-roled, and
+        the second factor a port or the server requires is still behind it."""
+        user = users.get(identity.user)
+        if user is None:
+            return False
+        current = identity_for(user, identity.via, identity.mfa)
+        if (current.role, current.ports) != (identity.role, identity.ports):
+            return False
+        if identity.via == "session":
+            session = self.sessions.by_key(identity.session_id or "")
+            if session is None or session.generation != user.generation:
+                return False
+        elif identity.via == "token" and identity.token_id not in token_ids:
+            return False
+        config = self.config()
+        if needs_second_factor(identity, config.server.require_totp):
+            return False
+        port_cfg = config.ports.get(port) if port is not None else None
+        return not (port_cfg is not None and needs_second_factor(identity, port_cfg.require_totp))

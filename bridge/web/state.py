@@ -1,0 +1,65 @@
+"""The web front door's shared state: what every handler may use, and the JSON error helper.
+
+Route modules import from here (never from `bridge.web.app`), so the arrows point one way:
+app -> routes -> state.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from bridge.access.gate import Gate
+from bridge.access.sessions import SessionStore
+from bridge.access.store import UserStore
+from bridge.config import Config
+from bridge.console.port import Port
+from bridge.history.audit import Auditor, NullAudit
+
+
+@dataclass
+class AppState:
+    """What every handler may use: config, ports, users, sessions, audit, TLS identity."""
+
+    config: Config
+    ports: dict[str, Port]
+    users: UserStore
+    sessions: SessionStore
+    gate: Gate
+    audit: Auditor = field(default_factory=NullAudit)
+    fingerprint: str = ""
+    started: float = field(default_factory=time.time)
+    # open console websockets: id -> closer(code, reason); see bridge.web.console
+    sockets: dict[int, Any] = field(default_factory=dict)
+
+    def allowed_hosts(self) -> set[str]:
+        """Host names/addresses (lower case, no port) this bridge answers to."""
+        hosts = {
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            socket.gethostname().lower(),
+            socket.getfqdn().lower(),
+        }
+        hosts.update(h.lower() for h in self.config.server.hostnames)
+        for host, _port in self.config.server.listen:
+            if host not in ("0.0.0.0", "::", ""):
+                hosts.add(host.lower())
+        return hosts
+
+
+STATE: web.AppKey[AppState] = web.AppKey("state", AppState)
+
+
+def api_error(
+    cls: type[web.HTTPException], message: str, headers: dict[str, str] | None = None
+) -> web.HTTPException:
+    """An HTTP error whose body is `{"error": message}`."""
+    return cls(
+        text=json.dumps({"error": message}), content_type="application/json", headers=headers
+    )
