@@ -7,12 +7,15 @@ use it without side effects.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bridge.configcheck import check_listen, check_ports
 
 DEFAULT_CONFIG_PATH = Path("/etc/serial-bridge/config.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/serial-bridge")
@@ -228,7 +231,8 @@ class _Table:
 
     def done(self) -> None:
         for extra in sorted(set(self.data) - self.seen):
-            self.problem(extra, "unknown key")
+            near = difflib.get_close_matches(extra, sorted(self.seen), n=1)
+            self.problem(extra, "unknown key" + (f" — did you mean {near[0]}?" if near else ""))
 
 
 def _typed(kind: type, what: str) -> Callable[[Any], Any]:
@@ -406,6 +410,8 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
                 ports[name] = _port(name, pt)
         t.done()
     root.done()
+    check_listen(server.listen, where, problems)
+    check_ports(ports, where, problems)
     if problems:
         raise ConfigError(problems)
     return Config(path=path, server=server, log=log, gpio=gpio, ports=ports)

@@ -53,7 +53,11 @@ def test_a_full_config_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("snippet", "key", "reason"),
     [
-        ('[ports.a]\ndevice = "/dev/x"\nbuad = 9600', "ports.a.buad", "unknown key"),
+        (
+            '[ports.a]\ndevice = "/dev/x"\nbuad = 9600',
+            "ports.a.buad",
+            "unknown key — did you mean baud?",
+        ),
         ('[ports.a]\ndevice = "/dev/x"\nbaud = -5', "ports.a.baud", "positive integer"),
         ('[ports.a]\ndevice = "/dev/x"\nframing = "9X1"', "ports.a.framing", "not a framing"),
         ('[ports.a]\ndevice = "/dev/x"\nflow = "rts"', "ports.a.flow", "not one of"),
@@ -67,7 +71,8 @@ def test_a_full_config_loads(tmp_path: Path) -> None:
             "missing",
         ),
         ('[ports.a]\ndevice = "/dev/x"\nsysrq_deny = ["?"]', "ports.a.sysrq_deny", "SysRq"),
-        ("[sever]\nlisten = []", "sever", "unknown key"),
+        ("[sever]\nlisten = []", "sever", "unknown key — did you mean server?"),
+        ('[ports.a]\ndevice = "/dev/x"\ncolour = 1', "ports.a.colour", "unknown key"),
     ],
 )
 def test_errors_name_file_key_and_reason(
@@ -102,3 +107,84 @@ def test_units() -> None:
     for bad in ("", "-1s", "1y", True):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert all(p.startswith(f"{path}: ") for p in exc.value.problems)
+    return [p.removeprefix(f"{path}: ") for p in exc.value.problems]
+
+
+def test_an_unknown_key_far_from_every_known_one_gets_no_suggestion(tmp_path: Path) -> None:
+    assert problems_of(tmp_path, '[ports.a]\ndevice = "/dev/x"\ncolour = 1') == [
+        "ports.a.colour: unknown key"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        (["0.0.0.0:8443", "0.0.0.0:8443"], "0.0.0.0:8443 is listed twice"),
+        (["0.0.0.0:8443", "127.0.0.1:8443"], "127.0.0.1:8443 overlaps 0.0.0.0:8443"),
+        (["[::1]:8443", "[::]:8443"], "[::]:8443 overlaps [::1]:8443"),
+        (["[::1]:8443", "[0:0:0:0:0:0:0:1]:8443"], "overlaps [::1]:8443"),
+        (["localhost:8443", "LOCALHOST:8443"], "overlaps localhost:8443"),
+    ],
+)
+def test_a_listen_address_taken_twice_is_refused(
+    tmp_path: Path, listen: list[str], problem: str
+) -> None:
+    text = f"[server]\nlisten = {listen!r}\n".replace("'", '"')
+    (line,) = problems_of(tmp_path, text)
+    assert line.startswith("server.listen: ") and problem in line
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        ["0.0.0.0:8443", "[::]:8443"],  # one socket per family (IPV6_V6ONLY)
+        ["127.0.0.1:8443", "[::1]:8443"],
+        ["127.0.0.1:0", "127.0.0.1:0"],  # two free ports
+        ["0.0.0.0:8443", "0.0.0.0:9443"],
+    ],
+)
+def test_listen_addresses_that_can_coexist_are_accepted(tmp_path: Path, listen: list[str]) -> None:
+    text = f"[server]\nlisten = {listen!r}\n".replace("'", '"')
+    assert len(load_config(write(tmp_path, text)).server.listen) == 2
+
+
+def test_one_gpio_for_two_lines_is_refused_within_and_across_ports(tmp_path: Path) -> None:
+    text = (
+        '[ports.a]\ndevice = "/dev/a"\n[ports.a.lines]\n'
+        "nmi = { gpio = 17 }\nreset = { gpio = 17 }\n"
+        '[ports.b]\ndevice = "/dev/b"\n[ports.b.lines]\npower_sense = { gpio = 17 }\n'
+        "power = { gpio = 22 }\n"
+    )
+    assert problems_of(tmp_path, text) == [
+        "ports.a.lines.reset.gpio: GPIO 17 is already used by ports.a.lines.nmi"
+        " (one GPIO drives one line)",
+        "ports.b.lines.power_sense.gpio: GPIO 17 is already used by ports.a.lines.nmi"
+        " (one GPIO drives one line)",
+    ]
+
+
+def test_two_ports_on_one_device_are_refused_also_through_a_link(tmp_path: Path) -> None:
+    tty = tmp_path / "ttyAMA0"
+    tty.touch()
+    (tmp_path / "serial0").symlink_to(tty)
+    text = (
+        f'[ports.a]\ndevice = "{tty}"\n'
+        f'[ports.b]\ndevice = "{tmp_path / "serial0"}"\n'
+        '[ports.c]\ndevice = "telnet://127.0.0.1:7001"\n'
+        '[ports.d]\ndevice = "telnet://127.0.0.1:7001"\n'
+        '[ports.e]\ndevice = "virtual:shell"\n'
+        '[ports.f]\ndevice = "virtual:shell"\n'  # each port gets its own virtual target
+    )
+    assert problems_of(tmp_path, text) == [
+        f"ports.b.device: '{tmp_path / 'serial0'}' leads to {tty}, which is already the device"
+        " of port a (one port per console device)",
+        "ports.d.device: 'telnet://127.0.0.1:7001' is already the device of port c"
+        " (one port per console device)",
+    ]
