@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from bridge.config import PortConfig
+from collections.abc import Mapping
+from typing import Any
 
 _WILDCARDS = {"0.0.0.0": 4, "::": 6, "": 0}  # address -> IP family it covers (0: every family)
 _LINE_NAMES = ("nmi", "reset", "power", "power_sense")
@@ -80,8 +76,9 @@ def _device_key(device: str) -> str | None:
     return device
 
 
-def check_ports(ports: Mapping[str, PortConfig], where: str, problems: list[str]) -> None:
-    """One GPIO per line and one port per device, across all ports (in file order)."""
+def check_ports(ports: Mapping[str, Any], where: str, problems: list[str]) -> None:
+    """One GPIO per line and one port per device, across all ports (in file order). `ports`:
+    bridge.config's PortConfig by name (not imported here: config imports this module)."""
     gpio_owner: dict[int, str] = {}
     device_owner: dict[str, str] = {}
     for name, port in ports.items():
