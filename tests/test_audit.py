@@ -37,6 +37,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("reset", {"user": "root", "port": "lab2"}),
     ("power", {"user": "root", "port": "lab2", "action": "cycle"}),
     ("user-add", {"user": "carol", "role": "viewer", "by": "root"}),
+    ("user-set", {"user": "carol", "role": "operator", "ports": ["lab1"], "by": "cli"}),
     ("user-del", {"user": "carol", "by": "cli"}),
     ("user-passwd", {"user": "alice", "by": "cli"}),
     ("user-totp", {"user": "alice", "enrolled": True, "by": "cli"}),

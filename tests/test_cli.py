@@ -73,8 +73,15 @@ def test_user_and_token_commands(tmp_path: Path) -> None:
         run("user", "add", "bob", "--password-stdin", "--config", cfg, stdin="short\n").returncode
         == 1
     )
+    for empty in ("", ",", " "):  # a list naming no port is an error, never every port (#18.17)
+        refused = run(
+            "user", "add", "carol", "--ports", empty, "--password-stdin", "--config", cfg,
+            stdin="correct horse\n",
+        )  # fmt: skip
+        assert refused.returncode == 1 and "--ports names no port" in refused.stderr
     listed = run("user", "list", "--config", cfg)
     assert "alice\toperator\tports=lab" in listed.stdout and "bob" not in listed.stdout
+    assert "carol" not in listed.stdout
     users_file = tmp_path / "state" / "users.json"
     assert users_file.stat().st_mode & 0o777 == 0o600
     assert "correct horse" not in users_file.read_text()

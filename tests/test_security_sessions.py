@@ -256,3 +256,69 @@ async def test_role_or_port_list_change_closes_the_websocket(bridge: Bridge) -> 
         store.put(admin)
         _, code = await closed_within(admin_ws, 3.0)
         assert code == 1008
+
+
+async def test_a_deleted_and_re_added_user_inherits_no_session(bridge: Bridge) -> None:
+    """Delete and re-add (another process, faster than the socket watcher looks): the old
+    user's session cookie and its open console are dead, even with the same role (#18.10)."""
+    from bridge.access.store import UserStore
+    from tests.conftest import user_hash
+
+    s, _ = await logged_in(bridge, "operator")
+    async with s:
+        ws = await bridge.ws(s, "lab", mode="ro")
+        await WsReader(ws).message("hello")
+        store = UserStore(bridge.state_dir)
+        store.delete("operator")
+        store.add("operator", "operator", user_hash("viewer"), None)  # same name, new password
+        _, code = await closed_within(ws, 3.0)
+        assert code == 1008
+        async with s.get(f"{bridge.base}/api/whoami") as resp:
+            assert resp.status == 401
+
+
+async def test_totp_enrolment_by_cli_ends_the_users_sessions(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    config = write_cli_config(bridge.state_dir, tmp_path / "cli.toml")
+    s, _ = await logged_in(bridge, "operator")
+    async with s:
+        ws = await bridge.ws(s, "lab", mode="ro")
+        await WsReader(ws).message("hello")
+        done = await acli("user", "totp", "operator", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        _, code = await closed_within(ws, 3.0)
+        assert code == 1008
+        async with s.get(f"{bridge.base}/api/whoami") as resp:
+            assert resp.status == 401
+
+
+async def test_user_set_changes_rights_and_keeps_sessions(bridge: Bridge, tmp_path: Path) -> None:
+    """`user set NAME --role/--ports`: no delete-and-re-add needed. The session stays, judged
+    with the new rights; a console the new rights do not cover is closed; `--ports ""` is an
+    error (never "every port") and `--ports '*'` gives every port back."""
+    config = write_cli_config(bridge.state_dir, tmp_path / "cli.toml")
+    s, _ = await logged_in(bridge, "operator")
+    async with s:
+        ws = await bridge.ws(s, "lab", mode="rw")
+        await WsReader(ws).message("hello")
+        done = await acli("user", "set", "operator", "--role", "viewer", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        _, code = await closed_within(ws, 3.0)
+        assert code == 1008
+        async with s.get(f"{bridge.base}/api/whoami") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["role"] == "viewer"
+        for ports in ("", ","):
+            done = await acli("user", "set", "operator", "--ports", ports, "--config", str(config))
+            assert done.returncode == 1 and "names no port" in done.stderr
+        done = await acli("user", "set", "operator", "--ports", "other", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        async with s.get(f"{bridge.base}/api/ports") as resp:
+            assert [p["name"] for p in await resp.json()] == []
+        done = await acli("user", "set", "operator", "--ports", "*", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        async with s.get(f"{bridge.base}/api/ports") as resp:
+            assert [p["name"] for p in await resp.json()] == ["lab"]
+    listed = await acli("user", "list", "--config", str(config))
+    assert "operator\tviewer\tports=*" in listed.stdout

@@ -1,7 +1,8 @@
 """Login sessions: random 256-bit ids, kept in memory only (a restart logs everyone out).
 
 A session ends on logout, after `idle` seconds without activity (console input counts), after
-`lifetime` seconds in all, or when its user's password generation changes or the user is deleted.
+`lifetime` seconds in all, or when its user's credential generation changes (a random value, new on
+a password change or TOTP enrolment and for a re-added user) or the user is deleted.
 The store keeps only SHA-256 digests of session ids, so even a memory dump shows no usable cookie.
 """
 

@@ -1,8 +1,13 @@
 """Users and API tokens on disk: `state_dir/users.json` and `state_dir/tokens.json`, mode 0600.
 
 Only hashes are stored: scrypt for passwords, SHA-256 for tokens (a token is 256 random bits, so a
-fast hash is enough). Files are replaced atomically (write, fsync, rename) and re-read when they
-change on disk, so `serial-bridge user ...` run beside the daemon takes effect at once.
+fast hash is enough). Each user carries a random `generation`: sessions remember the one they were
+made under and end when it changes — on a password change, a TOTP enrolment or removal, and when
+the user is deleted and re-added (a new record draws a new random value, so a re-added user never
+inherits the old one's sessions; deletion also removes the user's tokens).
+
+Files are replaced atomically (write, fsync, rename) and re-read when they change on disk, so
+`serial-bridge user ...` run beside the daemon takes effect at once.
 """
 
 from __future__ import annotations
@@ -31,6 +36,25 @@ class StoreError(Exception):
     """A user or token operation that cannot be done (unknown name, bad role, ...)."""
 
 
+def new_generation() -> int:
+    """A random credential generation (63 bits): never repeats the old user's, unlike a counter."""
+    return secrets.randbits(63)
+
+
+ALL_PORTS = "*"
+
+
+def parse_ports(text: str | None) -> list[str] | None:
+    """A `--ports` argument: None (not given) or `*` -> every port; `a,b` -> those ports. A list
+    that names no port is an error, never "every port" (it must not fail open)."""
+    if text is None or text.strip() == ALL_PORTS:
+        return None
+    ports = [p.strip() for p in text.split(",") if p.strip()]
+    if not ports:
+        raise StoreError(f"--ports names no port; give P1,P2,... or {ALL_PORTS!r} for every port")
+    return ports
+
+
 @dataclass
 class User:
     name: str
@@ -40,7 +64,7 @@ class User:
     totp_secret: str | None = None
     totp_last_step: int = 0
     created: float = field(default_factory=time.time)
-    generation: int = 0  # bumped on password change: sessions of older generations end
+    generation: int = field(default_factory=new_generation)  # new on credential change
 
 
 @dataclass
@@ -127,14 +151,32 @@ class UserStore:
             data[user.name] = asdict(user)
             self._users.save(data)
 
-    def set_totp(self, name: str, secret: str | None) -> None:
-        """Enroll (or with None remove) a TOTP secret; the used-step memory starts afresh."""
+    def _change(self, name: str, **fields: Any) -> User:
+        """Replace fields of one user's record under the lock; StoreError if there is none."""
         with self._locked():
             data = dict(self._users.load())
             if name not in data:
                 raise StoreError(f"no user {name!r}")
-            data[name] = {**data[name], "totp_secret": secret, "totp_last_step": 0}
+            user = User(**{**data[name], **fields})
+            data[name] = asdict(user)
             self._users.save(data)
+            return user
+
+    def set_totp(self, name: str, secret: str | None) -> None:
+        """Enroll (or with None remove) a TOTP secret; the used-step memory starts afresh and the
+        user's sessions end (they were made with the old second factor, or without one)."""
+        self._change(name, totp_secret=secret, totp_last_step=0, generation=new_generation())
+
+    def set_role(self, name: str, role: str) -> User:
+        """A new role. Sessions stay (each request is judged with the new role); the daemon's
+        socket watcher closes open consoles whose identity no longer matches."""
+        if role not in ROLES:
+            raise StoreError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+        return self._change(name, role=role)
+
+    def set_ports(self, name: str, ports: list[str] | None) -> User:
+        """A new port list (None: every port); like `set_role` for sessions and consoles."""
+        return self._change(name, ports=ports)
 
     def use_totp_step(self, name: str, step: int) -> bool:
         """Record that the code of `step` was used; False (nothing written) if that step or a
@@ -169,14 +211,8 @@ class UserStore:
             self._tokens.save(tokens)
 
     def set_password(self, name: str, password_hash: str) -> None:
-        with self._locked():
-            raw = self._users.load().get(name)
-            if raw is None:
-                raise StoreError(f"no user {name!r}")
-            user = User(**raw)
-            user.password = password_hash
-            user.generation += 1
-            self._users.save({**self._users.load(), name: asdict(user)})
+        """A new password; the user's sessions end."""
+        self._change(name, password=password_hash, generation=new_generation())
 
     # tokens
     def create_token(self, user: str, name: str) -> str:

@@ -21,7 +21,8 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
 - ``takeover`` — ``user``, ``port`` (and whom the lease was taken from, where known)
 - ``break`` — ``user``, ``port``; ``sysrq`` — ``user``, ``port``, ``keys``
 - ``nmi``, ``reset`` — ``user``, ``port``; ``power`` — ``user``, ``port``, ``action``
-- ``user-add`` / ``user-del`` / ``user-passwd`` / ``user-totp`` — ``user`` (the account changed),
+- ``user-add`` / ``user-set`` / ``user-del`` / ``user-passwd`` / ``user-totp`` — ``user`` (the
+  account changed),
   ``by``, and ``role`` / ``ports`` / ``enrolled`` where relevant
 - ``token-create`` / ``token-revoke`` — ``user`` (the token's owner), ``label`` (its name), ``by``
 - ``config-reload`` — ``changes`` or ``ok`` / ``reason``
@@ -45,7 +46,7 @@ FORBIDDEN_FIELDS = frozenset(
 )
 EVENTS = (
     "login", "logout", "attach", "detach", "takeover", "break", "sysrq", "nmi", "reset", "power",
-    "user-add", "user-del", "user-passwd", "user-totp", "token-create", "token-revoke",
+    "user-add", "user-set", "user-del", "user-passwd", "user-totp", "token-create", "token-revoke",
     "config-reload",
 )  # fmt: skip
 

@@ -15,7 +15,7 @@ import time
 from bridge.access import totp
 from bridge.access.passwords import hash_password
 from bridge.access.policy import ROLES
-from bridge.access.store import StoreError, UserStore
+from bridge.access.store import ALL_PORTS, StoreError, UserStore, parse_ports
 from bridge.history.audit import AuditLog
 from bridge.service.cli import add_config_arg, load_or_exit
 
@@ -46,17 +46,19 @@ def run_user(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             for user in sorted(users.users().values(), key=lambda u: u.name):
-                ports = ",".join(user.ports) if user.ports is not None else "*"
+                ports = ",".join(user.ports) if user.ports is not None else ALL_PORTS
                 totp = " totp" if user.totp_secret else ""
                 print(f"{user.name}\t{user.role}\tports={ports}{totp}")
             return 0
         if not args.name:
             raise StoreError(f"user {args.action} needs a NAME")
         if args.action == "add":
-            only = [p for p in args.ports.split(",") if p] if args.ports else None
-            users.add(args.name, args.role, hash_password(read_password(args)), only)
-            audit.record("user-add", user=args.name, role=args.role, by="cli")
-            print(f"added user {args.name} ({args.role})")
+            only, role = parse_ports(args.ports), args.role or "viewer"
+            users.add(args.name, role, hash_password(read_password(args)), only)
+            audit.record("user-add", user=args.name, role=role, ports=only, by="cli")
+            print(f"added user {args.name} ({role})")
+        elif args.action == "set":
+            set_rights(users, audit, args)
         elif args.action == "del":
             users.delete(args.name)
             audit.record("user-del", user=args.name, by="cli")
@@ -75,6 +77,28 @@ def run_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def set_rights(users: UserStore, audit: AuditLog, args: argparse.Namespace) -> None:
+    """`user set NAME --role R --ports P,...|*`: change rights without delete-and-re-add (which
+    would end the user's sessions and tokens)."""
+    if args.role is None and args.ports is None:
+        raise StoreError("user set needs --role and/or --ports")
+    if users.get(args.name) is None:
+        raise StoreError(f"no user {args.name!r}")
+    changed: dict[str, object] = {}
+    if args.ports is not None:
+        changed["ports"] = parse_ports(args.ports)
+        users.set_ports(args.name, parse_ports(args.ports))
+    if args.role is not None:
+        changed["role"] = args.role
+        users.set_role(args.name, args.role)
+    user = users.get(args.name)
+    if user is None:
+        raise StoreError(f"no user {args.name!r} (deleted meanwhile)")
+    audit.record("user-set", user=args.name, by="cli", **changed)
+    ports = ",".join(user.ports) if user.ports is not None else "every port"
+    print(f"{args.name} is now {user.role} on {ports}; open consoles it no longer covers close")
+
+
 def enroll_totp(users: UserStore, audit: AuditLog, name: str, remove: bool = False) -> None:
     """Give `name` a new TOTP secret (replacing any old one) and print the otpauth:// URI plus a
     terminal QR code; with `remove`, drop the secret (password-only logins again)."""
@@ -88,6 +112,7 @@ def enroll_totp(users: UserStore, audit: AuditLog, name: str, remove: bool = Fal
     secret = totp.new_secret()
     users.set_totp(name, secret)
     audit.record("user-totp", user=name, enrolled=True, by="cli")
+    print(f"(the sessions of {name} end: log in again with a code)", file=sys.stderr)
     uri = totp.provisioning_uri(secret, name)
     if sys.stdout.isatty():
         print_qr(uri)
@@ -136,15 +161,25 @@ def run_token(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("user", help="add, delete, list users; change passwords; enroll TOTP")
-    p.add_argument("action", choices=["add", "del", "list", "passwd", "totp"])
+    p = sub.add_parser(
+        "user",
+        help="add, delete, list users; change rights or passwords; enroll TOTP",
+        description=(
+            "add: a new user (password prompted); set: change --role/--ports of a user (their "
+            "sessions and tokens stay); del: delete a user and their tokens (their sessions and "
+            "consoles end); passwd, totp: new credentials (the user's sessions end)."
+        ),
+    )
+    p.add_argument("action", choices=["add", "set", "del", "list", "passwd", "totp"])
     p.add_argument("name", nargs="?", help="user name")
-    p.add_argument("--role", choices=ROLES, default="viewer", help="role for `add`")
+    p.add_argument(
+        "--role", choices=ROLES, default=None, help="role for `add` (default: viewer) or `set`"
+    )
     p.add_argument(
         "--ports",
         default=None,
         metavar="P,...",
-        help="limit the user to these ports (default: all)",
+        help=f"limit the user to these ports, or {ALL_PORTS!r} for every port (`add` default)",
     )
     p.add_argument(
         "--password-stdin",
