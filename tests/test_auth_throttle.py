@@ -61,6 +61,25 @@ def test_memory_is_bounded() -> None:
     assert len(t._accounts) == 100 and len(t._sources) == 100
 
 
+def test_a_blocking_entry_is_never_evicted() -> None:
+    """Filling the table with failures on other names must not unlock a locked account, nor
+    a blocked source (#18.12)."""
+    clock = FakeClock()
+    t = LoginThrottle(max_entries=100, clock=clock)
+    for _ in range(10):
+        t.failure("alice", "attacker")
+    locked = t.retry_after("alice", "elsewhere")
+    assert locked > 0 and t.retry_after("bob", "attacker") > 0
+    for i in range(1000):
+        t.failure(f"u{i}", f"s{i}")
+    assert t.retry_after("alice", "elsewhere") == locked
+    assert t.retry_after("bob", "attacker") > 0
+    assert len(t._accounts) == 100 and len(t._sources) == 100
+    clock.advance(locked)  # once the block is over, the entry may go like any other
+    t.failure("v", "w")
+    assert "alice" not in t._accounts
+
+
 async def _attempt(bridge: Bridge, user: str, password: str) -> tuple[int, dict[str, str], str]:
     async with (
         bridge.session() as s,

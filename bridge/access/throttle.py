@@ -14,8 +14,11 @@ Login throttling: a per-account delay that doubles after a few failures, and a p
   the oldest of them leaves the window.
 
 While blocked, every attempt gets 429 with `Retry-After` *before* the password is looked at, so
-the right password does not help an attacker either. Memory is bounded: at most `max_entries`
-accounts and sources are remembered (the stalest are forgotten first). The clock is injectable.
+the right password does not help an attacker either. Memory is bounded: beyond `max_entries`
+accounts (or sources) the stalest are forgotten first — but never one that is blocking now, so
+failures on many other names cannot unlock a locked account. Blocks end within `cap`, so the
+blocking entries a flood can hold are bounded by the failure rate the limits allow. The clock is
+injectable.
 """
 
 from __future__ import annotations
@@ -106,7 +109,25 @@ class LoginThrottle:
         self._accounts.pop(self._account_key(user), None)
 
     def _bound(self) -> None:
-        while len(self._accounts) > self.max_entries:
-            self._accounts.popitem(last=False)
-        while len(self._sources) > self.max_entries:
-            self._sources.popitem(last=False)
+        now = self.clock()
+        _evict(self._accounts, self.max_entries, lambda a: a.blocked_until > now)
+        _evict(
+            self._sources,
+            self.max_entries,
+            lambda t: len(t) >= self.per_source and t[0] > now - self.window,
+        )
+
+
+def _evict(table: OrderedDict[str, Any], limit: int, blocking: Callable[[Any], bool]) -> None:
+    """Forget the stalest entries beyond `limit`, skipping those that block now."""
+    excess = len(table) - limit
+    if excess <= 0:
+        return
+    stale = []
+    for key, entry in table.items():  # oldest first
+        if not blocking(entry):
+            stale.append(key)
+            if len(stale) == excess:
+                break
+    for key in stale:
+        del table[key]
