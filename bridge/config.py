@@ -8,6 +8,7 @@ use it without side effects.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.configcheck import check_listen, check_ports
+from bridge.configcheck import check_listen, check_ports, check_rfc2217
 
 DEFAULT_CONFIG_PATH = Path("/etc/serial-bridge/config.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/serial-bridge")
@@ -149,6 +150,9 @@ class PortConfig:
     on_release: bytes = b""
     writer_idle_timeout: float = 0.0
     require_totp: bool = False
+    rfc2217: tuple[str, int] | None = None
+    rfc2217_insecure_network: bool = False
+    rfc2217_takeover: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,16 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1: an address only this machine can reach."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen_list(value: Any) -> tuple[tuple[str, int], ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
@@ -351,7 +365,20 @@ def _port(name: str, t: _Table) -> PortConfig:
         on_release=t.get("on_release", b"", _escaped_bytes),
         writer_idle_timeout=t.get("writer_idle_timeout", 0.0, parse_duration),
         require_totp=t.get("require_totp", False, _typed(bool, "true or false")),
+        rfc2217=t.get("rfc2217", None, lambda v: parse_listen(_typed(str, "host:port")(v))),
+        rfc2217_insecure_network=t.get(
+            "rfc2217_insecure_network", False, _typed(bool, "true or false")
+        ),
+        rfc2217_takeover=t.get("rfc2217_takeover", False, _typed(bool, "true or false")),
     )
+    if port.rfc2217 and not is_loopback(port.rfc2217[0]) and not port.rfc2217_insecure_network:
+        t.problem(
+            "rfc2217",
+            f"{port.rfc2217[0]} is not a loopback address; RFC 2217 has no authentication, so"
+            " anyone who reaches it may type on this console. Use 127.0.0.1 (remote users come"
+            " through `ssh -L`), or set rfc2217_insecure_network = true on an isolated lab"
+            " network",
+        )
     t.done()
     return port
 
@@ -412,6 +439,7 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
     root.done()
     check_listen(server.listen, where, problems)
     check_ports(ports, where, problems)
+    check_rfc2217(server.listen, ports, where, problems)
     if problems:
         raise ConfigError(problems)
     return Config(path=path, server=server, log=log, gpio=gpio, ports=ports)

@@ -3,7 +3,8 @@
 Owns the rules that compare entries with each other, after every key has been read on its own
 (bridge.config): a listen address given twice (or a specific address on a port that a wildcard
 entry already takes), one GPIO driven by two lines (within a port or across ports), and two ports
-on one console device. Each problem names the file, the later key and the earlier one, in the
+on one console device, and an RFC 2217 endpoint on an address another endpoint or `server.listen`
+already takes. Each problem names the file, the later key and the earlier one, in the
 same `FILE: key.path: reason` form as every other config error. Reads no device and opens no
 socket; device paths are compared after resolving symlinks (`/dev/serial0` -> `/dev/ttyAMA0`).
 """
@@ -105,3 +106,27 @@ def check_ports(ports: Mapping[str, Any], where: str, problems: list[str]) -> No
             )
         else:
             device_owner[device] = name
+
+
+def check_rfc2217(
+    listen: tuple[tuple[str, int], ...],
+    ports: Mapping[str, Any],
+    where: str,
+    problems: list[str],
+) -> None:
+    """Each port's `rfc2217` endpoint needs an address of its own: not one that `server.listen`
+    or an earlier port's endpoint already takes."""
+    taken: list[tuple[tuple[str, int], str]] = [(entry, "server.listen") for entry in listen]
+    for name, port in ports.items():
+        entry = port.rfc2217
+        if entry is None:
+            continue
+        for earlier, owner in taken:
+            if _listen_clash(earlier, entry):
+                problems.append(
+                    f"{where}: ports.{name}.rfc2217: {_show(*entry)} is already taken by"
+                    f" {owner} ({_show(*earlier)})"
+                )
+                break
+        else:
+            taken.append((entry, f"ports.{name}.rfc2217"))
