@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 
 
 class LineSetupError(Exception):
-    """A configured line cannot be driven on this machine; the message names port, line, GPIO."""
+    """A configured line cannot be driven on this machine; the message names port, line, GPIO.
+    `key` is the line's config key (`ports.NAME.lines.LINE`), `cause` the rest of the message."""
+
+    def __init__(self, message: str, key: str = "", cause: str = "") -> None:
+        super().__init__(message)
+        self.key, self.cause = key, cause or message
 
 
 class LinesBusy(Exception):
@@ -173,7 +178,9 @@ class GpioLines:
                 reason += " (" + "; ".join(dict.fromkeys(notes)) + ")"
             raise LineSetupError(
                 f"port {port}: line {name} (GPIO {cfg.gpio}): {reason}"
-                f" [pin_factory = {pin_factory!r}]"
+                f" [pin_factory = {pin_factory!r}]",
+                key=f"ports.{port}.lines.{name}",
+                cause=f"GPIO {cfg.gpio}: {reason} [gpio.pin_factory = {pin_factory!r}]",
             ) from exc
         for note in dict.fromkeys(notes):
             log.warning("port %s: gpiozero: %s", port, note)

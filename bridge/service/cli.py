@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from bridge import __version__
@@ -63,17 +64,26 @@ def setup_logging(verbose: bool = False) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from bridge.access.store import UserStore
     from bridge.service.daemon import serve
+    from bridge.service.startup import StartupError, step
 
     config = load_or_exit(args)
     setup_logging(args.verbose)
-    if not UserStore(config.server.state_dir).users():
-        print(
-            f"serial-bridge: no users in {config.server.state_dir}: add an admin first:\n"
-            f"  serial-bridge user add NAME --role admin --config {config_path(args)}",
-            file=sys.stderr,
-        )
+    try:
+        with step("server.state_dir", config.server.state_dir):
+            users = UserStore(config.server.state_dir).users()
+        if not users:
+            print(
+                f"serial-bridge: no users in {config.server.state_dir}: add an admin first:\n"
+                f"  serial-bridge user add NAME --role admin --config {config_path(args)}",
+                file=sys.stderr,
+            )
+            return 1
+        return asyncio.run(serve(config))
+    except StartupError as exc:  # one line naming the key; the traceback only when asked
+        if args.verbose:
+            traceback.print_exception(exc)
+        print(f"serial-bridge: cannot start: {exc.line(config_path(args))}", file=sys.stderr)
         return 1
-    return asyncio.run(serve(config))
 
 
 def run_check_config(args: argparse.Namespace) -> int:
@@ -111,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the daemon")
     add_config_arg(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging; tracebacks of start-up errors"
+    )
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser("check-config", help="validate the config file and print every problem")

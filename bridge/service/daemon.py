@@ -30,7 +30,9 @@ from bridge.history.audit import AuditLog
 from bridge.history.ringlog import RingLog
 from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
+from bridge.hw.lines import LineSetupError
 from bridge.service import sdnotify
+from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
 from bridge.web.app import create_app
 from bridge.web.console import close_websockets, watch_sockets
@@ -92,31 +94,43 @@ class Daemon:
         if config.log.enabled:
             path = config.server.state_dir / "logs" / f"{cfg.name}.ring"
             # recovery scans the whole ring: in a thread, so a reload does not stall the loop
-            ringlog = await asyncio.to_thread(
-                RingLog.open, path, config.log.size, config.log.flush_interval
-            )
+            with step(f"ports.{cfg.name}", f"console log {path}"):
+                ringlog = await asyncio.to_thread(
+                    RingLog.open, path, config.log.size, config.log.flush_interval
+                )
 
         def on_event(kind: str, fields: dict[str, Any]) -> None:
             audit.record(kind, **fields)
 
-        lines = make_lines(cfg, config.gpio)
+        try:
+            lines = make_lines(cfg, config.gpio)
+        except LineSetupError as exc:
+            if ringlog is not None:
+                with contextlib.suppress(OSError):
+                    ringlog.close()
+            raise StartupError(exc.key, exc.cause) from exc
         return Port(cfg, self.transport_factory, lines, config.log, ringlog, on_event)
 
     async def start(self) -> None:
         limit_tls_read_buffers()
         server = self.config.server
-        prepare_state_dir(server.state_dir)
+        with step("server.state_dir", server.state_dir):
+            prepare_state_dir(server.state_dir)
+        check_tls_files(server)
         if server.tls_cert and server.tls_key:
             cert, key = server.tls_cert, server.tls_key
         else:
             names = [h for h, _ in server.listen] + list(server.hostnames)
-            cert, key, created = ensure_certificate(server.state_dir, names)
+            with step("server.state_dir", server.state_dir / "tls"):
+                cert, key, created = ensure_certificate(server.state_dir, names)
             if created:
                 log.info("generated a self-signed certificate in %s", cert.parent)
         self.fingerprint = fingerprint(cert)
         log.info("certificate fingerprint %s", self.fingerprint)
-        self.ssl_context = server_context(cert, key, server.client_ca)
-        audit = AuditLog(server.state_dir / "audit")
+        with step("server.tls_key" if server.tls_key else "server.state_dir", key):
+            self.ssl_context = server_context(cert, key, server.client_ca)
+        with step("server.state_dir", server.state_dir / "audit"):
+            audit = AuditLog(server.state_dir / "audit")
         ports: dict[str, Port] = {}
         try:
             for name, cfg in self.config.ports.items():
@@ -153,7 +167,10 @@ class Daemon:
             site = web.TCPSite(
                 self.runner, host, port_number, ssl_context=self.ssl_context, backlog=512
             )
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise bind_error(_hostport((host, port_number)), exc) from exc
         for running in self.runner.sites:
             server_obj: Any = getattr(running, "_server", None)
             for sock in getattr(server_obj, "sockets", []) or []:
@@ -244,7 +261,8 @@ async def reload_from_disk(daemon: Daemon) -> bool:
 
 
 async def serve(config: Config) -> int:
-    """Run the daemon until SIGTERM/SIGINT (graceful; a second signal exits at once)."""
+    """Run the daemon until SIGTERM/SIGINT (graceful; a second signal exits at once). A failure
+    to start is a StartupError, raised after what had started is stopped again."""
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -261,7 +279,13 @@ async def serve(config: Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):  # before start: a TERM then still shuts down
         loop.add_signal_handler(signum, on_signal, signum)
-    await daemon.start()
+    try:
+        await daemon.start()
+    except BaseException as exc:
+        await daemon.stop("the bridge could not start")  # lines inactive, listeners closed
+        if isinstance(exc, Exception) and not isinstance(exc, StartupError):
+            raise StartupError("", describe(exc)) from exc
+        raise
     reloading: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
