@@ -2,7 +2,8 @@
 
 The local terminal is put in raw mode and restored on every exit path (escape, server gone,
 signal, exception). Escapes are recognised after a newline, as in ssh: `~.` disconnect, `~B` send
-BREAK, `~?` help, `~~` a literal tilde. A dropped link reconnects by itself and resumes from the
+BREAK, `~?` help, `~~` a literal tilde; answers the terminal itself types (a cursor position report
+after a busybox prompt, say) do not count as typing (bridge.client.keys). A dropped link reconnects by itself and resumes from the
 last offset received, so nothing the target printed meanwhile is missed.
 """
 
@@ -22,56 +23,13 @@ from typing import Any
 import aiohttp
 
 from bridge.client.http import ApiError, BridgeClient, ClientError
+from bridge.client.keys import EscapeParser
 
 HELP = (
     "\r\nSupported escapes (after a newline):\r\n"
     "  ~.  disconnect\r\n  ~B  send BREAK (then a key for SysRq)\r\n"
     "  ~?  this help\r\n  ~~  send a literal ~\r\n"
 )
-
-
-class EscapeParser:
-    """Splits keyboard input into bytes to send and escape commands."""
-
-    def __init__(self) -> None:
-        self.line_start = True
-        self.tilde = False
-
-    def feed(self, data: bytes) -> Iterator[tuple[str, bytes]]:
-        """Yields ("send", bytes), ("disconnect", b""), ("break", b""), ("help", b"")."""
-        if not self.tilde and b"~" not in data:  # fast path: no escapes possible
-            if data:
-                self.line_start = data[-1:] in (b"\r", b"\n")
-                yield "send", data
-            return
-        out = bytearray()
-        for byte in data:
-            ch = bytes((byte,))
-            if self.tilde:
-                self.tilde = False
-                if ch == b".":
-                    if out:
-                        yield "send", bytes(out)
-                    yield "disconnect", b""
-                    return
-                if ch in (b"B", b"b"):
-                    if out:
-                        yield "send", bytes(out)
-                        out.clear()
-                    yield "break", b""
-                    continue
-                if ch == b"?":
-                    yield "help", b""
-                    continue
-                out += b"~" if ch == b"~" else b"~" + ch
-            elif ch == b"~" and self.line_start:
-                self.tilde = True
-                continue
-            else:
-                out += ch
-            self.line_start = ch in (b"\r", b"\n")
-        if out:
-            yield "send", bytes(out)
 
 
 @contextlib.contextmanager
