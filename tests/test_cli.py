@@ -79,6 +79,15 @@ def test_user_and_token_commands(tmp_path: Path) -> None:
             stdin="correct horse\n",
         )  # fmt: skip
         assert refused.returncode == 1 and "--ports names no port" in refused.stderr
+    assert "warning" not in added.stderr
+    typo = run(
+        "user", "add", "dave", "--ports", "lab,node9", "--password-stdin", "--config", cfg,
+        stdin="correct horse\n",
+    )  # fmt: skip
+    assert typo.returncode == 0  # a port may be added to the config later; access fails closed
+    assert f"warning: no port node9 in {cfg} (its ports: lab)" in typo.stderr
+    moved = run("user", "set", "dave", "--ports", "node9", "--config", cfg)
+    assert moved.returncode == 0 and "warning: no port node9" in moved.stderr
     listed = run("user", "list", "--config", cfg)
     assert "alice\toperator\tports=lab" in listed.stdout and "bob" not in listed.stdout
     assert "carol" not in listed.stdout

@@ -16,6 +16,7 @@ from bridge.access import totp
 from bridge.access.passwords import hash_password
 from bridge.access.policy import ROLES
 from bridge.access.store import ALL_PORTS, StoreError, UserStore, parse_ports
+from bridge.config import Config
 from bridge.history.audit import AuditLog
 from bridge.service.cli import add_config_arg, load_or_exit
 
@@ -34,16 +35,30 @@ def read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _stores(args: argparse.Namespace) -> tuple[UserStore, AuditLog]:
-    config = load_or_exit(args)
+def _stores(config: Config) -> tuple[UserStore, AuditLog]:
     state_dir = config.server.state_dir
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return UserStore(state_dir), AuditLog(state_dir / "audit")
 
 
+def warn_unknown_ports(ports: list[str] | None, config: Config) -> None:
+    """Name the `--ports` entries the config does not have: a typo grants nothing (access fails
+    closed), but it must not go unnoticed. Not refused: a port may be added to the config later."""
+    unknown = [p for p in ports or () if p not in config.ports]
+    if unknown:
+        print(
+            f"serial-bridge: warning: no port {', '.join(unknown)} in {config.path} (its ports:"
+            f" {', '.join(config.ports) or 'none'}); the user gets it only once it is added there",
+            file=sys.stderr,
+        )
+
+
 def run_user(args: argparse.Namespace) -> int:
-    users, audit = _stores(args)
+    config = load_or_exit(args)
+    users, audit = _stores(config)
     try:
+        if args.action in ("add", "set") and args.ports is not None:
+            warn_unknown_ports(parse_ports(args.ports), config)
         if args.action == "list":
             for user in sorted(users.users().values(), key=lambda u: u.name):
                 ports = ",".join(user.ports) if user.ports is not None else ALL_PORTS
@@ -134,7 +149,7 @@ def print_qr(text: str) -> None:
 
 
 def run_token(args: argparse.Namespace) -> int:
-    users, audit = _stores(args)
+    users, audit = _stores(load_or_exit(args))
     try:
         if args.action == "create":
             if not args.name:
