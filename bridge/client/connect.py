@@ -2,9 +2,9 @@
 
 The local terminal is put in raw mode and restored on every exit path (escape, server gone,
 signal, exception). Escapes are recognised after a newline, as in ssh: `~.` disconnect, `~B` send
-BREAK, `~?` help, `~~` a literal tilde; answers the terminal itself types (a cursor position report
-after a busybox prompt, say) do not count as typing (bridge.client.keys). A dropped link reconnects by itself and resumes from the
-last offset received, so nothing the target printed meanwhile is missed.
+BREAK, `~?` help, `~~` a literal tilde; answers the terminal types by itself (the cursor position
+report a busybox prompt asks for, say) do not count as typing (bridge.client.keys). A dropped link
+reconnects by itself and resumes from the last offset received, so nothing is missed.
 """
 
 from __future__ import annotations
