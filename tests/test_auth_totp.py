@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from bridge.access import totp
 from bridge.access.store import UserStore
 from tests.conftest import Bridge, BridgeFactory, PtyDevice, wait_for
-from tests.test_security_support import acli, cli, login, write_cli_config
+from tests.test_security_support import acli_totp, cli, cli_totp, login, write_cli_config
 
 # RFC 6238 appendix B: the SHA-1 seed and two of its 8-digit vectors (we use 6 digits: the
 # last six of each).
@@ -110,27 +110,63 @@ def test_cli_enrolls_prints_uri_and_stores_secret_0600(tmp_path: Path) -> None:
         "user", "add", "alice", "--password-stdin", "--config", str(config), stdin="pw-alice-123\n"
     )
     assert add.returncode == 0, add.stderr
-    done = cli("user", "totp", "alice", "--config", str(config))
+    done, secret = cli_totp(config, "alice")
     assert done.returncode == 0, done.stderr
     uri = done.stdout.strip().splitlines()[-1]
     assert uri.startswith("otpauth://totp/serial-bridge:alice?")
-    secret = parse_qs(urlsplit(uri).query)["secret"][0]
+    assert parse_qs(urlsplit(uri).query)["secret"] == [secret]
     user = UserStore(tmp_path / "state").get("alice")
     assert user is not None and user.totp_secret == secret
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "users.json").st_mode) == 0o600
     listed = cli("user", "list", "--config", str(config))
     assert "totp" in listed.stdout
-    assert cli("user", "totp", "nobody", "--config", str(config)).returncode == 1
+    assert cli_totp(config, "nobody")[0].returncode == 1
     removed = cli("user", "totp", "alice", "--remove", "--config", str(config))
     assert removed.returncode == 0
     assert UserStore(tmp_path / "state").get("alice").totp_secret is None  # type: ignore[union-attr]
 
 
+def test_enrolment_takes_effect_only_once_a_code_from_the_app_matches(tmp_path: Path) -> None:
+    """A mis-scanned secret or a phone with a wrong clock must not lock the user out: `user
+    totp` stores the new secret only after a code made from it, and keeps the old one until
+    then."""
+    config = write_cli_config(tmp_path / "state", tmp_path / "c.toml")
+    add = cli(
+        "user", "add", "alice", "--password-stdin", "--config", str(config), stdin="pw-alice-123\n"
+    )
+    assert add.returncode == 0, add.stderr
+    store = UserStore(tmp_path / "state")
+    first, old = cli_totp(config, "alice")
+    assert first.returncode == 0 and store.get("alice").totp_secret == old  # type: ignore[union-attr]
+
+    def wrong(secret: str) -> list[str]:
+        right = totp.code_at(secret, time.time())
+        return [str((int(right) + 1) % 1_000_000).zfill(6)] * 3  # three times an off-by-one code
+
+    refused, new = cli_totp(config, "alice", wrong)
+    assert refused.returncode == 1 and "3 codes did not match" in refused.stderr
+    assert refused.stderr.count("that code does not match") == 3
+    assert new != old and store.get("alice").totp_secret == old  # type: ignore[union-attr]
+
+    no_code, _ = cli_totp(config, "alice", lambda secret: [])  # end of input, as with Ctrl-D
+    assert no_code.returncode == 1 and "no code given" in no_code.stderr
+    assert store.get("alice").totp_secret == old  # type: ignore[union-attr]
+
+    def typo_then_right(secret: str) -> list[str]:
+        return ["12345", totp.code_at(secret, time.time())]
+
+    second_try, new = cli_totp(config, "alice", typo_then_right)
+    assert second_try.returncode == 0, second_try.stderr
+    assert store.get("alice").totp_secret == new != old  # type: ignore[union-attr]
+    audit = (tmp_path / "state" / "audit" / "audit.jsonl").read_text()
+    assert audit.count('"user-totp"') == 2  # the refused attempts changed nothing
+
+
 async def _enroll(bridge: Bridge, tmp_path: Path, user: str) -> str:
     config = write_cli_config(bridge.state_dir, tmp_path / "cli.toml")
-    done = await acli("user", "totp", user, "--config", str(config))
+    done, secret = await acli_totp(config, user)
     assert done.returncode == 0, done.stderr
-    return parse_qs(urlsplit(done.stdout.strip().splitlines()[-1]).query)["secret"][0]
+    return secret
 
 
 async def test_login_needs_the_code_once_never_twice_never_two_steps_late(

@@ -25,7 +25,9 @@ from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, WsReader
 from tests.test_security_support import (
     ROOT,
     acli,
+    acli_totp,
     cli,
+    cli_totp,
     client_tls,
     cookie_of,
     login,
@@ -54,7 +56,7 @@ async def test_every_flow_leaves_no_secret_in_logs_or_files(
     state = bridge.daemon.state
     secrets: set[str] = set(PASSWORDS.values()) | set(bridge.tokens.values())
     config = write_cli_config(bridge.state_dir, tmp_path / "cli.toml")
-    enrolled = await acli("user", "totp", "admin", "--config", str(config))
+    enrolled, _ = await acli_totp(config, "admin")
     assert enrolled.returncode == 0
     totp_secret = UserStore(bridge.state_dir).get("admin").totp_secret  # type: ignore[union-attr]
     assert totp_secret
@@ -156,7 +158,7 @@ def test_state_files_are_private(tmp_path: Path) -> None:
         == 0
     )
     assert cli("token", "create", "a", "--config", str(config)).returncode == 0
-    assert cli("user", "totp", "a", "--config", str(config)).returncode == 0
+    assert cli_totp(config, "a")[0].returncode == 0
     state = tmp_path / "state"
     for name in ("users.json", "tokens.json", "audit/audit.jsonl"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name

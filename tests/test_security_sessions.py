@@ -14,6 +14,7 @@ from tests.conftest import PASSWORDS, Bridge, PtyDevice, WsReader, wait_for
 from tests.test_security_support import (
     FakeClock,
     acli,
+    acli_totp,
     closed_within,
     cookie_of,
     logged_in,
@@ -285,7 +286,7 @@ async def test_totp_enrolment_by_cli_ends_the_users_sessions(
     async with s:
         ws = await bridge.ws(s, "lab", mode="ro")
         await WsReader(ws).message("hello")
-        done = await acli("user", "totp", "operator", "--config", str(config))
+        done, _ = await acli_totp(config, "operator")
         assert done.returncode == 0, done.stderr
         _, code = await closed_within(ws, 3.0)
         assert code == 1008

@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
+from bridge.access import totp
 from tests.conftest import PASSWORDS, Bridge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +111,34 @@ def cli(
 async def acli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """`cli` without blocking the event loop the daemon under test runs in."""
     return await asyncio.get_running_loop().run_in_executor(None, lambda: cli(*args, stdin=stdin))
+
+
+def cli_totp(
+    config: Path, user: str, answers: Callable[[str], list[str]] | None = None
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`serial-bridge user totp USER` answered as its user would: read the otpauth:// URI it
+    prints, then type the code the app shows (or the lines `answers(secret)` gives). Returns the
+    result (stdout includes the URI line) and the secret ("" when no URI came)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "user", "totp", user, "--config", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    uri = proc.stdout.readline()  # no QR code: stdout is not a terminal
+    secret = parse_qs(urlsplit(uri.strip()).query).get("secret", [""])[0]
+    lines = answers(secret) if answers else [totp.code_at(secret, time.time())] if secret else []
+    out, err = proc.communicate("".join(f"{line}\n" for line in lines), timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, uri + out, err), secret
+
+
+async def acli_totp(config: Path, user: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`cli_totp` without blocking the event loop the daemon under test runs in."""
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: cli_totp(config, user))
 
 
 async def closed_within(ws: aiohttp.ClientWebSocketResponse, limit: float) -> tuple[float, int]:

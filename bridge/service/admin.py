@@ -114,9 +114,14 @@ def set_rights(users: UserStore, audit: AuditLog, args: argparse.Namespace) -> N
     print(f"{args.name} is now {user.role} on {ports}; open consoles it no longer covers close")
 
 
+ENROL_ATTEMPTS = 3
+
+
 def enroll_totp(users: UserStore, audit: AuditLog, name: str, remove: bool = False) -> None:
-    """Give `name` a new TOTP secret (replacing any old one) and print the otpauth:// URI plus a
-    terminal QR code; with `remove`, drop the secret (password-only logins again)."""
+    """Give `name` a new TOTP secret: print the otpauth:// URI (plus a terminal QR code), then
+    ask for a code from the authenticator app and store the secret only once a code matches, so
+    a mis-scanned secret or a phone with a wrong clock never locks the user out. Until then the
+    old second factor (or none) stays. With `remove`, drop the secret (password-only logins)."""
     if users.get(name) is None:
         raise StoreError(f"no user {name!r}")
     if remove:
@@ -125,16 +130,32 @@ def enroll_totp(users: UserStore, audit: AuditLog, name: str, remove: bool = Fal
         print(f"removed TOTP from {name}; they log in with the password alone")
         return
     secret = totp.new_secret()
-    users.set_totp(name, secret)
-    audit.record("user-totp", user=name, enrolled=True, by="cli")
-    print(f"(the sessions of {name} end: log in again with a code)", file=sys.stderr)
     uri = totp.provisioning_uri(secret, name)
     if sys.stdout.isatty():
         print_qr(uri)
-    print(uri)
+    print(uri, flush=True)
     print(
-        f"(TOTP enrolled for {name}: scan the code or enter the URI in an authenticator app; "
-        "from now on their logins need a 6-digit code)",
+        f"(scan the code or enter the URI in {name}'s authenticator app; nothing changes until"
+        " it shows a code that works)",
+        file=sys.stderr,
+    )
+    for _ in range(ENROL_ATTEMPTS):
+        sys.stderr.write("6-digit code from the app: ")
+        sys.stderr.flush()
+        code = sys.stdin.readline().strip()
+        if not code:
+            raise StoreError(f"no code given: TOTP not enrolled for {name}, nothing changed")
+        if totp.verify(secret, code, 0) is not None:
+            break
+        print("that code does not match (is the phone's clock right?)", file=sys.stderr)
+    else:
+        raise StoreError(
+            f"{ENROL_ATTEMPTS} codes did not match: TOTP not enrolled for {name}, nothing changed"
+        )
+    users.set_totp(name, secret)
+    audit.record("user-totp", user=name, enrolled=True, by="cli")
+    print(
+        f"TOTP enrolled for {name}: their sessions end, and from now on their logins need a code",
         file=sys.stderr,
     )
 
@@ -182,7 +203,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "add: a new user (password prompted); set: change --role/--ports of a user (their "
             "sessions and tokens stay); del: delete a user and their tokens (their sessions and "
-            "consoles end); passwd, totp: new credentials (the user's sessions end)."
+            "consoles end); passwd, totp: new credentials (the user's sessions end; totp prints "
+            "the secret, then asks for a code from the app and enrols only when it matches)."
         ),
     )
     p.add_argument("action", choices=["add", "set", "del", "list", "passwd", "totp"])
