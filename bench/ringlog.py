@@ -19,7 +19,7 @@ O_DIRECT on; "caller_mib_s" is the append throughput the caller sees (MiB / time
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import statistics
 import subprocess
@@ -57,18 +57,25 @@ def proc_write_bytes() -> int | None:
 
 
 def load_baseline(rev: str) -> Any:
-    """The RingLog class of bridge/ringlog.py at git revision ``rev`` (self-contained then)."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:bridge/ringlog.py"], capture_output=True, check=True, text=True
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "ringlog_baseline.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("ringlog_baseline", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ringlog_baseline"] = module
-    spec.loader.exec_module(module)
-    return module.RingLog
+    """The RingLog class of git revision ``rev``: its whole ``bridge`` package is extracted to a
+    temporary directory and imported in place of the current one just long enough to load the
+    ring log (bridge/ringlog.py before the package layout, bridge/history/ringlog.py since)."""
+    root = Path(tempfile.mkdtemp())
+    archive = subprocess.run(["git", "archive", rev, "bridge"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    name = "bridge.history.ringlog" if (root / "bridge/history/ringlog.py").exists() else None
+    current = {k: v for k, v in sys.modules.items() if k == "bridge" or k.startswith("bridge.")}
+    for key in current:
+        del sys.modules[key]
+    sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(name or "bridge.ringlog")
+        return module.RingLog
+    finally:
+        sys.path.remove(str(root))
+        for key in [k for k in sys.modules if k == "bridge" or k.startswith("bridge.")]:
+            del sys.modules[key]
+        sys.modules.update(current)
 
 
 def caller_time(

@@ -56,9 +56,7 @@ def crash(ring: RingLog, *, drained: bool = True) -> None:
     thread had reached the file; else what was still queued is lost with the process."""
     if drained:
         assert ring.wait_idle(10)
-    ring._stop_writer(discard=True)
-    if ring._wfd != ring._fd:
-        os.close(ring._wfd)
+    ring._writer.stop(discard=True)
     os.close(ring._fd)
     ring._buf.close()
 
@@ -68,13 +66,13 @@ class Gate:
 
     def __init__(self, ring: RingLog, monkeypatch: pytest.MonkeyPatch) -> None:
         self.open = threading.Event()
-        original = ring._write_page
+        original = ring._writer.write_page
 
         def gated(position: int, page: bytes | memoryview) -> None:
             self.open.wait()
             original(position, page)
 
-        monkeypatch.setattr(ring, "_write_page", gated)
+        monkeypatch.setattr(ring._writer, "write_page", gated)
 
 
 @dataclass
@@ -95,7 +93,7 @@ class Recorder:
     written: list[tuple[int, bytes]] = field(default_factory=list)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Recorder:
-        submit, write_page = self.ring._submit, self.ring._write_page
+        submit, write_page = self.ring._writer.submit, self.ring._writer.write_page
 
         def record(job: Any) -> None:
             r = self.ring
@@ -108,8 +106,8 @@ class Recorder:
                 self.written.append((position + at, bytes(data[at : at + BLOCK_SIZE])))
             write_page(position, data)
 
-        monkeypatch.setattr(self.ring, "_submit", record)
-        monkeypatch.setattr(self.ring, "_write_page", record_written)
+        monkeypatch.setattr(self.ring._writer, "submit", record)
+        monkeypatch.setattr(self.ring._writer, "write_page", record_written)
         return self
 
     def check_written_in_order(self) -> None:
@@ -703,12 +701,12 @@ def test_a_failing_disk_never_desynchronises_offsets(
     ring = open_ring(path, clock, size=32 * BLOCK_SIZE)
     ring.append(ref[:10_000])
     assert ring.wait_idle(10)
-    original = ring._write_page
+    original = ring._writer.write_page
 
     def broken(position: int, page: bytes | memoryview) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(ring, "_write_page", broken)
+    monkeypatch.setattr(ring._writer, "write_page", broken)
     ring.append(ref[10_000:20_000])  # two blocks fill and fail to be written
     assert ring.next_offset == 20_000
     assert ring.wait_idle(10)
@@ -717,7 +715,7 @@ def test_a_failing_disk_never_desynchronises_offsets(
     ring.flush()  # hands the partial block to the writer thread, where its write fails...
     assert ring.wait_idle(10)
     assert ring.dirty  # ...so it is to be written again
-    monkeypatch.setattr(ring, "_write_page", original)
+    monkeypatch.setattr(ring._writer, "write_page", original)
     with pytest.raises(OSError, match="Input/output error"):
         ring.flush()  # the next flush() raises the error, and writes the block again
     assert ring.wait_idle(10)
@@ -799,12 +797,12 @@ def test_reads_see_pages_still_queued_for_the_writer(
         times = [clock.now - 100 + k * 7.5 for k in range(20)]
         return held(ring), list(ring.records(0)), [ring.offset_at(t) for t in times]
 
-    assert ring.stats.writes == 0 and ring._queued > 1  # nothing has reached the file yet
+    assert ring.stats.writes == 0 and ring._writer._queued > 1  # nothing has reached the file yet
     queued = answers()
     assert queued[0] == (0, bytes(ref))
     gate.open.set()
     assert ring.wait_idle(10)
-    assert ring.stats.writes > 1 and not ring._inflight
+    assert ring.stats.writes > 1 and not ring._writer._inflight
     assert answers() == queued
     ring.close()
     with open_ring(path, clock, size=64 * BLOCK_SIZE) as ring:
@@ -827,11 +825,11 @@ def test_a_full_writer_queue_makes_the_caller_wait_and_drops_nothing(
     )
     feeder.start()
     deadline = time.monotonic() + 10
-    while ring._queued < ringlog.QUEUE_PAGES and time.monotonic() < deadline:
+    while ring._writer._queued < ringlog.QUEUE_PAGES and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
     assert feeder.is_alive(), "the caller went on past a full queue"
-    assert ring._queued == ringlog.QUEUE_PAGES  # bounded: no page beyond the bound
+    assert ring._writer._queued == ringlog.QUEUE_PAGES  # bounded: no page beyond the bound
     gate.open.set()
     feeder.join(10)
     assert not feeder.is_alive()
@@ -859,14 +857,14 @@ def test_kill_9_with_a_full_writer_queue_reuses_no_offset(
     assert ring.wait_idle(10)
     on_disk = len(ref)
     gate = Gate(ring, monkeypatch)
-    while ring._queued < ringlog.QUEUE_PAGES:  # one append hands over at most one page
+    while ring._writer._queued < ringlog.QUEUE_PAGES:  # one append hands over at most one page
         chunk = rnd.randbytes(1000)
         ring.append(chunk)
         ref += chunk
         clock.now += 0.3
     handed_out = ring.next_offset
-    with ring._cv:  # kill -9: the write under way completes, the rest of the queue is lost
-        ring._stopping = ring._discard = True
+    with ring._writer._cv:  # kill -9: the write under way completes, the rest is lost
+        ring._writer._stopping = ring._writer._discard = True
     gate.open.set()
     crash(ring, drained=False)
     ring2, have = recovered(path, clock, Run(bytes(ref), []), size=size)
@@ -911,7 +909,7 @@ def test_reads_stay_coherent_while_the_writer_runs(
     jitter = random.Random(15)
     path = tmp_path / "p.log"
     ring = open_ring(path, clock, size=16 * BLOCK_SIZE)
-    original = ring._write_page
+    original = ring._writer.write_page
     caller = threading.current_thread()
 
     def slow(position: int, page: bytes | memoryview) -> None:
@@ -919,7 +917,7 @@ def test_reads_stay_coherent_while_the_writer_runs(
         time.sleep(jitter.random() * 0.0005)
         original(position, page)
 
-    monkeypatch.setattr(ring, "_write_page", slow)
+    monkeypatch.setattr(ring._writer, "write_page", slow)
     ref = bytearray()
     for i in range(600):
         chunk = rnd.randbytes(rnd.randrange(1, 1200))

@@ -1,10 +1,12 @@
 """The port hub: the only reader of a target's console, and the single place its actions go through.
 
 One `Port` per configured target. It opens the transport (retrying while the device is missing),
-numbers every output byte with a monotonically increasing offset, keeps the scrollback and the ring
-log, fans chunks out to subscribers (bridge.console.fanout), holds the writer lease, and runs BREAK,
-SysRq, NMI, reset and power one at a time. The network side calls its methods; it never touches
-hardware itself (bridge.hw does).
+numbers every output byte with a monotonically increasing offset, gathers a stream's small reads
+into fewer frames, keeps the scrollback and the ring log, and fans chunks out to subscribers
+(bridge.console.fanout). It composes the writer lease (bridge.console.lease) and the actions
+(bridge.console.actions) and is the one object front doors call: attach/detach, write, take over,
+release, BREAK, SysRq, NMI/reset/power, status and history. It never touches hardware itself
+(bridge.hw does).
 """
 
 from __future__ import annotations
@@ -15,19 +17,36 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from bridge.config import LogConfig, PortConfig
-from bridge.console.fanout import Chunk, Outlet, Subscriber
+from bridge.console.actions import Actions
+from bridge.console.errors import (
+    ActionBusy,
+    LinesFailed,
+    NotWriter,
+    PortError,
+    PortOffline,
+    TooManyClients,
+)
+from bridge.console.fanout import Chunk, Subscriber
+from bridge.console.lease import Attachment, Lease, Viewer
 from bridge.console.scrollback import Scrollback
 from bridge.history.ringlog import RingLog
-from bridge.hw.interfaces import (
-    ActionResult,
-    ConsoleTransport,
-    ControlLines,
-    UnsupportedAction,
-)
+from bridge.hw.interfaces import ActionResult, ConsoleTransport, ControlLines
+
+__all__ = [
+    "ActionBusy",
+    "Attachment",
+    "EventSink",
+    "LinesFailed",
+    "NotWriter",
+    "Port",
+    "PortError",
+    "PortOffline",
+    "TooManyClients",
+    "Viewer",
+]
 
 log = logging.getLogger(__name__)
 REOPEN_INTERVAL = 1.0
@@ -37,54 +56,7 @@ BATCH_LIMIT = 16 * 1024  # ...or as soon as this much is gathered
 TYPING = 1.0  # for this long after a keystroke nothing is gathered: echoes go out at once
 
 
-class PortError(Exception):
-    """A request the port cannot carry out; `status` is the HTTP status that fits."""
-
-    status = 400
-
-
-class PortOffline(PortError):
-    status = 503
-
-
-class NotWriter(PortError):
-    status = 403
-
-
-class ActionBusy(PortError):
-    status = 409
-
-
-class TooManyClients(PortError):
-    status = 503
-
-
-class LinesFailed(PortError):
-    """The control lines could not do the action (GPIO error, QEMU gone)."""
-
-    status = 503
-
-
-class Viewer(Outlet, Protocol):
-    """A connected client as the hub sees it: an outlet for output plus control messages."""
-
-    def send_message(self, message: dict[str, Any]) -> None: ...
-
-
 EventSink = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass(eq=False)
-class Attachment:
-    """One client attached to a port."""
-
-    id: int
-    user: str
-    peer: str
-    viewer: Viewer
-    subscriber: Subscriber
-    wants_write: bool
-    last_input: float = field(default_factory=time.monotonic)
 
 
 class Port:
@@ -114,12 +86,11 @@ class Port:
         self.error: str | None = None
         self.transport: ConsoleTransport | None = None
         self.attachments: dict[int, Attachment] = {}
-        self.writer: Attachment | None = None
         self._ids = itertools.count(1)
         self._lost = asyncio.Event()
-        self._quiet = asyncio.Event()
-        self._quiet.set()
-        self._action_lock = asyncio.Lock()
+        self.actions = Actions(self, lambda kind, fields: self._event(kind, fields, audit=False))
+        self.lease = Lease(self._write_on_release)
+        self.lease.on_release = cfg.on_release
         self._task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
         self.bytes_in = 0
@@ -129,16 +100,15 @@ class Port:
         self._batch_timer: asyncio.TimerHandle | None = None
         self._last_output = 0.0
         self._last_typed = 0.0
-        self._background: set[asyncio.Task[None]] = set()
-        self._release_done = asyncio.Event()
-        self._release_done.set()
 
     # ---- device lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"port-{self.name}")
         if self.cfg.writer_idle_timeout > 0:
-            self._idle_task = asyncio.get_running_loop().create_task(self._expire_idle_writer())
+            self._idle_task = asyncio.get_running_loop().create_task(
+                self.lease.expire_idle(self.cfg.writer_idle_timeout, self._writer_expired)
+            )
 
     async def _run(self) -> None:
         announced_missing = False
@@ -199,6 +169,7 @@ class Port:
         self.online = False
         await self.lines.close()
         self.cfg, self.lines = cfg, lines
+        self.lease.on_release = cfg.on_release
         if cfg.scrollback != self.scrollback.capacity:
             kept = self.scrollback.read(self.offset - cfg.scrollback, cfg.scrollback)
             self.scrollback = Scrollback(cfg.scrollback, kept[0])
@@ -214,7 +185,7 @@ class Port:
             att.viewer.send_message({"type": "status", "event": "closed", "reason": reason})
             await att.subscriber.close()
         self.attachments.clear()
-        self.writer = None
+        self.lease.clear()
         await self.lines.close()
         self._flush_log()
         if self.ringlog is not None:
@@ -316,7 +287,12 @@ class Port:
             value = self.offset + value
         return min(max(value, self.oldest_offset), self.offset)
 
-    # ---- clients and the writer lease --------------------------------------------------------
+    # ---- clients and the writer lease (bridge.console.lease) -----------------------------------
+
+    @property
+    def writer(self) -> Attachment | None:
+        """The attachment holding the write lease, if any."""
+        return self.lease.writer
 
     def attach(
         self, viewer: Viewer, user: str, peer: str, mode: str, takeover: bool, start: int
@@ -337,22 +313,17 @@ class Port:
         if self.attachments.pop(att.id, None) is None:
             return
         await att.subscriber.close()
-        if self.writer is att:
-            self.writer = None
-            self._queue_on_release()
+        self.lease.release(att)
         self._event("detach", {"user": att.user, "peer": att.peer})
         self._broadcast_status("leave", actor=att.user)
 
     def mode_of(self, att: Attachment) -> str:
-        return "rw" if self.writer is att else "ro"
+        return self.lease.mode_of(att)
 
     def _give_lease(self, att: Attachment) -> str:
-        old = self.writer
-        self.writer = att
-        att.last_input = time.monotonic()
-        if old is not None and old is not att:
+        old = self.lease.grant(att)
+        if old is not None:
             self._event("takeover", {"user": att.user, "from": old.user})
-            self._queue_on_release()
             return "takeover"
         return "lease"
 
@@ -361,42 +332,18 @@ class Port:
         self._broadcast_status(event, actor=att.user)
 
     async def release(self, att: Attachment) -> None:
-        if self.writer is att:
-            self.writer = None
-            self._queue_on_release()
+        if self.lease.release(att):
             self._broadcast_status("release", actor=att.user)
 
-    def _queue_on_release(self) -> None:
-        """Send `on_release` (e.g. "exit\\r") for a writer who left or lost the lease. Until it is
-        written, the next writer's keystrokes wait, so the logout reaches the target first."""
-        if not self.cfg.on_release:
-            return
-        self._release_done.clear()
-        task = asyncio.get_running_loop().create_task(self._send_on_release())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _writer_expired(self, att: Attachment) -> None:
+        self._event("lease-expired", {"user": att.user})
+        self._broadcast_status("idle-release", actor=att.user)
 
-    async def _send_on_release(self) -> None:
-        try:
-            # under the action lock: never inside a BREAK+key window, where the "e" of "exit"
-            # would be SysRq-e (terminate all tasks)
-            async with self._action_lock:
-                if self.transport is not None:
-                    with contextlib.suppress(OSError):
-                        await self.transport.write(self.cfg.on_release)
-        finally:
-            self._release_done.set()
-
-    async def _expire_idle_writer(self) -> None:
-        timeout = self.cfg.writer_idle_timeout
-        while True:
-            await asyncio.sleep(min(timeout / 4, 5.0))
-            att = self.writer
-            if att is not None and time.monotonic() - att.last_input > timeout:
-                self.writer = None
-                self._queue_on_release()
-                self._event("lease-expired", {"user": att.user})
-                self._broadcast_status("idle-release", actor=att.user)
+    async def _write_on_release(self, data: bytes) -> None:
+        async with self.actions.between_actions():
+            if self.transport is not None:
+                with contextlib.suppress(OSError):
+                    await self.transport.write(data)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -419,21 +366,17 @@ class Port:
             if att is not skip:
                 att.viewer.send_message({"type": "status", "mode": self.mode_of(att), **status})
 
-    # ---- input and actions -------------------------------------------------------------------
+    # ---- input and actions (bridge.console.actions) -------------------------------------------
 
     async def write(self, att: Attachment, data: bytes) -> None:
-        """Keystrokes from the lease holder; waits while a BREAK+key is in progress."""
-        if self.writer is not att:
-            raise NotWriter(
-                "read-only: another client holds the write lease"
-                if self.writer
-                else "read-only: take over to type"
-            )
+        """Keystrokes from the lease holder; wait for a pending `on_release` and while a
+        BREAK+key is in progress."""
+        self.lease.check(att)
         att.last_input = time.monotonic()
         self._last_typed = att.last_input  # while someone types, output goes out at once
         self._flush_batch()
-        await self._release_done.wait()
-        await self._quiet.wait()
+        await self.lease.wait_released()
+        await self.actions.quiet()
         transport = self.transport
         if transport is None:
             raise PortOffline(f"port {self.name} is offline")
@@ -443,9 +386,20 @@ class Port:
             raise PortOffline(f"port {self.name}: write failed: {exc}") from exc
         self.bytes_out += len(data)
 
+    async def send_break(self, user: str) -> ActionResult:
+        return await self.actions.send_break(user)
+
+    async def sysrq(self, keys: str, interval: float, user: str) -> ActionResult:
+        """BREAK + key for each key (already validated), `interval` seconds apart."""
+        return await self.actions.sysrq(keys, interval, user)
+
+    async def line_action(self, action: str, user: str) -> ActionResult:
+        """nmi | reset | power:on|off|force-off|cycle|status through the port's control lines."""
+        return await self.actions.line_action(action, user)
+
     def _event(self, kind: str, fields: dict[str, Any], audit: bool = True) -> None:
         """A marker in the ring log (not for attach/detach) and, if `audit`, an audit event.
-        Actions are audited by the web layer, which knows the peer and the outcome."""
+        Actions are audited by the front door, which knows the peer and the outcome."""
         if self.ringlog is not None and kind not in ("attach", "detach"):
             try:
                 self.ringlog.add_marker({"event": kind, **fields})
@@ -453,78 +407,3 @@ class Port:
                 log.error("port %s: ring log marker failed: %s", self.name, exc)
         if audit and self._on_event is not None:
             self._on_event(kind, {"port": self.name, **fields})
-
-    @contextlib.asynccontextmanager
-    async def _exclusive_action(self) -> Any:
-        if self._action_lock.locked():
-            raise ActionBusy(f"port {self.name} is busy with another action; try again")
-        async with self._action_lock:
-            yield
-
-    async def _break_then(self, key: bytes) -> None:
-        transport = self.transport
-        if transport is None:
-            raise PortOffline(f"port {self.name} is offline")
-        self._quiet.clear()
-        try:
-            await transport.drain()
-            await transport.send_break(self.cfg.break_duration)
-            if key:
-                await transport.write(key)
-        except OSError as exc:  # DeviceUnavailable, ConnectionResetError: the device went away
-            raise PortOffline(f"port {self.name}: BREAK failed: {exc}") from exc
-        finally:
-            self._quiet.set()
-
-    async def send_break(self, user: str) -> ActionResult:
-        async with self._exclusive_action():
-            await self._break_then(b"")
-        result = {"action": "break", "duration_ms": round(self.cfg.break_duration * 1000)}
-        self._event("break", {"user": user}, audit=False)
-        return self._done(result, user)
-
-    async def sysrq(self, keys: str, interval: float, user: str) -> ActionResult:
-        """BREAK + key for each key (already validated), `interval` seconds apart."""
-        async with self._exclusive_action():
-            for i, key in enumerate(keys):
-                if i:
-                    await asyncio.sleep(interval)
-                await self._break_then(key.encode("ascii"))
-        self._event("sysrq", {"user": user, "keys": keys}, audit=False)
-        return self._done(
-            {
-                "action": "sysrq",
-                "keys": keys,
-                "interval_ms": round(interval * 1000),
-                "break_ms": round(self.cfg.break_duration * 1000),
-            },
-            user,
-        )
-
-    async def line_action(self, action: str, user: str) -> ActionResult:
-        """nmi | reset | power:on|off|force-off|cycle|status through the port's control lines.
-        A status query does not wait for (or block) a running action."""
-        if action == "power:status":
-            if "status" not in self.lines.supported():
-                return self._done({"action": "power", "power": self.lines.power_state()}, user)
-            return self._done(await self._call_lines(action), user)
-        async with self._exclusive_action():
-            result = await self._call_lines(action)
-        self._event(action.split(":")[0], {"user": user, **result}, audit=False)
-        return self._done(result, user)
-
-    async def _call_lines(self, action: str) -> ActionResult:
-        try:
-            if action == "nmi":
-                return await self.lines.nmi()
-            if action == "reset":
-                return await self.lines.reset()
-            return await self.lines.power(action.removeprefix("power:"))
-        except UnsupportedAction:
-            raise
-        except Exception as exc:
-            log.exception("port %s: %s failed", self.name, action)
-            raise LinesFailed(f"port {self.name}: {action} failed: {exc}") from exc
-
-    def _done(self, result: ActionResult, user: str) -> ActionResult:
-        return {"port": self.name, "user": user, "time": time.time(), **result}

@@ -1,4 +1,4 @@
-"""On-disk format of the ring log (bridge/ringlog.py): block and record layout, pack/parse helpers.
+"""On-disk format of the ring log (bridge.history.ringlog): block and record layout, pack/parse.
 
 All integers little-endian. The file is ``nblocks = size // 4096`` blocks of 4096 bytes, allocated
 once (zeros written) when the file is created. Block number ``seq`` (a counter that only grows)

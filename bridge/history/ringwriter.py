@@ -1,0 +1,274 @@
+"""The ring log's writer thread: the only place page images become pwrite()s and fdatasync()s.
+
+bridge.history.ringlog builds page images in memory and hands a copy of each to the `PageWriter` of
+its RingLog (started at the first write, stopped by RingLog.close()), which performs the pwrite()s
+strictly in the order they were handed over (consecutive pages at consecutive positions go out as
+one pwrite of up to RUN_PAGES pages) and the fdatasync()s, each after every write handed over
+before it. A page handed over but not yet written stays readable from memory (`in_flight`), so the
+ring's readers see exactly what they would see if it were on disk.
+
+Bounded queue: at most QUEUE_PAGES pages (1 MiB) may be waiting or being written; a caller that
+hands over a page beyond that waits until the writer has made room (counted in ``stats.stalls``
+and ``stats.stall_seconds``): console data is never dropped. At 115200 baud or at a 12-Mbaud line
+rate the device keeps up and the queue stays a few pages deep; only a device that is slower than
+the console for more than a full queue (1 MiB) makes the caller wait. The writer holds the GIL
+only to take a run and copy it into its page-aligned buffer (pwrite and fdatasync release it).
+
+Page writes use a second descriptor opened with O_DIRECT where the file system allows it (exactly
+one page reaches the device per page written, whatever the page cache's folio size: on kernels
+with large ext4 folios a buffered 4 KiB write can dirty, and write back, 64 KiB or more); if the
+file system refuses O_DIRECT writes after all (EINVAL), they fall back to the buffered descriptor.
+
+Errors: a page write that fails is logged and counted in ``stats.errors`` (the caller that handed
+it over never sees it; the block is lost from disk and reads of it see a hole once it has left the
+queue); if it was written for a flush, or an fdatasync fails, the error is also kept for
+`take_error` (the ring raises it from its next flush() or from close(), like an error of a deferred
+write on close(2)), and a block whose flush write failed is listed by `take_rewrites` so the next
+flush writes it again if it is still being filled.
+
+Crash semantics: the writer drains its queue as fast as the device allows, so what a kill -9 loses
+is the ring's block being filled plus the pages still queued (at most QUEUE_PAGES + 1 pages).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.history.ringformat import BLOCK_SIZE, Rec
+
+log = logging.getLogger(__name__)
+
+QUEUE_PAGES = 256  # pages handed to the writer and not yet written: at most 1 MiB
+RUN_PAGES = 64  # consecutive pages written by one pwrite (256 KiB)
+
+
+@dataclass
+class WriteStats:
+    """Counters of what a RingLog handed to the file system (for tests and the bench)."""
+
+    writes: int = 0  # pages written
+    bytes_written: int = 0
+    syncs: int = 0
+    errors: int = 0  # page writes and syncs that failed (append() does not raise for them)
+    write_calls: int = 0  # pwrite() calls (a call writes up to RUN_PAGES consecutive pages)
+    queue_peak: int = 0  # most pages waiting for the writer at once (<= QUEUE_PAGES)
+    stalls: int = 0  # times the caller waited for room in a full queue
+    stall_seconds: float = 0.0  # caller time spent waiting so
+
+
+@dataclass(slots=True)
+class Job:
+    """A page image handed to the writer (``seq`` -1: an fdatasync after every earlier job)."""
+
+    seq: int
+    position: int
+    page: bytes
+    recs: list[Rec]  # the records of the page, for reads while it is in flight
+    used: int
+    flush: bool  # written for a flush: a failure is kept for take_error()/take_rewrites()
+
+
+SYNC = Job(-1, 0, b"", [], 0, True)
+
+
+class PageWriter:
+    """The background writer of one ring file (``fd``: the ring's buffered descriptor)."""
+
+    def __init__(self, fd: int, path: Path, durable: bool) -> None:
+        self._fd = fd  # buffered: fdatasync, and page writes where O_DIRECT is refused
+        self._wfd = fd  # page writes: O_DIRECT where the file system allows it
+        self.path = path
+        self._durable = durable
+        self.stats = WriteStats()
+        # Shared with the thread, guarded by _cv.
+        self._cv = threading.Condition()
+        self._jobs: deque[Job] = deque()
+        self._inflight: dict[int, Job] = {}  # seq -> newest image handed over, until written
+        self._queued = 0  # pages in _jobs or being written
+        self._busy = False  # the writer is performing a job
+        self._stopping = False
+        self._discard = False  # stop without writing what is queued (tests: a crash)
+        self._error: OSError | None = None  # for take_error()
+        self._rewrite: set[int] = set()  # blocks whose flush write failed: the next flush retries
+        self._thread: threading.Thread | None = None
+
+    def open_direct(self) -> None:
+        """Write pages through a second, O_DIRECT descriptor where the file system allows it."""
+        try:
+            self._wfd = os.open(self.path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except (OSError, AttributeError):
+            self._wfd = self._fd
+
+    # ---- the caller's side ----------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Hand a page (or SYNC) over; waits only when QUEUE_PAGES pages are already queued."""
+        with self._cv:
+            if job.seq >= 0 and self._queued >= QUEUE_PAGES:
+                # Last resort: the device is more than a full queue behind the console. Wait
+                # for room rather than drop console data or let memory grow.
+                began = time.perf_counter()
+                while self._queued >= QUEUE_PAGES:
+                    self._cv.wait()
+                self.stats.stalls += 1
+                self.stats.stall_seconds += time.perf_counter() - began
+            self._jobs.append(job)
+            if job.seq >= 0:
+                self._inflight[job.seq] = job
+                self._queued += 1
+                self.stats.queue_peak = max(self.stats.queue_peak, self._queued)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"ringlog {self.path.name}", daemon=True
+                )
+                self._thread.start()
+            self._cv.notify_all()
+
+    def in_flight(self, seq: int) -> Job | None:
+        """The newest image of block ``seq`` handed over and not yet in the file, if any."""
+        if not self._inflight:
+            return None
+        with self._cv:  # the writer removes a job only once its page is in the file
+            return self._inflight.get(seq)
+
+    def must_rewrite(self, seq: int) -> bool:
+        """True when block ``seq``'s last flush write failed (it is to be written again)."""
+        return seq in self._rewrite
+
+    def take_rewrites(self) -> set[int]:
+        """The blocks whose flush write failed since the last call."""
+        if not self._rewrite:
+            return set()
+        with self._cv:
+            failed, self._rewrite = self._rewrite, set()
+        return failed
+
+    def take_error(self) -> OSError | None:
+        """The first error of a flush write or sync since the last call."""
+        with self._cv:
+            exc, self._error = self._error, None
+        return exc
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every page and sync handed over is done (False on timeout)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._jobs and not self._busy, timeout)
+
+    def stop(self, *, discard: bool = False) -> None:
+        """Stop the thread once its queue is written (``discard``: without writing it) and close
+        the O_DIRECT descriptor; the ring closes its own."""
+        with self._cv:
+            self._stopping = True
+            self._discard = discard
+            self._cv.notify_all()
+            thread = self._thread
+        try:
+            if thread is not None:
+                thread.join()
+        finally:
+            if self._wfd != self._fd:
+                os.close(self._wfd)
+                self._wfd = self._fd
+
+    # ---- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Perform the jobs in order, merging consecutive pages."""
+        cv = self._cv
+        # page-aligned, as O_DIRECT wants (freed with the thread: slices may outlive a write)
+        view = memoryview(mmap.mmap(-1, RUN_PAGES * BLOCK_SIZE))
+        while True:
+            with cv:
+                while not self._jobs and not self._stopping:
+                    cv.wait()
+                if self._discard or not self._jobs:
+                    self._jobs.clear()
+                    self._inflight.clear()
+                    self._queued = 0
+                    cv.notify_all()
+                    return
+                batch = [self._jobs.popleft()]
+                while (
+                    batch[0].seq >= 0
+                    and len(batch) < RUN_PAGES
+                    and self._jobs
+                    and self._jobs[0].seq >= 0
+                    and self._jobs[0].position == batch[-1].position + BLOCK_SIZE
+                ):
+                    batch.append(self._jobs.popleft())
+                self._busy = True
+            try:
+                if batch[0].seq < 0:
+                    self._sync()
+                else:
+                    self._write_run(batch, view)
+            except Exception:  # a bug must not leave the caller waiting for room forever
+                log.exception("ring log %s: writer failed", self.path)
+            with cv:
+                for job in batch:
+                    if job.seq >= 0:
+                        self._queued -= 1
+                        if self._inflight.get(job.seq) is job:
+                            del self._inflight[job.seq]
+                self._busy = False
+                cv.notify_all()
+
+    def _write_run(self, batch: list[Job], view: memoryview) -> None:
+        for i, job in enumerate(batch):
+            view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = job.page
+        try:
+            self.write_page(batch[0].position, view[: len(batch) * BLOCK_SIZE])
+            return
+        except OSError as exc:
+            if len(batch) == 1:
+                self._failed(batch[0], exc)
+                return
+        for i, job in enumerate(batch):  # find the pages that cannot be written
+            try:
+                self.write_page(job.position, view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+            except OSError as exc:
+                self._failed(job, exc)
+
+    def _failed(self, job: Job, exc: OSError) -> None:
+        self.stats.errors += 1
+        log.error("ring log %s: block write failed, %d bytes lost: %s", self.path, job.used, exc)
+        if job.flush:
+            with self._cv:
+                self._error = self._error or exc
+                self._rewrite.add(job.seq)
+
+    def _sync(self) -> None:
+        try:
+            if self._durable:
+                os.fdatasync(self._fd)
+        except OSError as exc:
+            self.stats.errors += 1
+            log.error("ring log %s: fdatasync failed: %s", self.path, exc)
+            with self._cv:
+                self._error = self._error or exc
+            return
+        self.stats.syncs += 1
+
+    def write_page(self, position: int, page: bytes | memoryview) -> None:
+        """Write whole pages at a page-aligned position (on the writer thread)."""
+        try:
+            written = os.pwrite(self._wfd, page, position)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or self._wfd == self._fd:
+                raise
+            os.close(self._wfd)  # O_DIRECT refused after all: fall back to buffered writes
+            self._wfd = self._fd
+            written = os.pwrite(self._fd, page, position)
+        if written != len(page):
+            raise OSError(errno.EIO, f"short write to {self.path}: {written} of {len(page)} bytes")
+        self.stats.writes += len(page) // BLOCK_SIZE
+        self.stats.bytes_written += len(page)
+        self.stats.write_calls += 1
