@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from bridge.access.throttle import LoginThrottle
-from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice
+from bridge.access.throttle import LoginThrottle, Throttled
+from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, wait_for
 from tests.test_security_support import FakeClock
 
 
@@ -78,6 +78,42 @@ def test_a_blocking_entry_is_never_evicted() -> None:
     clock.advance(locked)  # once the block is over, the entry may go like any other
     t.failure("v", "w")
     assert "alice" not in t._accounts
+
+
+def test_attempts_are_reserved_before_the_check() -> None:
+    """An attempt counts as a failure from the moment it is reserved, so parallel attempts see
+    each other; a success takes its own reservation back (#18.2)."""
+    clock = FakeClock()
+    t = LoginThrottle(clock=clock, max_pending_per_source=100)
+    pending = [t.attempt("alice", "src") for _ in range(6)]  # free 5 + the 6th, which blocks
+    with pytest.raises(Throttled) as refused:
+        t.attempt("alice", "src")
+    assert refused.value.retry_after == 1 and not refused.value.busy
+    for attempt in pending:
+        attempt.__exit__(None, None, None)
+    assert t.retry_after("alice", "src") == 1  # six reserved failures stay failures
+    clock.advance(1)
+    with t.attempt("alice", "src") as attempt:
+        attempt.succeeded()
+    assert t.retry_after("alice", "src") == 0
+    assert len(t._sources["src"]) == 6  # the success does not count against the address
+
+
+def test_pending_attempts_are_bounded_per_source_and_in_all() -> None:
+    t = LoginThrottle(max_pending_per_source=4, max_pending=6)
+    held = [t.attempt(f"u{i}", "flood") for i in range(4)]
+    with pytest.raises(Throttled) as refused:
+        t.attempt("u9", "flood")  # the address has four being checked
+    assert not refused.value.busy
+    held += [t.attempt("v1", "a"), t.attempt("v2", "b")]
+    with pytest.raises(Throttled) as refused:
+        t.attempt("v3", "c")  # six pending in all: busy, whoever asks
+    assert refused.value.busy and refused.value.retry_after == 1
+    for attempt in held:
+        with attempt:
+            pass
+    assert t._pending == {}
+    t.attempt("v3", "c")
 
 
 async def _attempt(bridge: Bridge, user: str, password: str) -> tuple[int, dict[str, str], str]:
@@ -191,8 +227,97 @@ async def test_parallel_logins_hash_at_most_two_at_a_time(
                 running -= 1
 
     monkeypatch.setattr(passwords, "verify_password", counting)
+    throttle = bridge.daemon.state.gate.throttle
+    throttle.free = throttle.per_source = throttle.max_pending_per_source = 100
     results = await asyncio.gather(
         *(_attempt(bridge, "viewer", PASSWORDS["viewer"]) for _ in range(12))
     )
     assert [r[0] for r in results] == [200] * 12
     assert peak == passwords._SEMAPHORE_SLOTS == 2  # scrypt needs 32 MiB each
+
+
+def _counting_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace scrypt's check with one that records each password it is asked about."""
+    from bridge.access import passwords
+
+    checked: list[str] = []
+    real = passwords.verify_password
+
+    def recording(password: str, encoded: str) -> bool:
+        checked.append(password)
+        return real(password, encoded)
+
+    monkeypatch.setattr(passwords, "verify_password", recording)
+    return checked
+
+
+async def test_a_parallel_burst_gets_429_without_running_scrypt(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 parallel guesses at one account from one address: only what the limits allow is
+    checked (the first five are free, the sixth blocks the account); the rest get 429 without a
+    hash, and then even the right password waits (#18.2). (The cap on pending checks per address
+    is lifted here, so that the account's limit is what is tested.)"""
+    checked = _counting_checks(monkeypatch)
+    throttle = bridge.daemon.state.gate.throttle
+    throttle.clock, throttle.max_pending_per_source = FakeClock(), 100
+    results = await asyncio.gather(*(_attempt(bridge, "operator", f"guess-{i}") for i in range(40)))
+    statuses = [status for status, _, _ in results]
+    assert len(checked) <= 6
+    assert statuses.count(401) == len(checked)
+    assert statuses.count(429) == 40 - len(checked)
+    assert (await _attempt(bridge, "operator", PASSWORDS["operator"]))[0] == 429
+    assert len(checked) <= 6
+
+
+async def test_a_flood_from_one_address_does_not_queue_ahead_of_other_users(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """30 parallel guesses from one address (many names, so no account blocks): at most
+    `max_pending_per_source` of them wait for scrypt; the rest are refused at once, and another
+    user's login is checked right after those few (#18.2)."""
+    import threading
+
+    from bridge.access import passwords
+
+    b = await bridge_factory(
+        ports={"lab": {"device": str(pty_device.path)}}, server={"trusted_proxies": ["127.0.0.1"]}
+    )
+    throttle = b.daemon.state.gate.throttle
+    throttle.clock = FakeClock()
+    release = threading.Event()
+    order: list[str] = []
+    real = passwords.verify_password
+
+    def gated(password: str, encoded: str) -> bool:
+        order.append(password)
+        if password.startswith("flood"):
+            release.wait(30)  # the flood's checks hold the scrypt slots until released
+        return real(password, encoded)
+
+    monkeypatch.setattr(passwords, "verify_password", gated)
+
+    async def post(user: str, password: str, source: str) -> int:
+        async with (
+            b.session() as s,
+            s.post(
+                f"{b.base}/api/login",
+                json={"username": user, "password": password},
+                headers={"X-Forwarded-For": source},
+            ) as r,
+        ):
+            return r.status
+
+    flood = [
+        asyncio.ensure_future(post(f"name{i}", f"flood-{i}", "198.51.100.66")) for i in range(30)
+    ]
+    try:
+        await wait_for(lambda: sum(f.done() for f in flood) >= 30 - throttle.max_pending_per_source)
+        assert all(f.result() == 429 for f in flood if f.done())
+        victim = asyncio.ensure_future(post("viewer", PASSWORDS["viewer"], "203.0.113.5"))
+        await wait_for(lambda: sum(throttle._pending.values()) == 5)
+    finally:
+        release.set()
+    assert await victim == 200
+    assert order.index(PASSWORDS["viewer"]) <= throttle.max_pending_per_source
+    assert sorted(await asyncio.gather(*flood)).count(401) == throttle.max_pending_per_source

@@ -25,7 +25,7 @@ from bridge.access.passwords import verify_async
 from bridge.access.policy import Identity, Permission, allowed, needs_second_factor
 from bridge.access.sessions import SessionStore
 from bridge.access.store import User, UserStore
-from bridge.access.throttle import LoginThrottle
+from bridge.access.throttle import Attempt, LoginThrottle, Throttled
 from bridge.config import Config
 from bridge.history.audit import Auditor
 
@@ -39,6 +39,7 @@ class Refusal(enum.Enum):
     NOT_FOUND = "not found"  # HTTP 404: a port the identity may not see does not exist for it
     FORBIDDEN = "forbidden"  # HTTP 403
     THROTTLED = "throttled"  # HTTP 429, with retry_after
+    BUSY = "busy"  # HTTP 503, with retry_after: too much pending work, nobody's fault in particular
 
 
 class Denied(Exception):
@@ -100,27 +101,44 @@ class Gate:
 
     async def login(self, username: str, password: str, code: str | None, peer: str) -> User:
         """Check a password (+ TOTP code when enrolled) from `peer`; the user, or `Denied`
-        (THROTTLED before anything is checked, UNAUTHENTICATED the same for every failure)."""
-        wait = self.throttle.retry_after(username, peer)
-        if wait:
-            self.audit_login_failure(username, peer, "throttled")
-            raise Denied(Refusal.THROTTLED, f"too many failed logins; try again in {wait} s", wait)
+        (THROTTLED or BUSY before anything is checked, UNAUTHENTICATED the same for every
+        failure). The attempt is reserved with the throttle first, so parallel guesses count."""
+        with self._reserve(username, peer) as attempt:
+            user, reason = await self._check(username, password, code)
+            if user is None:
+                self.audit_login_failure(username, peer, reason)
+                raise Denied(Refusal.UNAUTHENTICATED, LOGIN_FAILED)
+            attempt.succeeded()
+            return user
+
+    def _reserve(self, username: str, peer: str) -> Attempt:
+        try:
+            return self.throttle.attempt(username, peer)
+        except Throttled as refused:
+            wait = refused.retry_after
+            refusal, what = (
+                (Refusal.BUSY, "too many logins in progress")
+                if refused.busy
+                else (Refusal.THROTTLED, "too many failed logins")
+            )
+            self.audit_login_failure(username, peer, refusal.value)
+            raise Denied(refusal, f"{what}; try again in {wait} s", wait) from None
+
+    async def _check(
+        self, username: str, password: str, code: str | None
+    ) -> tuple[User | None, str]:
+        """The user if password and second factor are right, else None and why (for the audit)."""
         user = self.users.get(username)
         ok = await verify_async(password, user.password if user else None)
-        reason = "wrong password" if user else "unknown user"
-        if ok and user is not None:
-            if user.totp_secret:
-                step = totp.verify(user.totp_secret, code, user.totp_last_step) if code else None
-                ok = step is not None and self.users.use_totp_step(user.name, step)
-                reason = "wrong, reused or missing TOTP code"
-            elif self.config().server.require_totp:
-                ok, reason = False, "TOTP required but not enrolled"
         if not ok or user is None:
-            self.throttle.failure(username, peer)
-            self.audit_login_failure(username, peer, reason)
-            raise Denied(Refusal.UNAUTHENTICATED, LOGIN_FAILED)
-        self.throttle.success(username)
-        return user
+            return None, "wrong password" if user else "unknown user"
+        if user.totp_secret:
+            step = totp.verify(user.totp_secret, code, user.totp_last_step) if code else None
+            if step is None or not self.users.use_totp_step(user.name, step):
+                return None, "wrong, reused or missing TOTP code"
+        elif self.config().server.require_totp:
+            return None, "TOTP required but not enrolled"
+        return user, ""
 
     def audit_login_failure(self, username: str, peer: str, reason: str) -> None:
         """Audit a failed login with its source. The name is recorded only when it is a real

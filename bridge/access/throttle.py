@@ -13,12 +13,20 @@ Login throttling: a per-account delay that doubles after a few failures, and a p
 - Source: a client address with `per_source` (10) failures within `window` (60 s) is refused until
   the oldest of them leaves the window.
 
-While blocked, every attempt gets 429 with `Retry-After` *before* the password is looked at, so
-the right password does not help an attacker either. Memory is bounded: beyond `max_entries`
-accounts (or sources) the stalest are forgotten first — but never one that is blocking now, so
-failures on many other names cannot unlock a locked account. Blocks end within `cap`, so the
-blocking entries a flood can hold are bounded by the failure rate the limits allow. The clock is
-injectable.
+Every door goes through `LoginThrottle.attempt(user, source)` before it checks a password (or an
+SSH key, or a TOTP code): the attempt is *reserved* — counted as a failure at once, and un-counted
+only when it succeeds — so parallel guesses see each other: a burst of 40 from one address gets
+at most `free + 1` checks for an account and `per_source` for the address, and the rest are
+refused without any hashing. While blocked, every attempt is refused (HTTP 429 with
+`Retry-After`) *before* the password is looked at, so the right password does not help an
+attacker either. Pending checks are bounded too: `max_pending_per_source` (4) per address, so a
+flood from one address cannot queue ahead of other users' logins (scrypt runs two at a time), and
+`max_pending` (32) in all; beyond that an attempt is refused as busy (HTTP 503).
+
+Memory is bounded: beyond `max_entries` accounts (or sources) the stalest are forgotten first —
+but never one that is blocking now, so failures on many other names cannot unlock a locked
+account. Blocks end within `cap`, so the blocking entries a flood can hold are bounded by the
+failure rate the limits allow. The clock is injectable.
 """
 
 from __future__ import annotations
@@ -37,6 +45,35 @@ SERVER_LIMITS: dict[str, Any] = {
 }
 
 
+class Throttled(Exception):
+    """An attempt refused before any work: retry after `retry_after` seconds. `busy`: the bridge
+    as a whole has too many checks pending (not this caller's failures)."""
+
+    def __init__(self, retry_after: int, busy: bool = False) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after, self.busy = retry_after, busy
+
+
+class Attempt:
+    """One reserved login attempt: already counted as a failure; `succeeded()` takes that back.
+    A context manager: leaving it ends the attempt (it no longer counts as pending)."""
+
+    def __init__(self, throttle: LoginThrottle, user: str, source: str, stamp: float) -> None:
+        self._throttle, self.user, self.source, self._stamp = throttle, user, source, stamp
+        self._pending = True
+
+    def succeeded(self) -> None:
+        self._throttle._succeeded(self.user, self.source, self._stamp)
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pending:
+            self._pending = False
+            self._throttle._finished(self.source)
+
+
 @dataclass
 class _Account:
     failures: int = 0
@@ -52,14 +89,44 @@ class LoginThrottle:
         per_source: int = 10,
         window: float = 60.0,
         max_entries: int = 10_000,
+        max_pending_per_source: int = 4,
+        max_pending: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.free, self.first_delay, self.cap = free, first_delay, cap
         self.per_source, self.window = per_source, window
         self.max_entries = max_entries
+        self.max_pending_per_source, self.max_pending = max_pending_per_source, max_pending
         self.clock = clock
         self._accounts: OrderedDict[str, _Account] = OrderedDict()
         self._sources: OrderedDict[str, deque[float]] = OrderedDict()
+        self._pending: dict[str, int] = {}  # source -> attempts being checked now
+
+    def attempt(self, user: str, source: str) -> Attempt:
+        """Reserve an attempt before any credential is checked, or raise `Throttled`."""
+        wait = self.retry_after(user, source)
+        if wait:
+            raise Throttled(wait)
+        if self._pending.get(source, 0) >= self.max_pending_per_source:
+            raise Throttled(1)
+        if sum(self._pending.values()) >= self.max_pending:
+            raise Throttled(1, busy=True)
+        self._pending[source] = self._pending.get(source, 0) + 1
+        self.failure(user, source)
+        return Attempt(self, user, source, self._sources[source][-1])
+
+    def _succeeded(self, user: str, source: str, stamp: float) -> None:
+        self.success(user)
+        times = self._sources.get(source)
+        if times is not None and stamp in times:
+            times.remove(stamp)
+
+    def _finished(self, source: str) -> None:
+        left = self._pending.get(source, 0) - 1
+        if left > 0:
+            self._pending[source] = left
+        else:
+            self._pending.pop(source, None)
 
     @staticmethod
     def _account_key(user: str) -> str:

@@ -135,6 +135,7 @@ HTTP_REFUSALS: dict[Refusal, type[web.HTTPException]] = {
     Refusal.NOT_FOUND: web.HTTPNotFound,
     Refusal.FORBIDDEN: web.HTTPForbidden,
     Refusal.THROTTLED: web.HTTPTooManyRequests,
+    Refusal.BUSY: web.HTTPServiceUnavailable,
 }
 
 
