@@ -124,11 +124,30 @@ class PtyScreen:
         os.write(self.master, keys)
 
     async def connect(self, bridge: Bridge, token: str, home: Path, *args: str) -> Process:
+        """`serial-bridge connect` to port `lab`, the certificate not pinned."""
         env = {**os.environ, "SERIAL_BRIDGE_TOKEN": token, "XDG_CONFIG_HOME": str(home)}
         return await asyncio.create_subprocess_exec(
             *CLI,
             "connect",
             f"{bridge.base}/lab",
+            *args,
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
+            env=env,
+        )
+
+    async def connect_to(
+        self, bridge: Bridge, port: str, token: str, home: Path, *args: str
+    ) -> Process:
+        """`serial-bridge connect` to `port` with the certificate pinned."""
+        env = {**os.environ, "SERIAL_BRIDGE_TOKEN": token, "XDG_CONFIG_HOME": str(home)}
+        return await asyncio.create_subprocess_exec(
+            *CLI,
+            "connect",
+            f"{bridge.base}/{port}",
+            "--fingerprint",
+            bridge.daemon.fingerprint,
             *args,
             stdin=self.slave,
             stdout=self.slave,

@@ -3,8 +3,10 @@
 The local terminal is put in raw mode and restored on every exit path (escape, server gone,
 signal, exception). Escapes are recognised after a newline, as in ssh: `~.` disconnect, `~B` send
 BREAK, `~?` help, `~~` a literal tilde; answers the terminal types by itself (the cursor position
-report a busybox prompt asks for, say) do not count as typing (bridge.client.keys). A dropped link
-reconnects by itself and resumes from the last offset received, so nothing is missed.
+report a busybox prompt asks for, say) do not count as typing (bridge.client.keys). On attach the
+last few KiB of output are replayed from a line start, then live output. A dropped link reconnects
+by itself and resumes from the last offset received, so nothing the target printed meanwhile is
+missed or shown twice.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import termios
 import tty
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -46,15 +49,38 @@ def raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
 
+def _describe_mode(hello: dict[str, Any], options: Options) -> str:
+    """How the hello's mode reads to the person: why they are read-only, if they are."""
+    if hello.get("mode") == "rw":
+        text = "rw"
+    elif options.read_only:
+        text = "ro"
+    elif hello.get("role") == "viewer":
+        text = "ro: the viewer role may only watch"
+    elif hello.get("writer"):
+        text = f"ro, writer: {hello['writer']}; --takeover to take the lease"
+    else:
+        text = "ro"
+    return text + ("" if hello.get("online") else ", port OFFLINE")
+
+
 def _say(text: str) -> None:
     os.write(sys.stderr.fileno(), f"\r\n[serial-bridge] {text}\r\n".encode())
 
 
+@dataclass(frozen=True)
+class Options:
+    """What `serial-bridge connect` was asked for."""
+
+    read_only: bool = False
+    takeover: bool = False
+    replay: int = 0  # bytes of history shown on attach, from a line start (0: none)
+
+
 class Terminal:
-    def __init__(self, client: BridgeClient, port: str, read_only: bool, takeover: bool) -> None:
-        self.client, self.port = client, port
-        self.mode = "ro" if read_only else "rw"
-        self.takeover = takeover
+    def __init__(self, client: BridgeClient, port: str, options: Options) -> None:
+        self.client, self.port, self.options = client, port, options
+        self.takeover = options.takeover
         self.offset: int | None = None
         self.parser = EscapeParser()
         self.quit = asyncio.Event()
@@ -66,13 +92,7 @@ class Terminal:
         kind = msg.get("type")
         if kind == "hello":
             self.offset = int(msg["offset"])
-            writer = msg.get("writer")
-            _say(
-                f"connected to {self.port} ({msg.get('mode')}"
-                + (f", writer: {writer}" if writer and msg.get("mode") != "rw" else "")
-                + ("" if msg.get("online") else ", port OFFLINE")
-                + "); ~? for help"
-            )
+            _say(f"connected to {self.port} ({_describe_mode(msg, self.options)}); ~? for help")
         elif kind == "status":
             event = msg.get("event")
             if event in ("online", "offline"):
@@ -126,8 +146,13 @@ class Terminal:
 
     async def _session(self) -> str:
         """One websocket session; returns why it ended: "quit", "lost" or "denied"."""
-        start = self.offset
-        ws = await self.client.console(self.port, self.mode, self.takeover, start)
+        ws = await self.client.console(
+            self.port,
+            mode="ro" if self.options.read_only else None,
+            takeover=self.takeover,
+            start=self.offset,  # after a reconnect: exactly where the last session ended
+            replay=self.options.replay,
+        )
         self.takeover = False
         self.ws = ws
         quit_wait = asyncio.ensure_future(self.quit.wait())
@@ -190,9 +215,9 @@ class Terminal:
                 loop.remove_signal_handler(signum)
 
 
-async def interactive(client: BridgeClient, port: str, read_only: bool, takeover: bool) -> int:
+async def interactive(client: BridgeClient, port: str, options: Options) -> int:
     with raw_terminal(0):
         try:
-            return await Terminal(client, port, read_only, takeover).run()
+            return await Terminal(client, port, options).run()
         finally:
             os.write(sys.stderr.fileno(), b"\r\n[serial-bridge] disconnected\r\n")

@@ -218,12 +218,23 @@ class BridgeClient:
         return resp
 
     async def console(
-        self, port: str, mode: str = "rw", takeover: bool = False, start: int | None = None
+        self,
+        port: str,
+        mode: str | None = None,
+        takeover: bool = False,
+        start: int | None = None,
+        replay: int = 0,
     ) -> aiohttp.ClientWebSocketResponse:
+        """The console websocket. `mode` None: the bridge picks (rw if the role may write).
+        `start`: resume at that offset; else `replay` bytes of history from a line start."""
         assert self.session is not None
-        query = {"mode": mode, "takeover": "1" if takeover else "0"}
+        query = {"takeover": "1" if takeover else "0"}
+        if mode is not None:
+            query["mode"] = mode
         if start is not None:
             query["from"] = str(start)
+        elif replay > 0:
+            query["replay"] = str(replay)
         url = f"{self.target.base}/api/ports/{port}/console?{urlencode(query)}"
         try:
             return await self.session.ws_connect(

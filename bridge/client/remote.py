@@ -18,6 +18,26 @@ from pathlib import Path
 from typing import Any
 
 from bridge.client.http import BridgeClient, ClientError, KnownHosts, config_dir, parse_url
+from bridge.config import parse_size
+
+DEFAULT_REPLAY = 4096  # bytes of history `connect` shows on attach
+CONNECT_HELP = """\
+An interactive console on a port, like ssh to a console server.
+
+On attach the last few KiB the target printed are shown (--replay), from the start of a line,
+then live output; after a dropped link it reconnects by itself and resumes exactly where it
+stopped. Escapes, typed after Enter as in ssh:
+  ~.  disconnect          ~B  send BREAK (then a key within 5 s for SysRq)
+  ~?  list the escapes    ~~  send a literal ~
+Answers your terminal types by itself (the cursor position report a busybox prompt asks for,
+say) do not count as typing, so an escape right after Enter works at any prompt."""
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _credentials(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,10 +97,11 @@ def _print_result(result: Any) -> int:
 
 
 def run_connect(args: argparse.Namespace) -> int:
-    from bridge.client.connect import interactive
+    from bridge.client.connect import Options, interactive
 
     name = _port_name(args)
-    return _run(args, lambda c: interactive(c, name, args.read_only, args.takeover))
+    options = Options(args.read_only, args.takeover, args.replay)
+    return _run(args, lambda c: interactive(c, name, options))
 
 
 def run_sysrq(args: argparse.Namespace) -> int:
@@ -159,10 +180,23 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("connect", help="interactive console (escapes: ~. ~B ~? ~~)")
+    p = sub.add_parser(
+        "connect",
+        help="interactive console (escapes: ~. ~B ~? ~~)",
+        description=CONNECT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p)
     p.add_argument("--read-only", action="store_true", help="watch without the write lease")
     p.add_argument("--takeover", action="store_true", help="take the write lease from its holder")
+    p.add_argument(
+        "--replay",
+        type=_size,
+        default=DEFAULT_REPLAY,
+        metavar="BYTES",
+        help="on attach, show the last BYTES of output (e.g. 4096, 16KiB) from a line start, "
+        f"then live output; 0 for live output only (default: {DEFAULT_REPLAY})",
+    )
     p.set_defaults(func=run_connect)
 
     p = sub.add_parser("sysrq", help="send magic SysRq keys (BREAK + key, e.g. REISUB)")

@@ -54,6 +54,7 @@ STREAM_GAP = 0.02  # output this soon after earlier output, with no keystroke be
 BATCH_WINDOW = 0.05  # a stream's output is sent at least this often...
 BATCH_LIMIT = 16 * 1024  # ...or as soon as this much is gathered
 TYPING = 1.0  # for this long after a keystroke nothing is gathered: echoes go out at once
+REPLAY_SEARCH = 64 * 1024  # how far into a replay a line start is looked for
 
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -286,6 +287,22 @@ class Port:
         if value < 0:
             value = self.offset + value
         return min(max(value, self.oldest_offset), self.offset)
+
+    def replay_start(self, nbytes: int) -> int:
+        """Where "the last `nbytes`" start, moved forward to the first line start among them so a
+        replay never opens mid-line (offset 0, the first byte ever, is a line start). With no line
+        start in the first `REPLAY_SEARCH` bytes (one endless line, a full-screen program), all
+        of them. 0 = live output only."""
+        start = self.resolve_from(-nbytes) if nbytes > 0 else self.offset
+        if start == 0 or start >= self.offset:
+            return start
+        at, data = self.read(start - 1, min(nbytes, REPLAY_SEARCH) + 1)
+        if at == start - 1:
+            if data[:1] == b"\n":
+                return start
+            data = data[1:]
+        cut = data.find(b"\n")
+        return start if cut < 0 else min(start + cut + 1, self.offset)
 
     # ---- clients and the writer lease (bridge.console.lease) -----------------------------------
 

@@ -1,4 +1,4 @@
-"""The console websocket: `WS /api/ports/{name}/console?mode=ro|rw&takeover=0|1&from=OFFSET`.
+"""The console websocket: `WS /api/ports/{name}/console?mode=ro|rw&takeover=0|1&from=N|replay=N`.
 
 Binary frames carry bytes (server->client: target output; client->server: keystrokes from the
 writer). Text frames carry JSON control messages (see docs/protocol.md). Output is written
@@ -70,14 +70,28 @@ class WsViewer:
                 await asyncio.sleep(0.01)
 
 
-def _query_from(request: web.Request) -> int | None:
-    raw = request.query.get("from")
+def _query_int(request: web.Request, name: str, what: str) -> int | None:
+    raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
         return int(raw)
     except ValueError:
-        raise api_error(web.HTTPBadRequest, "from must be an integer offset") from None
+        raise api_error(web.HTTPBadRequest, f"{name} must be {what}") from None
+
+
+def _start(request: web.Request, port: Port) -> int:
+    """`from=OFFSET` (negative: the last N bytes), `replay=N` (the last N bytes from a line
+    start), or neither (live output only)."""
+    start = _query_int(request, "from", "an integer offset")
+    replay = _query_int(request, "replay", "a number of bytes")
+    if replay is None:
+        return port.resolve_from(start)
+    if start is not None:
+        raise api_error(web.HTTPBadRequest, "give from or replay, not both")
+    if replay < 0:
+        raise api_error(web.HTTPBadRequest, "replay must be a number of bytes")
+    return port.replay_start(replay)
 
 
 class ConsoleSession:
@@ -196,7 +210,7 @@ async def console(request: web.Request) -> web.StreamResponse:
     if mode not in ("ro", "rw"):
         raise api_error(web.HTTPBadRequest, "mode must be ro or rw")
     takeover = request.query.get("takeover", "0") in ("1", "true", "yes")
-    start = port.resolve_from(_query_from(request))
+    start = _start(request, port)
     mine = sum(1 for s in state.sockets.values() if s.identity.user == identity.user)
     if mine >= state.config.server.max_connections_per_user:
         raise api_error(web.HTTPTooManyRequests, "too many console connections for this user")
