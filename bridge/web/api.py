@@ -220,7 +220,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    authorise(request, Permission.READ)
+    identity = authorise(request, Permission.READ)
     lines = [
         "# TYPE serial_bridge_port_online gauge",
         "# TYPE serial_bridge_port_bytes_in_total counter",
@@ -228,6 +228,8 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE serial_bridge_port_clients gauge",
     ]
     for name, port in sorted(request.app[STATE].ports.items()):
+        if not identity.may_see_port(name):  # as /api/ports: an unseen port does not exist
+            continue
         label = f'{{port="{name}"}}'
         lines += [
             f"serial_bridge_port_online{label} {int(port.online)}",
