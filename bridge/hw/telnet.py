@@ -229,6 +229,9 @@ class TelnetTransport:
         await self.drain()
         await asyncio.sleep(duration)
 
+    def line_errors(self) -> dict[str, int] | None:
+        return None  # no line, no line errors
+
     async def close(self) -> None:
         self._closing = True
         transport, self._transport = self._transport, None

@@ -145,5 +145,8 @@ class VirtualShellTransport:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
+    def line_errors(self) -> dict[str, int] | None:
+        return None  # no line, no line errors
+
     async def close(self) -> None:
         self._release()
