@@ -9,9 +9,12 @@ idProduct, serial, bNumInterfaces...), the interface directory (bInterfaceNumber
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -347,3 +350,22 @@ def test_hostile_usb_strings_cannot_add_rules_or_reach_the_terminal(
         'SYMLINK+="serial-bridge/lab1", GROUP="dialout", MODE="0660"'
     )
     assert "Evil\\x{a}SUBSYSTEM" in captured.out  # shown, escaped, in a comment
+
+
+def test_the_fake_tree_in_hw_uart_md_gives_the_rule_it_shows(tmp_path: Path) -> None:
+    """hw/uart.md documents --sysfs-root with a shell recipe for a fake tree: run it as written."""
+    doc = (Path(__file__).resolve().parent.parent / "hw" / "uart.md").read_text()
+    recipe = doc[doc.index("R=/tmp/fake-sysfs") :]
+    recipe = recipe[: recipe.index("serial-bridge udev-rule")]
+    script = recipe.replace("R=/tmp/fake-sysfs", f"R={tmp_path}")
+    subprocess.run(["sh", "-ec", script], check=True, env={"PATH": os.defpath})
+    shown = doc[doc.index("# lab1: FTDI") :]
+    shown = shown[: shown.index("```")]
+    parser = argparse.ArgumentParser(prog="serial-bridge")
+    udev.register(parser.add_subparsers())
+    link = "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0"
+    args = parser.parse_args(["udev-rule", "lab1", link, "--sysfs-root", str(tmp_path)])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert args.func(args) == 0
+    assert out.getvalue() == shown

@@ -126,8 +126,9 @@ def find_adapter(device: str, sysfs_root: Path = Path("/")) -> UsbSerialAdapter:
     bus = Path(os.path.realpath(link))
     raise UdevRuleError(
         f"{device}: {tty} is not a USB adapter (its device is {bus.name}, not on USB). "
-        "Built-in UARTs already have stable names: /dev/serial0 on a Raspberry Pi, "
-        "/dev/ttyS0 or /dev/ttyAMA0 elsewhere; use that path in the config directly."
+        "Built-in UARTs already have stable names: /dev/serial0 on a Raspberry Pi up to the 4, "
+        "/dev/ttyAMA0 for GPIO14/15 on a Pi 5 (see hw/uart.md), /dev/ttyS0 or /dev/ttyAMA0 "
+        "elsewhere; use that path in the config directly."
     )
 
 
@@ -241,6 +242,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sysfs-root",
         default="/",
         metavar="PATH",
-        help="directory holding sys/ and dev/ (for tests and offline use)",
+        help="read PATH/sys and PATH/dev instead of /sys and /dev (tests, or a copy of another"
+        " machine's tree; the layout it needs is in hw/uart.md)",
     )
     parser.set_defaults(func=run)
