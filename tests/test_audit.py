@@ -44,6 +44,10 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("token-create", {"user": "root", "label": "ci-bot", "by": "cli"}),
     ("token-revoke", {"user": "root", "label": "ci-bot", "by": "cli"}),
     ("config-reload", {"changes": ["log.size"]}),
+    ("line-settings", {"user": "rfc2217", "port": "lab1", "line": "9600 8N1"}),
+    ("line-restored", {"user": "rfc2217", "port": "lab1", "line": "115200 8N1"}),
+    ("control-lines", {"user": "rfc2217", "port": "lab1", "dtr": False}),
+    ("write-dropped", {"user": "rfc2217", "port": "lab1", "peer": "127.0.0.1:5", "bytes": 3}),
 ]
 
 

@@ -31,6 +31,7 @@ from bridge.console.errors import (
 )
 from bridge.console.fanout import Chunk, Subscriber
 from bridge.console.lease import Attachment, Lease, Viewer
+from bridge.console.linesettings import LineControl
 from bridge.console.scrollback import Scrollback
 from bridge.history.ringlog import RingLog
 from bridge.hw.interfaces import ActionResult, ConsoleTransport, ControlLines
@@ -94,16 +95,14 @@ class Port:
         self.lease.on_release = cfg.on_release
         self._task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
-        # counters the metrics read (bridge.web.metrics; actions count their own)
         self.bytes_in = 0
         self.bytes_out = 0
-        self.opens = 0  # times the device was opened
-        self._gaps_of_gone = 0  # gaps sent to clients no longer attached
         self._waiters: list[asyncio.Future[None]] = []
         self._batch = bytearray()
         self._batch_timer: asyncio.TimerHandle | None = None
         self._last_output = 0.0
         self._last_typed = 0.0
+        self.line = LineControl(self, self.actions.exclusive, self._announce_line)
 
     # ---- device lifecycle -------------------------------------------------------------------
 
@@ -138,8 +137,8 @@ class Port:
                 await asyncio.sleep(REOPEN_INTERVAL)
                 continue
             announced_missing = False
+            await self.line.reopened(transport)
             self.transport, self.online, self.error = transport, True, None
-            self.opens += 1
             log.info("port %s: online (%s)", self.name, transport.description)
             self._event("online", {})
             self._broadcast_status("online")
@@ -175,6 +174,7 @@ class Port:
         await self.lines.close()
         self.cfg, self.lines = cfg, lines
         self.lease.on_release = cfg.on_release
+        self.line.reconfigured(cfg)
         if cfg.scrollback != self.scrollback.capacity:
             kept = self.scrollback.read(self.offset - cfg.scrollback, cfg.scrollback)
             self.scrollback = Scrollback(cfg.scrollback, kept[0])
@@ -189,7 +189,6 @@ class Port:
         for att in list(self.attachments.values()):
             att.viewer.send_message({"type": "status", "event": "closed", "reason": reason})
             await att.subscriber.close()
-            self._gaps_of_gone += att.subscriber.gaps
         self.attachments.clear()
         self.lease.clear()
         await self.lines.close()
@@ -335,8 +334,8 @@ class Port:
         if self.attachments.pop(att.id, None) is None:
             return
         await att.subscriber.close()
-        self._gaps_of_gone += att.subscriber.gaps
         self.lease.release(att)
+        await self.line.left(att)
         self._event("detach", {"user": att.user, "peer": att.peer})
         self._broadcast_status("leave", actor=att.user)
 
@@ -368,17 +367,13 @@ class Port:
                 with contextlib.suppress(OSError):
                     await self.transport.write(data)
 
-    @property
-    def gaps_sent(self) -> int:
-        """Gaps sent to clients that fell further behind than the history held."""
-        return self._gaps_of_gone + sum(a.subscriber.gaps for a in self.attachments.values())
-
     def status(self) -> dict[str, Any]:
         return {
             "online": self.online,
             "writer": self.writer.user if self.writer else None,
             "viewers": sorted(a.user for a in self.attachments.values()),
             "offset": self.offset,
+            "line": str(self.line.settings),
         }
 
     def _broadcast_status(
@@ -424,6 +419,11 @@ class Port:
     async def line_action(self, action: str, user: str) -> ActionResult:
         """nmi | reset | power:on|off|force-off|cycle|status through the port's control lines."""
         return await self.actions.line_action(action, user)
+
+    def _announce_line(self, kind: str, fields: dict[str, Any]) -> None:
+        """A line-settings change (bridge.console.linesettings): marked, audited, announced."""
+        self._event(kind, fields)
+        self._broadcast_status(kind, actor=fields.get("user") or None)
 
     def _event(self, kind: str, fields: dict[str, Any], audit: bool = True) -> None:
         """A marker in the ring log (not for attach/detach) and, if `audit`, an audit event.

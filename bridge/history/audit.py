@@ -26,6 +26,11 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
   ``by``, and ``role`` / ``ports`` / ``enrolled`` where relevant
 - ``token-create`` / ``token-revoke`` — ``user`` (the token's owner), ``label`` (its name), ``by``
 - ``config-reload`` — ``changes`` or ``ok`` / ``reason``
+- ``line-settings`` — ``user``, ``port``, ``line`` (e.g. "9600 8N1": a client changed the UART's
+  speed/framing/flow); ``line-restored`` — the same, when the configured settings came back
+- ``control-lines`` — ``user``, ``port``, ``dtr`` and/or ``rts`` (bool)
+- ``write-dropped`` — ``user``, ``port``, ``peer``, ``bytes``, ``reason`` (the first keystrokes of a
+  read-only RFC 2217 client that were dropped), or ``total: true`` with the count when it left
 """
 
 from __future__ import annotations
@@ -40,8 +45,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from bridge.history.statedir import open_private, private_dir
-
 FILE_NAME = "audit.jsonl"
 FORBIDDEN_FIELDS = frozenset(
     {"password", "token", "secret", "totp", "code", "cookie", "keystrokes"}
@@ -49,7 +52,7 @@ FORBIDDEN_FIELDS = frozenset(
 EVENTS = (
     "login", "logout", "attach", "detach", "takeover", "break", "sysrq", "nmi", "reset", "power",
     "user-add", "user-set", "user-del", "user-passwd", "user-totp", "token-create", "token-revoke",
-    "config-reload",
+    "config-reload", "line-settings", "line-restored", "control-lines", "write-dropped",
 )  # fmt: skip
 
 
@@ -104,12 +107,13 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self._clock = clock
-        private_dir(self.directory)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
         self.path = self.directory / FILE_NAME
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = open_private(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -130,7 +134,7 @@ class AuditLog:
                 size = 0
             if size and size + len(line) > self.max_bytes:
                 self._rotate()
-            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, line)
             finally:

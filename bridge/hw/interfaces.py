@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from bridge.config import Framing, PortConfig
 
 
 class DeviceUnavailable(OSError):
@@ -11,6 +14,33 @@ class DeviceUnavailable(OSError):
 
 class UnsupportedAction(Exception):
     """This port's lines cannot do the asked action (say NMI on a port without an NMI line)."""
+
+
+@dataclass(frozen=True)
+class LineSettings:
+    """What a serial line is set to: speed, character framing and flow control."""
+
+    baud: int
+    framing: Framing
+    flow: str  # "none" | "rtscts" | "xonxoff"
+
+    @classmethod
+    def of(cls, cfg: PortConfig) -> LineSettings:
+        """The settings a port's config asks for."""
+        return cls(cfg.baud, cfg.framing, cfg.flow)
+
+    def __str__(self) -> str:
+        return f"{self.baud} {self.framing}" + ("" if self.flow == "none" else f" {self.flow}")
+
+
+@dataclass(frozen=True)
+class ModemState:
+    """The modem status inputs of a serial line, as read now."""
+
+    cts: bool = False
+    dsr: bool = False
+    ri: bool = False
+    cd: bool = False
 
 
 class TransportSink(Protocol):
@@ -39,13 +69,19 @@ class ConsoleTransport(Protocol):
         """Hold the line in the break condition for `duration` seconds (or the transport's
         equivalent: telnet IAC BRK, QMP chardev-send-break)."""
 
+    async def configure(
+        self, settings: LineSettings | None = None, dtr: bool | None = None, rts: bool | None = None
+    ) -> None:
+        """Apply line settings and/or set the DTR and RTS outputs of the open device, after
+        earlier writes have left at the old speed. Raises UnsupportedAction where the transport
+        has no such thing (a telnet or virtual console), ValueError for a value the device
+        refuses (then nothing changed)."""
+
+    def modem_state(self) -> ModemState | None:
+        """CTS, DSR, RI and CD as read now; None where the transport cannot read them."""
+
     async def close(self) -> None:
         """Stop reading and release the device. Idempotent; `connection_lost` is not called."""
-
-    def line_errors(self) -> dict[str, int] | None:
-        """Error counters the device's driver keeps ({"overrun": n, "framing": n, "parity": n,
-        "break": n, "buffer_overrun": n}, since the device appeared), or None when it keeps none
-        (a pty, a network transport)."""
 
 
 ActionResult = dict[str, Any]

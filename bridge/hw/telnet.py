@@ -16,7 +16,13 @@ import re
 import socket
 from collections.abc import Callable
 
-from bridge.hw.interfaces import DeviceUnavailable, TransportSink
+from bridge.hw.interfaces import (
+    DeviceUnavailable,
+    LineSettings,
+    ModemState,
+    TransportSink,
+    UnsupportedAction,
+)
 
 IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
 BRK = 243
@@ -229,8 +235,13 @@ class TelnetTransport:
         await self.drain()
         await asyncio.sleep(duration)
 
-    def line_errors(self) -> dict[str, int] | None:
-        return None  # no line, no line errors
+    async def configure(
+        self, settings: LineSettings | None = None, dtr: bool | None = None, rts: bool | None = None
+    ) -> None:
+        raise UnsupportedAction("a telnet console: its server (ser2net, QEMU) sets the line")
+
+    def modem_state(self) -> ModemState | None:
+        return None
 
     async def close(self) -> None:
         self._closing = True

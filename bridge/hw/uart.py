@@ -14,10 +14,6 @@ tty buffer is full, so a 1 MiB paste reaches the target complete and in order wi
 loop. BREAK is the break condition held for a duration we time ourselves (pyserial's
 `send_break(duration)` ignores the duration on Linux).
 
-Line errors: `line_errors()` reads the driver's interrupt counters (TIOCGICOUNT: overruns, framing
-and parity errors, BREAKs received, buffer overruns) where the driver keeps them (8250, most USB
-adapters' drivers); a pty or a pyserial URL has none.
-
 pyserial URLs (`rfc2217://`, `socket://`, `loop://`) have no usable fd for the event loop; their
 reads run in the default executor with a short timeout instead.
 """
@@ -26,16 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import errno
 import os
 import select
-import struct
+import termios
 from typing import Any
 
 import serial
 
 from bridge.config import PortConfig
-from bridge.hw.interfaces import DeviceUnavailable, TransportSink
+from bridge.hw.interfaces import (
+    DeviceUnavailable,
+    LineSettings,
+    ModemState,
+    TransportSink,
+    UnsupportedAction,
+)
 
 READ_SIZE = 64 * 1024
 BULK_READ = 1024  # a read at least this large means output is streaming: gather more
@@ -48,17 +50,18 @@ _PARITY = {
 }
 _BYTESIZE = {5: serial.FIVEBITS, 6: serial.SIXBITS, 7: serial.SEVENBITS, 8: serial.EIGHTBITS}
 _STOPBITS = {1: serial.STOPBITS_ONE, 2: serial.STOPBITS_TWO}
-TIOCGICOUNT = 0x545D
-# struct serial_icounter_struct: cts dsr rng dcd rx tx frame overrun parity brk buf_overrun
-# reserved[9], all int
-_ICOUNT = struct.Struct("20i")
-_ICOUNT_FIELDS = {"framing": 6, "overrun": 7, "parity": 8, "break": 9, "buffer_overrun": 10}
 
 
-def decode_icount(raw: bytes) -> dict[str, int]:
-    """The error counters of a `serial_icounter_struct` as TIOCGICOUNT fills it."""
-    values = _ICOUNT.unpack(raw[: _ICOUNT.size])
-    return {name: values[i] for name, i in _ICOUNT_FIELDS.items()}
+def _pyserial_settings(settings: LineSettings) -> dict[str, Any]:
+    framing = settings.framing
+    return dict(
+        baudrate=settings.baud,
+        bytesize=_BYTESIZE[framing.data_bits],
+        parity=_PARITY[framing.parity],
+        stopbits=_STOPBITS[framing.stop_bits],
+        rtscts=settings.flow == "rtscts",
+        xonxoff=settings.flow == "xonxoff",
+    )
 
 
 class LinePacer:
@@ -102,12 +105,7 @@ class UartTransport:
     def _make_serial(self) -> Any:
         cfg = self.cfg
         kwargs: dict[str, Any] = dict(
-            baudrate=cfg.baud,
-            bytesize=_BYTESIZE[cfg.framing.data_bits],
-            parity=_PARITY[cfg.framing.parity],
-            stopbits=_STOPBITS[cfg.framing.stop_bits],
-            rtscts=cfg.flow == "rtscts",
-            xonxoff=cfg.flow == "xonxoff",
+            **_pyserial_settings(LineSettings.of(cfg)),
             timeout=0,
             write_timeout=0,
         )
@@ -271,15 +269,51 @@ class UartTransport:
                     if self._serial is not None:
                         self._serial.break_condition = False
 
-    def line_errors(self) -> dict[str, int] | None:
-        """The driver's line error counters (TIOCGICOUNT), or None where it keeps none."""
-        if self._fd < 0:
+    async def configure(
+        self, settings: LineSettings | None = None, dtr: bool | None = None, rts: bool | None = None
+    ) -> None:
+        """New speed/framing/flow (bytes already written leave first, at the old speed) and the
+        DTR/RTS outputs. A setting the device refuses leaves the old ones in force."""
+        if self._serial is None:
+            raise DeviceUnavailable(f"{self.cfg.device}: not open")
+        async with self._write_lock:
+            if settings is not None:
+                await self.drain()
+                ser = self._serial
+                if ser is None:
+                    raise DeviceUnavailable(f"{self.cfg.device}: not open")
+                old = ser.get_settings()
+                try:
+                    ser.apply_settings(_pyserial_settings(settings))
+                except (ValueError, OSError, termios.error, serial.SerialException) as exc:
+                    # (termios.error is no OSError; a pty refuses parity and 5-7 data bits)
+                    with contextlib.suppress(
+                        ValueError, OSError, termios.error, serial.SerialException
+                    ):
+                        ser.apply_settings(old)
+                    raise ValueError(f"{self.cfg.device}: {settings} refused: {exc}") from exc
+                self._pacer = LinePacer(settings.baud / settings.framing.bits_per_char)
+                self.description = f"{self.cfg.device} {settings}"
+            try:
+                if dtr is not None and self._serial is not None:
+                    self._serial.dtr = dtr
+                if rts is not None and self._serial is not None:
+                    self._serial.rts = rts
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOTTY):  # a pty: no modem lines
+                    raise UnsupportedAction(f"{self.cfg.device} has no DTR/RTS lines") from exc
+                raise ValueError(f"{self.cfg.device}: control lines refused: {exc}") from exc
+            except serial.SerialException as exc:
+                raise ValueError(f"{self.cfg.device}: control lines refused: {exc}") from exc
+
+    def modem_state(self) -> ModemState | None:
+        ser = self._serial
+        if ser is None:
             return None
         try:
-            raw = fcntl.ioctl(self._fd, TIOCGICOUNT, bytes(_ICOUNT.size))
-        except OSError:  # ENOTTY/EINVAL: a pty, or a driver without the counters
-            return None
-        return decode_icount(raw)
+            return ModemState(cts=ser.cts, dsr=ser.dsr, ri=ser.ri, cd=ser.cd)
+        except (OSError, serial.SerialException, NotImplementedError, AttributeError):
+            return None  # a pty, or a URL transport without modem lines
 
     def _release(self) -> None:
         ser, self._serial, self._sink = self._serial, None, None

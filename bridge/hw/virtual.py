@@ -22,7 +22,13 @@ import subprocess
 import termios
 import time
 
-from bridge.hw.interfaces import DeviceUnavailable, TransportSink
+from bridge.hw.interfaces import (
+    DeviceUnavailable,
+    LineSettings,
+    ModemState,
+    TransportSink,
+    UnsupportedAction,
+)
 
 SYSRQ_WINDOW = 5.0
 
@@ -145,8 +151,13 @@ class VirtualShellTransport:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    def line_errors(self) -> dict[str, int] | None:
-        return None  # no line, no line errors
+    async def configure(
+        self, settings: LineSettings | None = None, dtr: bool | None = None, rts: bool | None = None
+    ) -> None:
+        raise UnsupportedAction("the virtual target has no serial line")
+
+    def modem_state(self) -> ModemState | None:
+        return None
 
     async def close(self) -> None:
         self._release()

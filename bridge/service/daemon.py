@@ -28,10 +28,10 @@ from bridge.config import Config, ConfigError, PortConfig, load_config
 from bridge.console.port import Port
 from bridge.history.audit import AuditLog
 from bridge.history.ringlog import RingLog
-from bridge.history.statedir import private_dir
 from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
 from bridge.hw.lines import LineSetupError
+from bridge.rfc2217.server import EndpointError, Rfc2217Server
 from bridge.service import sdnotify
 from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
@@ -70,9 +70,8 @@ class AccessLog(AbstractAccessLogger):
 
 
 def prepare_state_dir(state_dir: Path) -> None:
-    """state_dir and its logs/ made private (0700, ours), or refused (bridge.history.statedir)."""
-    private_dir(state_dir, top=True)
-    private_dir(state_dir / "logs")
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
 
 
 class Daemon:
@@ -89,6 +88,7 @@ class Daemon:
         self.ssl_context: ssl.SSLContext | None = None
         self.fingerprint = ""
         self._watcher: asyncio.Task[None] | None = None
+        self.rfc2217: Rfc2217Server | None = None
 
     async def _make_port(self, cfg: PortConfig, audit: AuditLog, config: Config) -> Port:
         """A port built from `config`'s [log] and [gpio] (the new ones during a reload)."""
@@ -178,6 +178,11 @@ class Daemon:
             for sock in getattr(server_obj, "sockets", []) or []:
                 self.addresses.append(sock.getsockname()[:2])
         log.info("listening on %s", ", ".join(f"https://{_hostport(a)}" for a in self.addresses))
+        self.rfc2217 = Rfc2217Server(ports, audit)
+        try:
+            await self.rfc2217.start(self.config)
+        except EndpointError as exc:
+            raise bind_error(exc.address, exc.cause, exc.key) from exc
 
     async def reload(self, new: Config) -> list[str]:
         """Apply a new, already validated config. Unchanged ports keep their clients and open
@@ -208,6 +213,8 @@ class Daemon:
             elif cfg != old.ports[name] or (cfg.lines.configured and old.gpio != new.gpio):
                 await state.ports[name].reconfigure(cfg, make_lines(cfg, new.gpio))
                 changes.append(f"port {name}: reopened with its new settings")
+        if self.rfc2217 is not None:
+            changes += await self.rfc2217.reload(new)
         self.config = state.config = new
         audit.record("config-reload", changes=changes)
         return changes
@@ -221,6 +228,8 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        if self.rfc2217 is not None:
+            await self.rfc2217.stop()
         if self.state is not None:
             await close_websockets(list(self.state.sockets.values()), 1001, reason)
             for port in self.state.ports.values():

@@ -64,14 +64,15 @@ _BIND_HINTS = {
 }
 
 
-def bind_error(address: str, exc: OSError) -> StartupError:
-    """`server.listen: HOST:PORT: Address already in use (hint)` for a failed bind."""
+def bind_error(address: str, exc: OSError, key: str = "server.listen") -> StartupError:
+    """`server.listen: HOST:PORT: Address already in use (hint)` for a failed bind (`key`: the
+    config key of that address, `ports.NAME.rfc2217` for an RFC 2217 endpoint)."""
     if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
         reason = exc.strerror or str(exc)  # a host name that does not resolve
     else:
         reason = os.strerror(exc.errno)  # asyncio wraps it in a longer sentence
     hint = _BIND_HINTS.get(exc.errno or 0)
-    return StartupError("server.listen", f"{address}: {reason}" + (f" ({hint})" if hint else ""))
+    return StartupError(key, f"{address}: {reason}" + (f" ({hint})" if hint else ""))
 
 
 def _read(key: str, path: Path) -> bytes:
