@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from bridge.config import ConfigError, Framing, load_config, parse_duration, parse_size
+from bridge.config import (
+    ConfigError,
+    Framing,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
 
 GOOD = """
 [server]
@@ -188,3 +196,15 @@ def test_two_ports_on_one_device_are_refused_also_through_a_link(tmp_path: Path)
         "ports.d.device: 'telnet://127.0.0.1:7001' is already the device of port c"
         " (one port per console device)",
     ]
+
+
+@pytest.mark.parametrize(
+    "doc", ["README.md", "docs/config.md", "docs/install-pi.md", "hw/control-lines.md"]
+)
+def test_the_example_configs_in_the_documents_are_valid(doc: str) -> None:
+    """Every ```toml block of the user docs is a whole config that check-config accepts."""
+    text = (Path(__file__).resolve().parent.parent / doc).read_text()
+    blocks = [part.split("```", 1)[0] for part in text.split("```toml\n")[1:]]
+    assert blocks
+    for block in blocks:
+        parse_config(tomllib.loads(block), doc)
