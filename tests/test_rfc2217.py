@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import termios
 from collections.abc import Callable
@@ -289,3 +290,31 @@ async def test_endpoint_closes_with_its_port_on_reload(lab: Bridge, tmp_path: Pa
         sock.close()
     with pytest.raises(OSError):
         await in_thread(raw_connect, url)
+
+
+async def test_microcom_sends_iac_brk_and_types(bridge_factory: BridgeFactory) -> None:
+    """`microcom -t` (what `labgrid-client console` runs): typing reaches the target, and its
+    menu's `break` command sends telnet IAC BRK, which becomes the port's BREAK."""
+    pexpect = pytest.importorskip("pexpect")
+    if shutil.which("microcom") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the microcom test: apt-get install microcom")
+        pytest.skip("microcom not installed (apt-get install microcom)")
+    b = await bridge_factory(ports={"vt": {"device": "virtual:shell", "rfc2217": "127.0.0.1:0"}})
+    await wait_for(lambda: b.port.online)
+    hostport = endpoint(b, "vt").removeprefix("rfc2217://")
+    child = pexpect.spawn("microcom", ["-t", hostport], timeout=10)
+    try:
+        await in_thread(child.expect_exact, "connected to")
+        await in_thread(child.send, "echo MC$((40+2))\r")
+        await in_thread(child.expect_exact, "MC42")
+        await in_thread(child.send, "\x1c")  # ctrl-\ opens microcom's menu
+        await in_thread(child.expect_exact, "Enter command")
+        await in_thread(child.send, "break\r")
+        await wait_for(lambda: any(e[0] == "break" for e in b.port.transport.events))
+        await in_thread(child.send, "h")  # the SysRq key, typed after the BREAK
+        await wait_for(lambda: ("sysrq", "h") in b.port.transport.events)
+    finally:
+        child.close(force=True)
+    breaks = [e for e in audit_events(b) if e["event"] == "break"]
+    assert breaks[-1]["via"] == "IAC BRK" and breaks[-1]["result"] == "ok"
