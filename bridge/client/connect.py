@@ -3,10 +3,11 @@
 The local terminal is put in raw mode and restored on every exit path (escape, server gone,
 signal, exception). Escapes are recognised after a newline, as in ssh: `~.` disconnect, `~B` send
 BREAK, `~?` help, `~~` a literal tilde; answers the terminal types by itself (the cursor position
-report a busybox prompt asks for, say) do not count as typing (bridge.client.keys). On attach the
-last few KiB of output are replayed from a line start, then live output. A dropped link reconnects
-by itself and resumes from the last offset received, so nothing the target printed meanwhile is
-missed or shown twice.
+report a busybox prompt asks for, say) do not count as typing (bridge.client.keys). The target's
+output passes a filter that keeps it from reaching beyond the screen (clipboard writes, requests
+that make the terminal type back; bridge.client.screen). On attach the last few KiB of output are
+replayed from a line start, then live output. A dropped link reconnects by itself and resumes from
+the last offset received, so nothing the target printed meanwhile is missed or shown twice.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import aiohttp
 
 from bridge.client.http import ApiError, BridgeClient, ClientError
 from bridge.client.keys import EscapeParser
+from bridge.client.screen import ScreenFilter
 
 HELP = (
     "\r\nSupported escapes (after a newline):\r\n"
@@ -83,6 +85,7 @@ class Terminal:
         self.takeover = options.takeover
         self.offset: int | None = None
         self.parser = EscapeParser()
+        self.screen = ScreenFilter()
         self.quit = asyncio.Event()
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.out_fd = sys.stdout.fileno()
@@ -104,6 +107,7 @@ class Terminal:
                 )
         elif kind == "gap":
             _say(f"missed output {msg['from']}..{msg['to']} (too slow; see `serial-bridge log`)")
+            self.screen.reset()
             self.offset = int(msg["to"])
         elif kind == "error":
             _say(f"error: {msg.get('message')}")
@@ -168,7 +172,9 @@ class Terminal:
                     return "quit"
                 msg = receive.result()
                 if msg.type == aiohttp.WSMsgType.BINARY:
-                    os.write(self.out_fd, msg.data)
+                    shown = self.screen.feed(msg.data)
+                    if shown:
+                        os.write(self.out_fd, shown)
                     if self.offset is not None:
                         self.offset += len(msg.data)
                 elif msg.type == aiohttp.WSMsgType.TEXT:

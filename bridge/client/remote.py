@@ -30,7 +30,11 @@ stopped. Escapes, typed after Enter as in ssh:
   ~.  disconnect          ~B  send BREAK (then a key within 5 s for SysRq)
   ~?  list the escapes    ~~  send a literal ~
 Answers your terminal types by itself (the cursor position report a busybox prompt asks for,
-say) do not count as typing, so an escape right after Enter works at any prompt."""
+say) do not count as typing, so an escape right after Enter works at any prompt.
+
+The target's output is filtered: clipboard writes (OSC 52) and requests that make your terminal
+type back (title reports, DECRQSS, answer-back) are dropped; what full-screen programs use
+(cursor movement, colours, alternate screen, bracketed paste) passes unchanged."""
 
 
 def _size(text: str) -> int:
