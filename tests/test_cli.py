@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import termios
@@ -265,3 +266,34 @@ async def test_cli_login_with_a_one_time_code(bridge: Bridge, tmp_path: Path) ->
     )
     assert code == 0, output
     assert b'"power": "unknown"' in output
+
+
+def test_demo_banner_prints_a_connect_command_that_runs(tmp_path: Path) -> None:
+    """The banner's command works from a second terminal, where `.venv/bin` is not on the PATH."""
+    demo = subprocess.Popen(
+        [*CLI, "demo", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert demo.stdout is not None
+        line = ""
+        for line in demo.stdout:  # ends when the demo exits: bounded
+            if "terminal:" in line:
+                break
+        command, _, rest = line.split("terminal:", 1)[1].strip().partition(" connect https://")
+        assert rest.startswith("127.0.0.1:") and "--user admin --fingerprint SHA256:" in rest
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=30)  # waits and closes the pipe
+    version = subprocess.run(
+        f"{command} --version",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )
+    assert version.returncode == 0 and version.stdout.startswith("serial-bridge "), version.stderr

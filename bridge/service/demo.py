@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -30,6 +31,21 @@ from bridge.hw.factory import VIRTUAL_DEVICE
 DEMO_PORT = "demo"
 ONLINE_WITHIN = 15.0
 """Seconds the QEMU demo waits for the port to connect to the guest's console."""
+
+
+def cli_command() -> str:
+    """How to run this same serial-bridge from another terminal, for the banner: the full path of
+    the `serial-bridge` script next to this interpreter (`.venv/bin/` is not on that terminal's
+    PATH), or plain `serial-bridge` when this is a system-wide install that the PATH finds; the
+    module (`python -m bridge`) when there is no script."""
+    script = Path(sys.executable).parent / "serial-bridge"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m bridge"
+    found = shutil.which("serial-bridge")
+    in_venv = sys.prefix != sys.base_prefix
+    if not in_venv and found and Path(found).resolve() == script.resolve():
+        return "serial-bridge"
+    return shlex.quote(str(script.absolute()))
 
 
 def _free(host: str, port: int) -> bool:
@@ -138,14 +154,15 @@ async def run_demo_async(args: argparse.Namespace) -> int:
                     return 1
             target = f"{url}/{DEMO_PORT}"
             fp = daemon.fingerprint
+            cmd = cli_command()
             extra = ""
             if guest is not None:
                 auth = f"--user admin --fingerprint {fp}"
                 extra = (
                     f"  qemu pid:     {guest.pid}   (a real Linux kernel; a shell on ttyS0)\n"
-                    f"  try:          serial-bridge sysrq {target} h {auth}\n"
-                    f"                serial-bridge nmi {target} {auth}\n"
-                    f"                serial-bridge power {target} reset {auth}\n"
+                    f"  try:          {cmd} sysrq {target} h {auth}\n"
+                    f"                {cmd} nmi {target} {auth}\n"
+                    f"                {cmd} power {target} reset {auth}\n"
                 )
             print(
                 f"\nserial-bridge demo is running (state in {state_dir}, removed on exit)\n\n"
@@ -153,7 +170,7 @@ async def run_demo_async(args: argparse.Namespace) -> int:
                 f"  user:         admin\n"
                 f"  password:     {password}   (one-time, for this run only)\n"
                 f"  fingerprint:  {fp}\n\n"
-                f"  terminal:     serial-bridge connect {target} --user admin --fingerprint {fp}\n"
+                f"  terminal:     {cmd} connect {target} --user admin --fingerprint {fp}\n"
                 f"{extra}\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
