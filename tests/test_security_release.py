@@ -1,5 +1,6 @@
 """Logout on release: `ports.*.on_release` bytes reach the target when the writer leaves, releases
-or is taken over, and `writer_idle_timeout` takes the lease from an idle writer (bridge/port.py)."""
+or is taken over, and `writer_idle_timeout` takes the lease from an idle writer
+(bridge/console/lease.py)."""
 
 from __future__ import annotations
 
