@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from bridge.access.sessions import _digest
 from bridge.access.store import UserStore
 from bridge.access.throttle import SERVER_LIMITS
+from bridge.service import listener
 from bridge.service.daemon import Daemon
 from bridge.web import api
 from tests.conftest import (
@@ -360,6 +361,8 @@ async def test_slow_header_clients_are_shed_while_a_normal_request_succeeds(
     bridge_factory: BridgeFactory, pty_device: PtyDevice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(SERVER_LIMITS, "keepalive_timeout", 2.0)
+    # all 200 come from 127.0.0.1: let their handshakes through, the header timeout is tested here
+    monkeypatch.setattr(listener, "MAX_PENDING_PER_SOURCE", 1000)
     b = await bridge_factory(ports={"lab": {"device": str(pty_device.path)}})
     host, port = b.daemon.addresses[0]
     stop = asyncio.Event()

@@ -33,6 +33,7 @@ from bridge.hw.interfaces import ConsoleTransport
 from bridge.hw.lines import LineSetupError
 from bridge.rfc2217.server import EndpointError, Rfc2217Server
 from bridge.service import sdnotify
+from bridge.service.listener import BoundedTLSSite
 from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
 from bridge.web.app import create_app
@@ -54,15 +55,25 @@ def limit_tls_read_buffers() -> None:
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
+def log_safe(text: str) -> str:
+    """Text from a client made safe for a log line: controls (a decoded %0a or %1b), quotes,
+    backslashes and anything not printable become visible escapes, so nobody can forge a line or
+    send escape sequences to whoever reads the log."""
+    return "".join(
+        ch if ch.isprintable() and ch not in '"\\' else f"\\x{ord(ch):02x}" for ch in text
+    )
+
+
 class AccessLog(AbstractAccessLogger):
-    """Method, path (never the query string), status, size, time and peer; no headers."""
+    """Method, path (never the query string, escaped: `log_safe`), status, size, time and peer;
+    no headers."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %s %.3fs',
             request.remote,
-            request.method,
-            request.path,
+            log_safe(request.method),
+            log_safe(request.path),
             response.status,
             response.body_length,
             time,
@@ -166,17 +177,12 @@ class Daemon:
         )
         await self.runner.setup()
         for host, port_number in server.listen:
-            site = web.TCPSite(
-                self.runner, host, port_number, ssl_context=self.ssl_context, backlog=512
-            )
+            site = BoundedTLSSite(self.runner, host, port_number, self.ssl_context)
             try:
                 await site.start()
             except OSError as exc:
                 raise bind_error(_hostport((host, port_number)), exc) from exc
-        for running in self.runner.sites:
-            server_obj: Any = getattr(running, "_server", None)
-            for sock in getattr(server_obj, "sockets", []) or []:
-                self.addresses.append(sock.getsockname()[:2])
+            self.addresses += [sock.getsockname()[:2] for sock in site.sockets]
         log.info("listening on %s", ", ".join(f"https://{_hostport(a)}" for a in self.addresses))
         self.rfc2217 = Rfc2217Server(ports, audit)
         try:

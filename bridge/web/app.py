@@ -1,9 +1,10 @@
 """The aiohttp application: the routes and the security middleware around every request.
 
 Every response gets the security headers (HSTS, no sniffing, no framing, no referrer, no caching of
-API answers). Authentication and authorisation are done per route through `bridge.web.authn`,
-which turns a request's credentials into an `Identity` through `bridge.access.gate`. Shared
-state lives in `bridge.web.state`.
+API answers) and `Server: serial-bridge`, with no versions for a scanner to match against.
+Authentication and authorisation are done per route through `bridge.web.authn`, which turns a
+request's credentials into an `Identity` through `bridge.access.gate`. Shared state lives in
+`bridge.web.state`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from bridge.web import api, console, logapi, pages
 from bridge.web.state import STATE, AppState
 
 log = logging.getLogger(__name__)
 
+SERVER_NAME = "serial-bridge"
 SECURITY_HEADERS = {
+    "Server": SERVER_NAME,
     "Strict-Transport-Security": "max-age=31536000",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -63,6 +66,10 @@ async def internal_errors(
 
 
 def create_app(state: AppState) -> web.Application:
+    # aiohttp names itself and Python, with versions, in the Server header of every response —
+    # also of the 400s its parser sends before any middleware runs; this constant is its only
+    # switch (the middleware above covers every response of the app itself).
+    web_response.SERVER_SOFTWARE = SERVER_NAME
     app = web.Application(
         middlewares=[security_headers, internal_errors], client_max_size=64 * 1024
     )

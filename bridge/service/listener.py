@@ -1,0 +1,120 @@
+"""TLS listeners whose handshakes are bounded in time and in number per client address.
+
+asyncio's own TLS server gives every connection 60 s to finish its handshake and takes any number
+of them from one address, each with its TLS state and buffers. `BoundedTLSSite` (an aiohttp site,
+used in place of `web.TCPSite`) accepts plain TCP connections itself, and for each one:
+
+- closes it at once when its address already has `max_pending` (64) handshakes under way, before
+  any TLS state exists (a browser opens about six connections at a time);
+- otherwise runs the handshake with `loop.connect_accepted_socket(..., ssl_handshake_timeout=)`
+  (5 s), which then hands the connection to aiohttp's request handler like `TCPSite` would.
+
+A connection whose handshake is done no longer counts; what it may do from then on is bounded by
+the HTTP server's own limits (bridge.access.throttle.SERVER_LIMITS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import Counter
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 5.0  # seconds for a client to finish its TLS handshake
+MAX_PENDING_PER_SOURCE = 64  # handshakes under way from one address
+ACCEPT_RETRY_DELAY = 1.0  # after EMFILE/ENFILE, as asyncio's own server waits
+
+
+class BoundedTLSSite(web.BaseSite):
+    """Listen on `host:port` (every address it resolves to) with bounded TLS handshakes."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        backlog: int = 512,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host, self._port, self._context = host, port, ssl_context
+        self.sockets: list[socket.socket] = []
+        self.pending: Counter[str] = Counter()  # address -> handshakes under way
+        self._accepting: list[asyncio.Task[None]] = []
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"https://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        try:
+            for family, _, _, _, address in dict.fromkeys(infos):
+                sock = socket.create_server(address, family=family, backlog=self._backlog)
+                sock.setblocking(False)
+                self.sockets.append(sock)
+        except OSError:
+            for sock in self.sockets:
+                sock.close()
+            self.sockets.clear()
+            raise
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in self.sockets]
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(listening)
+            except OSError as exc:  # out of file descriptors, say: let some close first
+                log.warning("accept on %s failed: %s", self.name, exc.strerror or exc)
+                await asyncio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            source = str(address[0])
+            if self.pending[source] >= MAX_PENDING_PER_SOURCE:
+                conn.close()  # too many half-open handshakes from there: no TLS state for it
+                continue
+            self.pending[source] += 1
+            task = loop.create_task(self._handshake(conn, source))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, source: str) -> None:
+        server = self._runner.server
+        assert server is not None
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                server, conn, ssl=self._context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except OSError as exc:  # timed out (ConnectionAbortedError), reset, not TLS, bad TLS
+            log.debug("TLS handshake from %s failed: %s", source, exc)
+            conn.close()
+        except Exception:
+            log.exception("TLS connection from %s", source)
+            conn.close()
+        finally:
+            self.pending[source] -= 1
+            if self.pending[source] <= 0:
+                del self.pending[source]
+
+    async def stop(self) -> None:
+        tasks = [*self._accepting, *self._handshakes]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sock in self.sockets:
+            sock.close()
+        await super().stop()
