@@ -1,10 +1,12 @@
 """Driving Debian's Chromium from the browser tests: one Chromium process per test module (reached
 over the DevTools protocol), a fresh Playwright connection and fresh browser contexts per test, a
-log-in helper, and a watch on every page for console errors and requests to other origins."""
+log-in helper, a watch on every page for console errors and requests to other origins, and an
+accessibility audit with axe-core (npm, pinned in package.json)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
+AXE = ROOT / "node_modules/axe-core/axe.min.js"  # installed by `npm ci` (scripts/build-assets)
 CHROMIUM = os.environ.get("SERIAL_BRIDGE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -176,4 +180,33 @@ async def wait_for_screen(page: Any, needle: str, timeout: float = 10_000) -> No
     """Until the terminal buffer contains `needle` (a line of it, or part of one)."""
     await page.wait_for_function(
         f"(needle) => ({BUFFER_TEXT})().includes(needle)", arg=needle, timeout=timeout
+    )
+
+
+@functools.cache
+def _axe_source() -> str:
+    if not AXE.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{AXE} is missing (./dev runs scripts/build-assets, which runs npm ci)")
+        pytest.skip(f"{AXE} is missing (run scripts/build-assets)")
+    return AXE.read_text(encoding="utf-8")
+
+
+AXE_RUN = """async () => {
+  const result = await axe.run(document, {resultTypes: ["violations"]});
+  return result.violations
+    .filter((v) => v.impact === "serious" || v.impact === "critical")
+    .map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                  nodes: v.nodes.map((n) => `${n.target.join(" ")}: ${n.failureSummary}`)}));
+}"""
+
+
+async def assert_accessible(page: Any, what: str) -> None:
+    """axe-core on the page as it is now (an open modal dialog included): no serious or critical
+    violation. axe is evaluated through DevTools, so the page's CSP needs no exception for it."""
+    if not await page.evaluate("() => typeof window.axe === 'object'"):
+        await page.evaluate(_axe_source())
+    violations = await page.evaluate(AXE_RUN)
+    assert violations == [], f"{what}: " + "\n".join(
+        f"{v['impact']} {v['id']} ({v['help']}):\n  " + "\n  ".join(v["nodes"]) for v in violations
     )

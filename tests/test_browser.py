@@ -23,6 +23,7 @@ from bridge.hw.lines import mock_pin_factory
 from bridge.web import pages
 from tests.browser_helpers import (
     PageWatch,
+    assert_accessible,
     chromium_process,
     login,
     new_page,
@@ -456,6 +457,60 @@ async def test_sysrq_menu_and_nmi_reach_the_port(
     browsing.assert_clean()
 
 
+async def test_every_page_and_dialog_passes_an_accessibility_audit(
+    bridge_factory: BridgeFactory, browsing: Browsing
+) -> None:
+    """axe-core, as browsers' dev tools run it, on each page and each dialog in the state a user
+    sees it: no serious or critical violation (contrast, names, roles, labels)."""
+    bridge = await virtual_bridge(bridge_factory)
+    page = await browsing.page(bridge)
+    await page.goto(bridge.origin + "/login")
+    await assert_accessible(page, "sign-in page")
+    await page.fill("#username", "admin")
+    await page.fill("#password", "wrong password")
+    await page.click("#login-submit")
+    await page.locator("#login-error").wait_for(state="visible")
+    await assert_accessible(page, "sign-in page with an error")
+    watch = browsing.watches[0]
+    assert len(watch.errors) == 1 and "401" in watch.errors[0], watch.errors  # the wrong password
+    watch.errors.clear()
+
+    await open_console(page, bridge.origin, "demo", "admin", PASSWORDS["admin"])
+    await assert_accessible(page, "console page (admin)")
+    await page.click("#btn-sysrq")
+    await page.hover("#sysrq-keys [data-key=b]")  # a hovered key's muted text too
+    await assert_accessible(page, "SysRq dialog")
+    # speech input: the name of each key button contains what the button shows
+    reboot = page.locator("#sysrq-keys [data-key=b]")
+    visible = " ".join(await reboot.locator("kbd, .name, .what").all_inner_texts())
+    assert visible.startswith("b reboot ⚠ Reboot immediately")
+    assert await page.get_by_role("button", name=visible).count() == 1
+    await page.click("#sysrq-close")
+    await page.click("#btn-power")
+    await assert_accessible(page, "power dialog")
+    await page.click("#dlg-power [data-power=off]")
+    await page.locator("dialog.confirm").wait_for()
+    await assert_accessible(page, "confirmation dialog")
+    await page.locator("dialog.confirm").get_by_role("button", name="Cancel").click()
+    await page.check("#opt-sr")
+    await page.locator(".xterm-accessibility-tree").wait_for(state="attached")
+    await assert_accessible(page, "console page in screen-reader mode")
+
+    await page.goto(bridge.origin + "/")
+    await page.locator("tr[data-port=demo]").wait_for()
+    await assert_accessible(page, "ports overview")
+    await page.goto(bridge.origin + "/ports/nosuchport")
+    await assert_accessible(page, "unknown port page")
+    assert len(watch.errors) == 1 and "404" in watch.errors[0], watch.errors
+    watch.errors.clear()
+
+    viewer = await browsing.page(bridge)
+    await open_console(viewer, bridge.origin, "demo", "viewer", PASSWORDS["viewer"])
+    await viewer.locator("#st-mode", has_text="read-only").wait_for()
+    await assert_accessible(viewer, "console page (viewer)")
+    browsing.assert_clean()
+
+
 async def test_missing_terminal_assets_are_reported(
     bridge_factory: BridgeFactory,
     pty_device: PtyDevice,
@@ -474,6 +529,7 @@ async def test_missing_terminal_assets_are_reported(
     await banner.wait_for(state="visible")
     assert "build-assets" in (await banner.text_content() or "")
     assert await page.text_content("#st-link") == "terminal unavailable"
+    await assert_accessible(page, "console page without its terminal")
 
 
 async def test_a_refused_console_says_why_and_stops_retrying(

@@ -128,6 +128,8 @@
     $("sysrq-close").addEventListener("click", () => dialog.close());
     dialog.addEventListener("close", () => ctx.focusTerminal());
 
+    // The button's name is its visible text (key, name, description), so a speech-input user can
+    // say what they see (WCAG 2.5.3); screen readers also hear "destructive" where it shows ⚠.
     function keyButton(k) {
       return el(
         "button",
@@ -136,12 +138,12 @@
           class: k.destructive ? "sysrq-key destructive" : "sysrq-key",
           "data-key": k.key,
           title: k.description + (k.needs ? ` (needs ${k.needs})` : ""),
-          "aria-label": `${k.key}: ${k.name}. ${k.description}${k.destructive ? ". Destructive" : ""}`,
           onclick: () => send(k.key, "1s"),
         },
         el("kbd", { text: k.key }),
         el("span", { class: "name", text: k.name + (k.destructive ? " ⚠" : "") }),
-        el("span", { class: "what", text: k.description })
+        el("span", { class: "what", text: k.description }),
+        k.destructive ? el("span", { class: "sr-only", text: " (destructive)" }) : ""
       );
     }
 
