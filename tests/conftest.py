@@ -150,6 +150,7 @@ class Bridge:
     daemon: Daemon
     state_dir: Path
     tokens: dict[str, str] = field(default_factory=dict)
+    sockets: list[aiohttp.ClientWebSocketResponse] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -177,7 +178,17 @@ class Bridge:
         self, session: aiohttp.ClientSession, port: str, **query: Any
     ) -> aiohttp.ClientWebSocketResponse:
         q = "&".join(f"{k}={v}" for k, v in query.items())
-        return await session.ws_connect(f"{self.base}/api/ports/{port}/console?{q}")
+        ws = await session.ws_connect(f"{self.base}/api/ports/{port}/console?{q}")
+        self.sockets.append(ws)
+        return ws
+
+    async def close_sockets(self) -> None:
+        """Close the websockets `ws` opened that a test left open. Closing their session does
+        not release their connections: aiohttp then warns "Unclosed connection" whenever the
+        garbage collector finalises the connection before its response (it does on 3.13)."""
+        for ws in self.sockets:
+            await ws.close()
+        self.sockets.clear()
 
     @property
     def port(self) -> Any:
@@ -192,7 +203,7 @@ async def bridge_factory(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
     """`await bridge_factory(ports={...}, server={...}, log={...})` -> a running Bridge with users
     admin/operator/viewer (passwords in PASSWORDS) and a bearer token for each. A
     `transport_factory` replaces the real transports (a recording fake, say)."""
-    running: list[Daemon] = []
+    running: list[Bridge] = []
 
     async def start(
         ports: dict[str, dict[str, Any]],
@@ -209,12 +220,13 @@ async def bridge_factory(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
         config = make_config(state_dir, ports, **sections)
         daemon = Daemon(config, transport_factory) if transport_factory else Daemon(config)
         await daemon.start()
-        running.append(daemon)
-        return Bridge(daemon, state_dir, tokens)
+        running.append(Bridge(daemon, state_dir, tokens))
+        return running[-1]
 
     yield start
-    for daemon in running:
-        await daemon.stop()
+    for bridge in running:
+        await bridge.close_sockets()
+        await bridge.daemon.stop()
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ async def reloadable(tmp_path: Path) -> object:
     await daemon.start()
     bridge = Bridge(daemon, state, {"admin": token})
     yield bridge, path, devices, state
+    await bridge.close_sockets()
     await daemon.stop()
     for d in devices.values():
         d.close()
