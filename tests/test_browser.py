@@ -152,7 +152,8 @@ async def test_login_type_echo_and_read_it_back(
     # admin on a port with lines sees every control
     for button in ("#btn-takeover", "#btn-sysrq", "#btn-break", "#btn-nmi", "#btn-reset"):
         assert await page.locator(button).count() == 1, button
-    assert await page.get_attribute("#log-text", "href") == "/api/ports/demo/log?format=text"
+    log_text = await page.get_attribute("#log-text", "href")
+    assert log_text == "/api/ports/demo/log?format=text&strip=1"
     assert await page.get_attribute("#log-raw", "href") == "/api/ports/demo/log?format=raw"
     # "Send terminal size" tells the shell how wide the terminal is (the serial line cannot)
     await page.check("#opt-size")

@@ -91,3 +91,20 @@ async def test_cli_log_viewer_neutralises_unless_raw(bridge: Bridge, pty_device:
     _assert_safe(text.decode("utf-8"))
     raw = await loop.run_in_executor(None, _cli_log, bridge, "--raw")
     assert raw == HOSTILE
+
+
+async def test_strip_gives_readable_text_through_the_api_and_the_cli(
+    bridge: Bridge, pty_device: PtyDevice
+) -> None:
+    await _target_prints(bridge, pty_device)
+    # what the strip mode leaves: the text, none of the sequences, no controls
+    readable = "login: 31m\ufffd2J\ufffdq\ufffd\ufffd\nend\n"  # (C1 CSI: only the control goes)
+    async with bridge.session(token_user="viewer") as s:
+        async with s.get(f"{bridge.base}/api/ports/lab/log?from=0&format=text&strip=1") as r:
+            assert r.status == 200
+            assert (await r.read()).decode() == readable
+        async with s.get(f"{bridge.base}/api/ports/lab/log?from=0&format=raw&strip=1") as r:
+            assert r.status == 400
+    loop = asyncio.get_running_loop()
+    text = await loop.run_in_executor(None, _cli_log, bridge, "--strip")
+    assert text.decode() == readable

@@ -85,3 +85,34 @@ def test_chunking_never_changes_output_and_output_is_safe(data: bytes, cuts: lis
     points = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
     pieces = [exp.feed(data[a:b]) for a, b in itertools.pairwise(points)]
     assert "".join(pieces) + exp.finish() == whole
+
+
+def strip(*chunks: bytes) -> str:
+    exp = TextExporter(strip=True)
+    return "".join(exp.feed(chunk) for chunk in chunks) + exp.finish()
+
+
+def test_strip_drops_sequences_and_controls_for_a_readable_log() -> None:
+    busybox = b"\x1b[?2004l\rguest# \x1b[6necho hi\r\nhi\r\n\x1b[?2004h\x1b]0;t\x07guest# "
+    assert strip(busybox) == "guest# echo hi\nhi\nguest# "
+    assert (
+        strip(b"\x1b[1;31mred\x1b[0m \x1bP$qm\x1b\\\x1b]52;c;eA==\x1b\\ok\x07\x08\x7f") == "red ok"
+    )
+    assert strip("x\u009b31m\u009d0;t\u009c y".encode()) == "x31m0;t y"  # C1: the control goes
+    assert strip(b"progress 10%\rprogress 20%\r\n") == "progress 10%progress 20%\n"
+    assert strip("héllo → ✓ ".encode() + b"\xff") == "héllo → ✓ \ufffd"
+
+
+def test_strip_handles_sequences_split_across_feeds() -> None:
+    data = b"a\x1b]0;title\x1b\\b\x1b[38;5;12mc\xc2\x9bd\r\ne"
+    assert strip(*[data[i : i + 1] for i in range(len(data))]) == strip(data) == "abcd\ne"
+    assert strip(b"tail \x1b[3") == "tail "  # a sequence cut by the end of the log is dropped
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=6))
+def test_strip_is_safe_and_chunking_never_changes_it(data: bytes, cuts: list[int]) -> None:
+    whole = strip(data)
+    assert_safe(whole)
+    points = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
+    assert strip(*[data[a:b] for a, b in itertools.pairwise(points)]) == whole

@@ -130,7 +130,12 @@ async def _post(client: BridgeClient, path: str, body: dict[str, Any]) -> int:
 
 def run_log(args: argparse.Namespace) -> int:
     name = _port_name(args)
-    query = {"format": "raw" if args.raw else args.format, "follow": "1" if args.follow else "0"}
+    fmt = "raw" if args.raw else args.format
+    if args.strip and fmt != "text":
+        raise SystemExit("serial-bridge: --strip applies to the text format only")
+    query = {"format": fmt, "follow": "1" if args.follow else "0"}
+    if args.strip:
+        query["strip"] = "1"
     if args.since:
         query["since"] = args.since
     if args.start is not None:
@@ -234,7 +239,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--format",
         choices=["text", "raw", "jsonl"],
         default="text",
-        help="text neutralises control characters",
+        help="text shows control characters as visible escapes such as \\x1b (default: text)",
+    )
+    p.add_argument(
+        "--strip",
+        action="store_true",
+        help="readable text: drop escape sequences and control characters entirely",
     )
     p.add_argument("--raw", action="store_true", help="same as --format raw")
     p.set_defaults(func=run_log)

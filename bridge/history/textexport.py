@@ -7,14 +7,21 @@ lone ``\\r``, the other C0 controls except ``\\n`` and ``\\t``, and DEL are show
 (raw C1 bytes are invalid UTF-8 and already became U+FFFD). Escape sequences therefore arrive
 as harmless text such as ``\\x1b]0;title\\x07``.
 
-The converter is incremental: a UTF-8 sequence or a ``\\r\\n`` pair split across chunks is
-handled as if it came in one piece. Work is done by C-level codec, ``str.replace`` and
-``str.translate`` calls, with no per-character Python loop.
+The readable mode (``strip=True``; ``format=text&strip=1``, ``serial-bridge log --strip``) drops
+instead of showing: escape sequences vanish whole (CSI, OSC, DCS, ... as bridge.termseq finds
+them), and so do the controls the default mode shows as escapes, a lone ``\\r`` included — what
+is left is the text a person reads. It is just as safe for a terminal.
+
+The converter is incremental: a UTF-8 sequence, an escape sequence or a ``\\r\\n`` pair split
+across chunks is handled as if it came in one piece. The default mode's work is done by C-level
+codec, ``str.replace`` and ``str.translate`` calls, with no per-character Python loop.
 """
 
 from __future__ import annotations
 
 import codecs
+
+from bridge.termseq import Kind, Splitter
 
 
 def _escape_table() -> dict[int, str]:
@@ -28,36 +35,44 @@ def _escape_table() -> dict[int, str]:
 
 
 _TABLE = _escape_table()
+_STRIP_TABLE: dict[int, None] = dict.fromkeys(_TABLE)  # what the default mode escapes, dropped
 
 
 class TextExporter:
     """Incremental converter: feed() console bytes in chunks, then finish()."""
 
-    def __init__(self) -> None:
+    def __init__(self, strip: bool = False) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._cr = False  # a "\r" held back: it may be the first half of "\r\n"
+        self._splitter = Splitter() if strip else None
+        self._table = _STRIP_TABLE if strip else _TABLE
 
     def feed(self, data: bytes) -> str:
-        """Safe text for ``data``; may hold back an incomplete UTF-8 sequence or a final ``\\r``."""
+        """Safe text for ``data``; may hold back an incomplete UTF-8 or escape sequence or a
+        final ``\\r``."""
+        if self._splitter is not None:
+            data = _text_only(self._splitter.feed(data))
         text = self._decoder.decode(data)
         if self._cr:
             text = "\r" + text
         self._cr = text.endswith("\r")
         if self._cr:
             text = text[:-1]
-        return _neutralise(text)
+        return text.replace("\r\n", "\n").translate(self._table)
 
     def finish(self) -> str:
-        """Text for whatever was held back (a cut UTF-8 sequence becomes U+FFFD)."""
-        text = self._decoder.decode(b"", final=True)
+        """Text for whatever was held back (a cut UTF-8 sequence becomes U+FFFD, a cut escape
+        sequence is dropped)."""
+        rest = _text_only(self._splitter.finish()) if self._splitter is not None else b""
+        text = self._decoder.decode(rest, final=True)
         if self._cr:
             text = "\r" + text
             self._cr = False
-        return _neutralise(text)
+        return text.replace("\r\n", "\n").translate(self._table)
 
 
-def _neutralise(text: str) -> str:
-    return text.replace("\r\n", "\n").translate(_TABLE)
+def _text_only(tokens: list[tuple[Kind, bytes]]) -> bytes:
+    return b"".join(piece for kind, piece in tokens if kind is Kind.TEXT)
 
 
 def to_text(data: bytes) -> str:

@@ -1,9 +1,10 @@
 """The console history API: `GET /api/ports/{name}/log` and the admins' `GET /api/audit`.
 
-`/log?from=OFFSET&since=ISO8601&format=text|raw|jsonl&follow=0|1` streams (chunked) from the
-scrollback and the ring log; `from=-N` is the last N bytes; an offset older than what is held
-starts at the oldest byte held and `X-Log-From` says where it really started. `text`
-neutralises control characters (bridge.history.textexport), `raw` is for replay, `jsonl`
+`/log?from=OFFSET&since=ISO8601&format=text|raw|jsonl&follow=0|1&strip=0|1` streams (chunked)
+from the scrollback and the ring log; `from=-N` is the last N bytes; an offset older than what is
+held starts at the oldest byte held and `X-Log-From` says where it really started. `text`
+neutralises control characters (bridge.history.textexport; `strip=1` drops them and escape
+sequences instead, for reading), `raw` is for replay, `jsonl`
 interleaves event markers (online/offline, BREAK/SysRq/NMI/power and who did them) with the
 output, by offset. `follow=1` keeps the response open like `tail -f`.
 """
@@ -104,6 +105,9 @@ async def port_log(request: web.Request) -> web.StreamResponse:
     if fmt not in FORMATS:
         raise api_error(web.HTTPBadRequest, "format must be text, raw or jsonl")
     follow = request.query.get("follow", "0") in ("1", "true", "yes")
+    strip = request.query.get("strip", "0") in ("1", "true", "yes")
+    if strip and fmt != "text":
+        raise api_error(web.HTTPBadRequest, "strip applies to format=text only")
     start = _start_offset(request, port)
     response = web.StreamResponse(
         headers={
@@ -116,7 +120,7 @@ async def port_log(request: web.Request) -> web.StreamResponse:
         response.headers["Content-Disposition"] = f'inline; filename="{name}.{fmt}.log"'
     response.enable_chunked_encoding()
     await response.prepare(request)
-    exporter = TextExporter()
+    exporter = TextExporter(strip)
     emitted: set[tuple[int, float, str]] = set()
     cursor = start
     while True:

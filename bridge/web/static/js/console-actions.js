@@ -37,7 +37,7 @@
       $("opt-size").closest("label").remove(); // a viewer never types, so never sends a size
     }
     const logBase = `/api/ports/${encodeURIComponent(port)}/log`;
-    $("log-text").href = `${logBase}?format=text`; // the bridge names the files
+    $("log-text").href = `${logBase}?format=text&strip=1`; // readable; the bridge names the files
     $("log-raw").href = `${logBase}?format=raw`;
 
     async function post(what, path, body) {
