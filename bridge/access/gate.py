@@ -11,13 +11,18 @@ holds at every door.
   account and per source; every failure looks and costs the same and is audited.
 - `authorise`: `Identity` + `Permission` (+ port) -> the identity, or `Denied` saying why.
 - `still_valid`: whether an identity taken earlier (an open console's) would be granted now.
+
+Every identification and login is counted in `auth_counts` by method (`AUTH_METHODS`: how the
+credential came) and result (`AUTH_RESULTS`; a login refused by the throttle before any check is
+"throttled"), whichever door asked; the metrics read them.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.access import totp
@@ -30,6 +35,8 @@ from bridge.config import Config
 from bridge.history.audit import Auditor
 
 LOGIN_FAILED = "wrong user name, password or code"
+AUTH_METHODS = ("password", "token", "session", "certificate")
+AUTH_RESULTS = ("success", "failure", "throttled")
 
 
 class Refusal(enum.Enum):
@@ -62,6 +69,13 @@ class Gate:
     config: Callable[[], Config]  # the config in force (it changes on reload)
     audit: Auditor
     throttle: LoginThrottle
+    # (method, result) -> how many; see AUTH_METHODS and AUTH_RESULTS
+    auth_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def count(self, method: str, identity: Identity | None) -> Identity | None:
+        """Count one identification by `method` as a success or failure; returns `identity`."""
+        self.auth_counts[method, "success" if identity is not None else "failure"] += 1
+        return identity
 
     def _second_factor_ok(self, identity: Identity | None) -> Identity | None:
         if identity is not None and needs_second_factor(
@@ -74,30 +88,32 @@ class Gate:
         token = self.users.check_token(secret.strip())
         user = self.users.get(token.user) if token is not None else None
         if token is None or user is None:
-            return None
+            return self.count("token", None)
         identity = identity_for(user, "token", user.totp_secret is not None, token_id=token.id)
-        return self._second_factor_ok(identity)
+        return self.count("token", self._second_factor_ok(identity))
 
     def identify_session(self, session_id: str) -> Identity | None:
         session = self.sessions.get(session_id)
         if session is None:
-            return None
+            return self.count("session", None)
         user = self.users.get(session.user)
         if user is None or user.generation != session.generation:
             self.sessions.end(session)
-            return None
-        return self._second_factor_ok(
-            identity_for(user, "session", session.mfa, session_id=session.key)
-        )
+            return self.count("session", None)
+        identity = identity_for(user, "session", session.mfa, session_id=session.key)
+        return self.count("session", self._second_factor_ok(identity))
 
     def identify_certificate(self, names: list[str]) -> Identity | None:
-        """A verified client certificate's names (CN first, then SANs): the first that is a user."""
+        """A verified client certificate's names (CN first, then SANs): the first that is a user.
+        No names (no certificate presented) is not an attempt and is not counted."""
+        if not names:
+            return None
         for name in names:
             user = self.users.get(name)
             if user is not None:
                 identity = identity_for(user, "certificate", user.totp_secret is not None)
-                return self._second_factor_ok(identity)
-        return None
+                return self.count("certificate", self._second_factor_ok(identity))
+        return self.count("certificate", None)
 
     async def login(self, username: str, password: str, code: str | None, peer: str) -> User:
         """Check a password (+ TOTP code when enrolled) from `peer`; the user, or `Denied`
@@ -106,9 +122,11 @@ class Gate:
         with self._reserve(username, peer) as attempt:
             user, reason = await self._check(username, password, code)
             if user is None:
+                self.auth_counts["password", "failure"] += 1
                 self.audit_login_failure(username, peer, reason)
                 raise Denied(Refusal.UNAUTHENTICATED, LOGIN_FAILED)
             attempt.succeeded()
+            self.auth_counts["password", "success"] += 1
             return user
 
     def _reserve(self, username: str, peer: str) -> Attempt:
@@ -121,6 +139,7 @@ class Gate:
                 if refused.busy
                 else (Refusal.THROTTLED, "too many failed logins")
             )
+            self.auth_counts["password", "throttled"] += 1
             self.audit_login_failure(username, peer, refusal.value)
             raise Denied(refusal, f"{what}; try again in {wait} s", wait) from None
 

@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from bridge.config import PortConfig
@@ -26,6 +27,17 @@ from bridge.hw.interfaces import ActionResult, ConsoleTransport, ControlLines, U
 log = logging.getLogger(__name__)
 
 Marker = Callable[[str, dict[str, Any]], None]
+RESULTS: dict[type[Exception], str] = {
+    ActionBusy: "busy",
+    PortOffline: "offline",
+    UnsupportedAction: "unsupported",
+    LinesFailed: "failed",
+}
+
+
+def result_of(exc: Exception) -> str:
+    """How an action that raised `exc` is counted: busy, offline, unsupported, failed or error."""
+    return next((r for cls, r in RESULTS.items() if isinstance(exc, cls)), "error")
 
 
 class ActionTarget(Protocol):
@@ -53,6 +65,18 @@ class Actions:
         self._lock = asyncio.Lock()
         self._quiet = asyncio.Event()
         self._quiet.set()
+        # for the metrics: (action, result) -> n, and BREAK conditions sent (SysRq's included)
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.breaks = 0
+
+    @contextlib.contextmanager
+    def _counted(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            self.counts[action, result_of(exc)] += 1
+            raise
+        self.counts[action, "ok"] += 1
 
     async def quiet(self) -> None:
         """Wait while a BREAK+key step is in progress (keystrokes do, before they are written)."""
@@ -84,6 +108,7 @@ class Actions:
         self._quiet.clear()
         try:
             await transport.drain()
+            self.breaks += 1
             await transport.send_break(self._target.cfg.break_duration)
             if key:
                 await transport.write(key)
@@ -93,19 +118,21 @@ class Actions:
             self._quiet.set()
 
     async def send_break(self, user: str) -> ActionResult:
-        async with self._exclusive():
-            await self._break_then(b"")
+        with self._counted("break"):
+            async with self._exclusive():
+                await self._break_then(b"")
         result = {"action": "break", "duration_ms": round(self._target.cfg.break_duration * 1000)}
         self._mark("break", {"user": user})
         return self._done(result, user)
 
     async def sysrq(self, keys: str, interval: float, user: str) -> ActionResult:
         """BREAK + key for each key (already validated), `interval` seconds apart."""
-        async with self._exclusive():
-            for i, key in enumerate(keys):
-                if i:
-                    await asyncio.sleep(interval)
-                await self._break_then(key.encode("ascii"))
+        with self._counted("sysrq"):
+            async with self._exclusive():
+                for i, key in enumerate(keys):
+                    if i:
+                        await asyncio.sleep(interval)
+                    await self._break_then(key.encode("ascii"))
         self._mark("sysrq", {"user": user, "keys": keys})
         return self._done(
             {
@@ -125,8 +152,9 @@ class Actions:
             if "status" not in lines.supported():
                 return self._done({"action": "power", "power": lines.power_state()}, user)
             return self._done(await self._call_lines(action), user)
-        async with self._exclusive():
-            result = await self._call_lines(action)
+        with self._counted(action.replace(":", "-")):
+            async with self._exclusive():
+                result = await self._call_lines(action)
         self._mark(action.split(":")[0], {"user": user, **result})
         return self._done(result, user)
 

@@ -95,8 +95,11 @@ class Port:
         self.lease.on_release = cfg.on_release
         self._task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        # counters the metrics read (bridge.web.metrics; actions count their own)
         self.bytes_in = 0
         self.bytes_out = 0
+        self.opens = 0  # times the device was opened
+        self._gaps_of_gone = 0  # gaps sent to clients no longer attached
         self._waiters: list[asyncio.Future[None]] = []
         self._batch = bytearray()
         self._batch_timer: asyncio.TimerHandle | None = None
@@ -139,6 +142,7 @@ class Port:
             announced_missing = False
             await self.line.reopened(transport)
             self.transport, self.online, self.error = transport, True, None
+            self.opens += 1
             log.info("port %s: online (%s)", self.name, transport.description)
             self._event("online", {})
             self._broadcast_status("online")
@@ -189,6 +193,7 @@ class Port:
         for att in list(self.attachments.values()):
             att.viewer.send_message({"type": "status", "event": "closed", "reason": reason})
             await att.subscriber.close()
+            self._gaps_of_gone += att.subscriber.gaps
         self.attachments.clear()
         self.lease.clear()
         await self.lines.close()
@@ -334,6 +339,7 @@ class Port:
         if self.attachments.pop(att.id, None) is None:
             return
         await att.subscriber.close()
+        self._gaps_of_gone += att.subscriber.gaps
         self.lease.release(att)
         await self.line.left(att)
         self._event("detach", {"user": att.user, "peer": att.peer})
@@ -366,6 +372,21 @@ class Port:
             if self.transport is not None:
                 with contextlib.suppress(OSError):
                     await self.transport.write(data)
+
+    @property
+    def reopens(self) -> int:
+        """Times the device was opened again after its first open (replugs, reconfigures)."""
+        return max(0, self.opens - 1)
+
+    @property
+    def gaps_sent(self) -> int:
+        """Gaps sent to clients that fell further behind than the history held."""
+        return self._gaps_of_gone + sum(a.subscriber.gaps for a in self.attachments.values())
+
+    def line_errors(self) -> dict[str, int] | None:
+        """The device driver's line error counters, when it is open and keeps them."""
+        transport = self.transport
+        return transport.line_errors() if transport is not None else None
 
     def status(self) -> dict[str, Any]:
         return {

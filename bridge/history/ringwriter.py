@@ -32,6 +32,7 @@ is the ring's block being filled plus the pages still queued (at most QUEUE_PAGE
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import mmap
@@ -39,7 +40,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.history.ringformat import BLOCK_SIZE, Rec
@@ -48,6 +49,35 @@ log = logging.getLogger(__name__)
 
 QUEUE_PAGES = 256  # pages handed to the writer and not yet written: at most 1 MiB
 RUN_PAGES = 64  # consecutive pages written by one pwrite (256 KiB)
+
+
+SYNC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Durations:
+    """A histogram of durations (bucket counts and their sum), safe across threads."""
+
+    def __init__(self, bounds: tuple[float, ...] = SYNC_BUCKETS) -> None:
+        self.bounds = (*bounds, float("inf"))
+        self._counts = [0] * len(self.bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        i = bisect.bisect_left(self.bounds, seconds)
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[list[tuple[float, int]], float]:
+        """([(upper bound, observations <= it), ...] ending with +inf, sum of all)."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, n in zip(self.bounds, counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        return cumulative, total
 
 
 @dataclass
@@ -62,6 +92,7 @@ class WriteStats:
     queue_peak: int = 0  # most pages waiting for the writer at once (<= QUEUE_PAGES)
     stalls: int = 0  # times the caller waited for room in a full queue
     stall_seconds: float = 0.0  # caller time spent waiting so
+    sync_times: Durations = field(default_factory=Durations)  # fdatasync durations
 
 
 @dataclass(slots=True)
@@ -248,7 +279,9 @@ class PageWriter:
     def _sync(self) -> None:
         try:
             if self._durable:
+                started = time.monotonic()
                 os.fdatasync(self._fd)
+                self.stats.sync_times.observe(time.monotonic() - started)
         except OSError as exc:
             self.stats.errors += 1
             log.error("ring log %s: fdatasync failed: %s", self.path, exc)

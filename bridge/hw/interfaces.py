@@ -83,6 +83,11 @@ class ConsoleTransport(Protocol):
     async def close(self) -> None:
         """Stop reading and release the device. Idempotent; `connection_lost` is not called."""
 
+    def line_errors(self) -> dict[str, int] | None:
+        """Error counters the device's driver keeps ({"overrun": n, "framing": n, "parity": n,
+        "break": n, "buffer_overrun": n}, since the device appeared), or None when it keeps none
+        (a pty, a network transport)."""
+
 
 ActionResult = dict[str, Any]
 """What an action did, as answered to the client: {"action": "nmi", "pulse_ms": 200, ...}."""

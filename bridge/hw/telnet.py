@@ -243,6 +243,9 @@ class TelnetTransport:
     def modem_state(self) -> ModemState | None:
         return None
 
+    def line_errors(self) -> dict[str, int] | None:
+        return None  # no line, no line errors
+
     async def close(self) -> None:
         self._closing = True
         transport, self._transport = self._transport, None

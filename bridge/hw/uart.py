@@ -14,6 +14,10 @@ tty buffer is full, so a 1 MiB paste reaches the target complete and in order wi
 loop. BREAK is the break condition held for a duration we time ourselves (pyserial's
 `send_break(duration)` ignores the duration on Linux).
 
+Line errors: `line_errors()` reads the driver's interrupt counters (TIOCGICOUNT: overruns, framing
+and parity errors, BREAKs received, buffer overruns) where the driver keeps them (8250, most USB
+adapters' drivers); a pty or a pyserial URL has none.
+
 pyserial URLs (`rfc2217://`, `socket://`, `loop://`) have no usable fd for the event loop; their
 reads run in the default executor with a short timeout instead.
 """
@@ -23,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import select
+import struct
 import termios
 from typing import Any
 
@@ -50,6 +56,17 @@ _PARITY = {
 }
 _BYTESIZE = {5: serial.FIVEBITS, 6: serial.SIXBITS, 7: serial.SEVENBITS, 8: serial.EIGHTBITS}
 _STOPBITS = {1: serial.STOPBITS_ONE, 2: serial.STOPBITS_TWO}
+TIOCGICOUNT = 0x545D
+# struct serial_icounter_struct: cts dsr rng dcd rx tx frame overrun parity brk buf_overrun
+# reserved[9], all int
+_ICOUNT = struct.Struct("20i")
+_ICOUNT_FIELDS = {"framing": 6, "overrun": 7, "parity": 8, "break": 9, "buffer_overrun": 10}
+
+
+def decode_icount(raw: bytes) -> dict[str, int]:
+    """The error counters of a `serial_icounter_struct` as TIOCGICOUNT fills it."""
+    values = _ICOUNT.unpack(raw[: _ICOUNT.size])
+    return {name: values[i] for name, i in _ICOUNT_FIELDS.items()}
 
 
 def _pyserial_settings(settings: LineSettings) -> dict[str, Any]:
@@ -314,6 +331,16 @@ class UartTransport:
             return ModemState(cts=ser.cts, dsr=ser.dsr, ri=ser.ri, cd=ser.cd)
         except (OSError, serial.SerialException, NotImplementedError, AttributeError):
             return None  # a pty, or a URL transport without modem lines
+
+    def line_errors(self) -> dict[str, int] | None:
+        """The driver's line error counters (TIOCGICOUNT), or None where it keeps none."""
+        if self._fd < 0:
+            return None
+        try:
+            raw = fcntl.ioctl(self._fd, TIOCGICOUNT, bytes(_ICOUNT.size))
+        except OSError:  # ENOTTY/EINVAL: a pty, or a driver without the counters
+            return None
+        return decode_icount(raw)
 
     def _release(self) -> None:
         ser, self._serial, self._sink = self._serial, None, None

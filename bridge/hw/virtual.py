@@ -159,5 +159,8 @@ class VirtualShellTransport:
     def modem_state(self) -> ModemState | None:
         return None
 
+    def line_errors(self) -> dict[str, int] | None:
+        return None  # no line, no line errors
+
     async def close(self) -> None:
         self._release()

@@ -1,4 +1,4 @@
-"""The JSON HTTP API: login/logout, the ports list, SysRq/NMI/power actions, health and metrics.
+"""The JSON HTTP API: login/logout, the ports list, SysRq/NMI/power actions and health.
 
 Every handler starts with `authorise(...)` naming the permission it needs; actions answer JSON
 saying what was done and when.
@@ -219,27 +219,6 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    identity = authorise(request, Permission.READ)
-    lines = [
-        "# TYPE serial_bridge_port_online gauge",
-        "# TYPE serial_bridge_port_bytes_in_total counter",
-        "# TYPE serial_bridge_port_bytes_out_total counter",
-        "# TYPE serial_bridge_port_clients gauge",
-    ]
-    for name, port in sorted(request.app[STATE].ports.items()):
-        if not identity.may_see_port(name):  # as /api/ports: an unseen port does not exist
-            continue
-        label = f'{{port="{name}"}}'
-        lines += [
-            f"serial_bridge_port_online{label} {int(port.online)}",
-            f"serial_bridge_port_bytes_in_total{label} {port.bytes_in}",
-            f"serial_bridge_port_bytes_out_total{label} {port.bytes_out}",
-            f"serial_bridge_port_clients{label} {len(port.attachments)}",
-        ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)
@@ -251,4 +230,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/ports/{name}/reset", reset)
     app.router.add_post("/api/ports/{name}/power", power)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web, web_response
 
-from bridge.web import api, console, logapi, pages
+from bridge.web import api, console, logapi, metrics, pages
 from bridge.web.state import STATE, AppState
 
 log = logging.getLogger(__name__)
@@ -77,5 +77,6 @@ def create_app(state: AppState) -> web.Application:
     api.add_routes(app)
     console.add_routes(app)
     logapi.add_routes(app)
+    metrics.add_routes(app)
     pages.add_routes(app)
     return app

@@ -1,0 +1,148 @@
+"""`GET /metrics`: the daemon's state in Prometheus' text format, through prometheus-client.
+
+Nothing is counted here: at each scrape a collector reads what the hub (`Port`), its ring log
+and the access gate already count, and prometheus-client writes it out (escaping, HELP/TYPE
+lines, histogram buckets), so the exposition is valid by construction (`promtool check metrics`
+in the tests). docs/metrics.md lists every series.
+
+What a scrape shows depends on who asks: an identity restricted to some ports sees only those
+ports' series; bridge-wide series (logins, the process) only an identity that may see every port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from bridge.access.gate import AUTH_METHODS, AUTH_RESULTS, Gate
+from bridge.access.policy import Permission
+from bridge.console.port import Port
+from bridge.web.authn import authorise
+from bridge.web.state import STATE
+
+PREFIX = "serial_bridge"
+
+
+class PortCollector:
+    """Per-port series of the ports a scrape may see."""
+
+    def __init__(self, ports: Iterable[Port]) -> None:
+        self.ports = list(ports)
+
+    def collect(self) -> Iterator[Metric]:
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"{PREFIX}_port_{name}", doc, labels=["port"])
+
+        def counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{PREFIX}_port_{name}", doc, labels=["port", *labels])
+
+        online = gauge("online", "1 while the port's device is open")
+        clients = gauge("clients", "Clients attached to the port's console")
+        writer = gauge("writer", "1 while a client holds the write lease")
+        bytes_in = counter("bytes_in", "Bytes read from the target's console")
+        bytes_out = counter("bytes_out", "Bytes written to the target's console")
+        reopens = counter("reopens", "Times the device was opened again after the first open")
+        gaps = counter("gaps", "Gaps sent to clients that fell behind further than was held")
+        breaks = counter("breaks", "BREAK conditions sent to the target (SysRq ones included)")
+        actions = counter(
+            "actions", "Actions asked of the port, by kind and result", "action", "result"
+        )
+        uart = counter("uart_errors", "Line errors the UART driver counted (TIOCGICOUNT)", "kind")
+        for port in self.ports:
+            name = [port.name]
+            online.add_metric(name, int(port.online))
+            clients.add_metric(name, len(port.attachments))
+            writer.add_metric(name, int(port.writer is not None))
+            bytes_in.add_metric(name, port.bytes_in)
+            bytes_out.add_metric(name, port.bytes_out)
+            reopens.add_metric(name, port.reopens)
+            gaps.add_metric(name, port.gaps_sent)
+            breaks.add_metric(name, port.actions.breaks)
+            for (action, result), n in sorted(port.actions.counts.items()):
+                actions.add_metric([port.name, action, result], n)
+            for kind, n in sorted((port.line_errors() or {}).items()):
+                uart.add_metric([port.name, kind], n)
+        yield from (online, clients, writer, bytes_in, bytes_out, reopens, gaps, breaks)
+        yield from (actions, uart)
+        yield from self._ringlog()
+
+    def _ringlog(self) -> Iterator[Metric]:
+        written = CounterMetricFamily(
+            f"{PREFIX}_ringlog_written_bytes",
+            "Bytes the ring log handed to the file system (pages, so wear can be watched)",
+            labels=["port"],
+        )
+        errors = CounterMetricFamily(
+            f"{PREFIX}_ringlog_errors",
+            "Ring log page writes and syncs that failed",
+            labels=["port"],
+        )
+        flush = HistogramMetricFamily(
+            f"{PREFIX}_ringlog_sync_seconds",
+            "Time the ring log's syncs (fdatasync after a flush) took",
+            labels=["port"],
+        )
+        for port in self.ports:
+            if port.ringlog is None:
+                continue
+            stats = port.ringlog.stats
+            written.add_metric([port.name], stats.bytes_written)
+            errors.add_metric([port.name], stats.errors)
+            buckets, total = stats.sync_times.snapshot()
+            flush.add_metric(
+                [port.name],
+                [(_le(bound), n) for bound, n in buckets],
+                total,
+            )
+        yield from (written, errors, flush)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class AuthCollector:
+    """Authentications by method and result, as the gate counted them (every door's)."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            f"{PREFIX}_auth_attempts",
+            "Authentications by method and result (success, failure, throttled)",
+            labels=["method", "result"],
+        )
+        counts = self.gate.auth_counts
+        seen = {(m, r) for m in AUTH_METHODS for r in AUTH_RESULTS if r != "throttled"}
+        seen |= {("password", "throttled")} | set(counts)
+        for method, result in sorted(seen):
+            family.add_metric([method, result], counts.get((method, result), 0))
+        yield family
+
+
+async def metrics(request: web.Request) -> web.Response:
+    identity = authorise(request, Permission.READ)
+    state = request.app[STATE]
+    registry = CollectorRegistry(auto_describe=False)
+    visible = [p for name, p in sorted(state.ports.items()) if identity.may_see_port(name)]
+    registry.register(PortCollector(visible))
+    if identity.ports is None:
+        registry.register(AuthCollector(state.gate))
+        ProcessCollector(registry=registry)
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics)
