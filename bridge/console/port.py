@@ -374,19 +374,9 @@ class Port:
                     await self.transport.write(data)
 
     @property
-    def reopens(self) -> int:
-        """Times the device was opened again after its first open (replugs, reconfigures)."""
-        return max(0, self.opens - 1)
-
-    @property
     def gaps_sent(self) -> int:
         """Gaps sent to clients that fell further behind than the history held."""
         return self._gaps_of_gone + sum(a.subscriber.gaps for a in self.attachments.values())
-
-    def line_errors(self) -> dict[str, int] | None:
-        """The device driver's line error counters, when it is open and keeps them."""
-        transport = self.transport
-        return transport.line_errors() if transport is not None else None
 
     def status(self) -> dict[str, Any]:
         return {

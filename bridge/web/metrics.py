@@ -64,12 +64,14 @@ class PortCollector:
             writer.add_metric(name, int(port.writer is not None))
             bytes_in.add_metric(name, port.bytes_in)
             bytes_out.add_metric(name, port.bytes_out)
-            reopens.add_metric(name, port.reopens)
+            reopens.add_metric(name, max(0, port.opens - 1))
             gaps.add_metric(name, port.gaps_sent)
             breaks.add_metric(name, port.actions.breaks)
             for (action, result), n in sorted(port.actions.counts.items()):
                 actions.add_metric([port.name, action, result], n)
-            for kind, n in sorted((port.line_errors() or {}).items()):
+            transport = port.transport  # the driver's counters, while the device is open
+            line_errors = transport.line_errors() if transport is not None else None
+            for kind, n in sorted((line_errors or {}).items()):
                 uart.add_metric([port.name, kind], n)
         yield from (online, clients, writer, bytes_in, bytes_out, reopens, gaps, breaks)
         yield from (actions, uart)
