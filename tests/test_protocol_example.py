@@ -146,4 +146,5 @@ async def test_metrics_show_only_the_ports_the_caller_may_see(bridge: Bridge) ->
     async with bridge.session("viewer") as s, s.get(f"{bridge.base}/metrics") as resp:
         assert resp.status == 200 and 'port="lab"' not in await resp.text()
     async with bridge.session("operator") as s, s.get(f"{bridge.base}/metrics") as resp:
-        assert resp.status == 200 and 'serial_bridge_port_online{port="lab"} 1.0' in await resp.text()
+        assert resp.status == 200
+        assert 'serial_bridge_port_online{port="lab"} 1.0' in await resp.text()
