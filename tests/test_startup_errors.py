@@ -138,3 +138,13 @@ def test_a_state_dir_that_is_not_a_directory(tmp_path: Path) -> None:
         line
         == f"serial-bridge: cannot start: {config}: server.state_dir: {not_dir}: Not a directory"
     )
+
+
+def test_a_malformed_device_url(config: Path) -> None:
+    """It used to start, then the port's task died silently (a traceback only at shutdown)."""
+    write(config, ports='[ports.vm]\ndevice = "telnet://no-port-here"')
+    line = failure_line(serve(config))
+    assert line == (
+        f"serial-bridge: cannot start: {config}: ports.vm.device: 'telnet://no-port-here' is not"
+        " a telnet URL (example: telnet://127.0.0.1:2000)"
+    )

@@ -103,6 +103,10 @@ class Daemon:
 
     async def _make_port(self, cfg: PortConfig, audit: AuditLog, config: Config) -> Port:
         """A port built from `config`'s [log] and [gpio] (the new ones during a reload)."""
+        try:  # the port makes a transport at every (re)open; a malformed URL fails here, once
+            self.transport_factory(cfg)
+        except ValueError as exc:
+            raise StartupError(f"ports.{cfg.name}.device", str(exc)) from exc
         ringlog = None
         if config.log.enabled:
             path = config.server.state_dir / "logs" / f"{cfg.name}.ring"
