@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.access.policy import ROLES
+from bridge.history.statedir import open_private, private_dir, replace_private
 
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 TOKEN_PREFIX = "sbt_"
@@ -77,15 +78,9 @@ class Token:
 
 
 def write_private(path: Path, data: Any) -> None:
-    """Atomically replace `path` with JSON `data`, mode 0600."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically replace `path` with JSON `data`, mode 0600 (through an O_EXCL temporary)."""
+    private_dir(path.parent, top=True)
+    replace_private(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 class _JsonFile:
@@ -96,13 +91,14 @@ class _JsonFile:
 
     def load(self) -> dict[str, Any]:
         try:
-            st = self.path.stat()
+            st = self.path.lstat()  # cheap, each time; a symlink fails the open below
         except FileNotFoundError:
             self._stamp, self.data = None, {}
             return self.data
         stamp = (st.st_mtime_ns, st.st_ino)
         if stamp != self._stamp:
-            self.data = json.loads(self.path.read_text())
+            with os.fdopen(open_private(self.path, os.O_RDONLY), "rb") as f:
+                self.data = json.loads(f.read())
             self._stamp = stamp
         return self.data
 
@@ -129,8 +125,8 @@ class UserStore:
     def _locked(self) -> Iterator[None]:
         """Serialise read-modify-write of the files between the daemon and `serial-bridge user`
         commands (an exclusive flock on `state_dir/.users.lock`)."""
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / ".users.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        private_dir(self.state_dir, top=True)
+        fd = open_private(self.state_dir / ".users.lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

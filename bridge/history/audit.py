@@ -45,6 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from bridge.history.statedir import open_private, private_dir
+
 FILE_NAME = "audit.jsonl"
 FORBIDDEN_FIELDS = frozenset(
     {"password", "token", "secret", "totp", "code", "cookie", "keystrokes"}
@@ -107,13 +109,12 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self._clock = clock
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
+        private_dir(self.directory)
         self.path = self.directory / FILE_NAME
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = open_private(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -134,7 +135,7 @@ class AuditLog:
                 size = 0
             if size and size + len(line) > self.max_bytes:
                 self._rotate()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 os.write(fd, line)
             finally:

@@ -174,6 +174,7 @@ class RingLog:
         """Copy a ring written with another geometry into a new file of ``size``."""
         tmp = path.with_name(path.name + ".resize")
         tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         with (
             cls.open(path, old_nblocks * BLOCK_SIZE, durable=durable) as old,
             cls.open(tmp, size, time_resolution=time_resolution, durable=durable) as new,

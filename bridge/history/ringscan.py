@@ -72,7 +72,7 @@ class Recovered:
 
 def open_locked(path: Path) -> int:
     """Open (or create, 0600) the ring file locked (flock): a second opener gets OSError(EBUSY)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

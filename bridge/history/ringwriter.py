@@ -134,9 +134,14 @@ class PageWriter:
     def open_direct(self) -> None:
         """Write pages through a second, O_DIRECT descriptor where the file system allows it."""
         try:
-            self._wfd = os.open(self.path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            wfd = os.open(self.path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC | os.O_NOFOLLOW)
         except (OSError, AttributeError):
-            self._wfd = self._fd
+            return
+        a, b = os.fstat(wfd), os.fstat(self._fd)
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            self._wfd = wfd
+        else:  # the name points elsewhere now: keep writing through the locked descriptor
+            os.close(wfd)
 
     # ---- the caller's side ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from bridge.access.policy import ROLES
 from bridge.access.store import ALL_PORTS, StoreError, UserStore, parse_ports
 from bridge.config import Config
 from bridge.history.audit import AuditLog
+from bridge.history.statedir import private_dir
 from bridge.service.cli import add_config_arg, load_or_exit
 
 MIN_PASSWORD = 8
@@ -37,8 +38,12 @@ def read_password(args: argparse.Namespace) -> str:
 
 def _stores(config: Config) -> tuple[UserStore, AuditLog]:
     state_dir = config.server.state_dir
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return UserStore(state_dir), AuditLog(state_dir / "audit")
+    try:
+        private_dir(state_dir, top=True)
+        return UserStore(state_dir), AuditLog(state_dir / "audit")
+    except OSError as exc:
+        print(f"serial-bridge: server.state_dir: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def warn_unknown_ports(ports: list[str] | None, config: Config) -> None:

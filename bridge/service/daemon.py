@@ -28,6 +28,7 @@ from bridge.config import Config, ConfigError, PortConfig, load_config
 from bridge.console.port import Port
 from bridge.history.audit import AuditLog
 from bridge.history.ringlog import RingLog
+from bridge.history.statedir import private_dir
 from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
 from bridge.hw.lines import LineSetupError
@@ -81,8 +82,9 @@ class AccessLog(AbstractAccessLogger):
 
 
 def prepare_state_dir(state_dir: Path) -> None:
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+    """state_dir and its logs/ made private (0700, ours), or refused (bridge.history.statedir)."""
+    private_dir(state_dir, top=True)
+    private_dir(state_dir / "logs")
 
 
 class Daemon:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -19,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from bridge.history.statedir import private_dir, replace_private
 
 # Mozilla "intermediate" TLS 1.2 suites (TLS 1.3 suites are fixed by OpenSSL and all strong).
 TLS12_CIPHERS = ":".join(
@@ -67,17 +68,13 @@ def generate_self_signed(cert_path: Path, key_path: Path, names: list[str]) -> N
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    private_dir(cert_path.parent)
+    pem = serialization.Encoding.PEM
+    replace_private(
+        key_path,
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    replace_private(cert_path, cert.public_bytes(pem))
 
 
 def ensure_certificate(state_dir: Path, names: list[str]) -> tuple[Path, Path, bool]:
