@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import pytest
 
 from tests.conftest import Bridge, BridgeFactory, WsReader
 from tests.qemu_guest import BOOT_MARKER, PROMPT, QemuGuest, require_qemu
+from tests.tmux import TmuxPane, require_tmux
 
 BOOT_TIMEOUT = 30.0
 STEP_TIMEOUT = 10.0
@@ -163,6 +165,13 @@ async def test_real_kernel_through_the_bridge(
         at = await screen.wait_for("sysrq: HELP", at)
         timings["CLI sysrq h -> HELP"] = time.monotonic() - sent
 
+        # `serial-bridge connect` in a real terminal (tmux answers the ESC[6n busybox prints after
+        # each prompt): Enter, then ~B h is a SysRq, not text for the shell; ~. disconnects and
+        # leaves the terminal as it was.
+        at = await connect_in_a_terminal(bridge, env, screen, at, tmp_path / "tmux")
+        await ws.send_str(json.dumps({"type": "takeover"}))  # connect took the lease
+        await reader.message("status", event="takeover")
+
         # NMI through the HTTP API: the kernel reports an NMI nobody claimed.
         sent = time.monotonic()
         answer = await post(admin, bridge, "nmi", {})
@@ -202,7 +211,7 @@ async def test_real_kernel_through_the_bridge(
             assert resp.status == 200
             text = await resp.text()
         boots = [m.start() for m in re.finditer("Linux version", text)]
-        assert len(boots) == 3, text[-3000:]
+        assert len(boots) == 3, "\n----\n".join(text[b - 300 : b + 200] for b in boots)
         for needle in ("RT42", "sysrq: HELP", "sysrq: Show State", "NMI received", "RT55"):
             assert needle in text, needle
         assert boots[0] < text.index("NMI received") < boots[1]
@@ -238,6 +247,46 @@ async def test_real_kernel_through_the_bridge(
     assert raw_from + raw.index(b"NMI received") < reset_at
     assert raw_from + raw.rindex(b"Linux version") >= reset_at
     print("timings:", {k: f"{v * 1000:.0f} ms" for k, v in timings.items()})
+
+
+async def connect_in_a_terminal(
+    bridge: Bridge, env: dict[str, str], screen: Screen, at: int, workdir: Path
+) -> int:
+    require_tmux()
+    pane = TmuxPane(workdir)
+    connect = shlex.join(
+        [*CLI, "connect", f"{bridge.base}/{PORT}", "--takeover", "--fingerprint",
+         bridge.daemon.fingerprint]
+    )  # fmt: skip
+    saved = {name: shlex.quote(str(workdir / name)) for name in ("before", "after")}
+    script = (
+        f"stty -g > {saved['before']}; {connect}; rc=$?; stty -g > {saved['after']}; "
+        "echo connect-exit=$rc"
+    )
+    wanted = ("SERIAL_BRIDGE_TOKEN", "XDG_CONFIG_HOME", "PYTHONPATH", "PATH", "HOME")
+    try:
+        await pane.start(["sh", "-c", script], {k: env[k] for k in wanted if k in env})
+        await pane.until_screen(f"connected to {PORT} (rw)")
+        asked = pane.raw().count(b"\x1b[6n")
+        await pane.keys("Enter")
+        at = await screen.wait_for(PROMPT, at)
+        await pane.until_raw(b"\x1b[6n", asked + 1)  # tmux read the query, so it has answered
+        await pane.type("~B")
+        await pane.type("h")
+        at = await screen.wait_for("sysrq: HELP", at)
+        await pane.until_screen("sysrq: HELP")
+        await pane.keys("Enter")
+        at = await screen.wait_for(PROMPT, at)
+        await pane.until_raw(b"\x1b[6n", asked + 2)
+        await pane.type("~.")
+        shown = await pane.until_screen("connect-exit=")
+        assert "connect-exit=0" in shown and "[serial-bridge] disconnected" in shown
+        before, after = (workdir / "before").read_text(), (workdir / "after").read_text()
+        assert before == after, "the terminal was not restored"
+    finally:
+        await pane.close()
+    assert b"~B" not in bytes(screen.reader.data), "the escape reached the shell as text"
+    return at
 
 
 def test_demo_qemu_says_which_packages_are_missing(tmp_path: Path) -> None:
