@@ -137,6 +137,7 @@ class PortConfig:
 
     name: str
     device: str
+    enabled: bool = True  # false: the device is not opened and clients are refused
     baud: int = 115200
     framing: Framing = field(default_factory=Framing)
     flow: str = "none"
@@ -352,6 +353,7 @@ def _port(name: str, t: _Table) -> PortConfig:
     port = PortConfig(
         name=name,
         device=device,
+        enabled=t.get("enabled", True, _typed(bool, "true or false")),
         baud=t.get("baud", 115200, _positive_int),
         framing=t.get("framing", Framing(), Framing.parse),
         flow=flow,

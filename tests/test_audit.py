@@ -48,6 +48,8 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("line-restored", {"user": "rfc2217", "port": "lab1", "line": "115200 8N1"}),
     ("control-lines", {"user": "rfc2217", "port": "lab1", "dtr": False}),
     ("write-dropped", {"user": "rfc2217", "port": "lab1", "peer": "127.0.0.1:5", "bytes": 3}),
+    ("port-disabled", {"port": "lab1", "by": "config-reload"}),
+    ("port-enabled", {"port": "lab1", "by": "config-reload"}),
 ]
 
 

@@ -546,3 +546,19 @@ async def test_a_refused_console_says_why_and_stops_retrying(
     assert "refuses this console" in notice and "TOTP" in notice
     assert await page.text_content("#st-link") == "disconnected"
     assert not bridge.port.attachments
+
+
+async def test_a_disabled_port_is_shown_disabled_and_its_console_says_why(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
+) -> None:
+    bridge = await bridge_factory(ports={"lab": {"device": str(pty_device.path), "enabled": False}})
+    page = await browsing.page(bridge)
+    await login(page, bridge.origin, "operator", PASSWORDS["operator"], "/")
+    pill = page.locator('tr[data-port="lab"] .pill')
+    await pill.wait_for()
+    assert await pill.text_content() == "disabled"
+    await page.goto(f"{bridge.origin}/ports/lab")
+    await page.wait_for_function("() => window.serialBridge.link.state === 'closed'")
+    notice = await page.text_content("#notice") or ""
+    assert "refuses this console: port lab is disabled by the administrator" in notice
+    assert bridge.port.opens == 0 and not bridge.port.attachments

@@ -243,6 +243,8 @@ class BridgeClient:
         except aiohttp.ServerFingerprintMismatch as exc:
             raise PinMismatch(_mismatch(self.target.hostport, self.known_hosts.path)) from exc
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status >= 400:  # the refusal's reason is in the body, which aiohttp drops:
+                await self.request("GET", f"/api/ports/{port}/access")  # ask why, once
             raise ApiError(exc.status, exc.message or "websocket refused") from exc
 
 

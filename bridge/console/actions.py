@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from bridge.config import PortConfig
-from bridge.console.errors import ActionBusy, LinesFailed, PortOffline
+from bridge.console.errors import ActionBusy, LinesFailed, PortDisabled, PortOffline
 from bridge.hw.interfaces import ActionResult, ConsoleTransport, ControlLines, UnsupportedAction
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ Marker = Callable[[str, dict[str, Any]], None]
 RESULTS: dict[type[Exception], str] = {
     ActionBusy: "busy",
     PortOffline: "offline",
+    PortDisabled: "disabled",
     UnsupportedAction: "unsupported",
     LinesFailed: "failed",
 }
@@ -55,6 +56,9 @@ class ActionTarget(Protocol):
     @property
     def transport(self) -> ConsoleTransport | None: ...
 
+    def check_enabled(self) -> None:
+        """Raise PortDisabled when the administrator disabled the port."""
+
 
 class Actions:
     """The actions of one port, one at a time."""
@@ -71,7 +75,9 @@ class Actions:
 
     @contextlib.contextmanager
     def _counted(self, action: str) -> Iterator[None]:
+        """Count the action by its result; a disabled port refuses it here, first."""
         try:
+            self._target.check_enabled()
             yield
         except Exception as exc:
             self.counts[action, result_of(exc)] += 1
@@ -149,6 +155,7 @@ class Actions:
         A status query does not wait for (or block) a running action."""
         lines = self._target.lines
         if action == "power:status":
+            self._target.check_enabled()
             if "status" not in lines.supported():
                 return self._done({"action": "power", "power": lines.power_state()}, user)
             return self._done(await self._call_lines(action), user)

@@ -17,6 +17,12 @@ class PortOffline(PortError):
     status = 503
 
 
+class PortDisabled(PortError):
+    """The administrator disabled the port (`enabled = false`): no console, no actions."""
+
+    status = 503
+
+
 class NotWriter(PortError):
     status = 403
 

@@ -25,6 +25,7 @@ from bridge.console.errors import (
     ActionBusy,
     LinesFailed,
     NotWriter,
+    PortDisabled,
     PortError,
     PortOffline,
     TooManyClients,
@@ -43,6 +44,7 @@ __all__ = [
     "LinesFailed",
     "NotWriter",
     "Port",
+    "PortDisabled",
     "PortError",
     "PortOffline",
     "TooManyClients",
@@ -55,6 +57,7 @@ STREAM_GAP = 0.02  # output this soon after earlier output, with no keystroke be
 BATCH_WINDOW = 0.05  # a stream's output is sent at least this often...
 BATCH_LIMIT = 16 * 1024  # ...or as soon as this much is gathered
 TYPING = 1.0  # for this long after a keystroke nothing is gathered: echoes go out at once
+DISABLED = "disabled by the administrator"
 REPLAY_SEARCH = 64 * 1024  # how far into a replay a line start is looked for
 
 
@@ -110,6 +113,11 @@ class Port:
     # ---- device lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
+        """Open the device and keep it open (retrying); a disabled port stays closed."""
+        if not self.cfg.enabled:
+            self.error = DISABLED
+            log.info("port %s: disabled in the configuration; the device stays closed", self.name)
+            return
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"port-{self.name}")
         if self.cfg.writer_idle_timeout > 0:
             self._idle_task = asyncio.get_running_loop().create_task(
@@ -185,21 +193,33 @@ class Port:
             self.scrollback.append(kept[1])
         for att in self.attachments.values():
             att.subscriber.budget = cfg.client_buffer
-        self._broadcast_status("reconfigured")
+        if cfg.enabled:
+            self._broadcast_status("reconfigured")
+        else:
+            await self._drop_clients(f"port {self.name} is {DISABLED}")
         self.start()
+
+    def check_enabled(self) -> None:
+        """Refuse (PortDisabled) on a port the administrator disabled: attach and actions ask."""
+        if not self.cfg.enabled:
+            raise PortDisabled(f"port {self.name} is {DISABLED}")
 
     async def close(self, reason: str = "port closed") -> None:
         await self._stop_tasks()
+        await self._drop_clients(reason)
+        await self.lines.close()
+        self._flush_log()
+        if self.ringlog is not None:
+            await asyncio.to_thread(self.ringlog.close)  # drains queued pages, then syncs
+
+    async def _drop_clients(self, reason: str) -> None:
+        """Tell every client why (a `closed` status) and detach them all."""
         for att in list(self.attachments.values()):
             att.viewer.send_message({"type": "status", "event": "closed", "reason": reason})
             await att.subscriber.close()
             self._gaps_of_gone += att.subscriber.gaps
         self.attachments.clear()
         self.lease.clear()
-        await self.lines.close()
-        self._flush_log()
-        if self.ringlog is not None:
-            await asyncio.to_thread(self.ringlog.close)  # drains queued pages, then syncs
 
     # ---- output: the hot path ---------------------------------------------------------------
 
@@ -323,6 +343,7 @@ class Port:
     def attach(
         self, viewer: Viewer, user: str, peer: str, mode: str, takeover: bool, start: int
     ) -> Attachment:
+        self.check_enabled()
         if len(self.attachments) >= self.cfg.max_clients:
             raise TooManyClients(f"port {self.name} has {self.cfg.max_clients} clients already")
         sub = Subscriber(viewer, self, self.cfg.client_buffer, start)

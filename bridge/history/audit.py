@@ -31,6 +31,8 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
 - ``control-lines`` — ``user``, ``port``, ``dtr`` and/or ``rts`` (bool)
 - ``write-dropped`` — ``user``, ``port``, ``peer``, ``bytes``, ``reason`` (the first keystrokes of a
   read-only RFC 2217 client that were dropped), or ``total: true`` with the count when it left
+- ``port-enabled`` / ``port-disabled`` — ``port``, ``by`` (``"config-reload"``): a reload
+  changed the port's ``enabled``
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ EVENTS = (
     "login", "logout", "attach", "detach", "takeover", "break", "sysrq", "nmi", "reset", "power",
     "user-add", "user-set", "user-del", "user-passwd", "user-totp", "token-create", "token-revoke",
     "config-reload", "line-settings", "line-restored", "control-lines", "write-dropped",
+    "port-enabled", "port-disabled",
 )  # fmt: skip
 
 

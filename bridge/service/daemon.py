@@ -223,8 +223,19 @@ class Daemon:
                 state.ports[name].start()
                 changes.append(f"port {name}: added")
             elif cfg != old.ports[name] or (cfg.lines.configured and old.gpio != new.gpio):
-                await state.ports[name].reconfigure(cfg, make_lines(cfg, new.gpio))
-                changes.append(f"port {name}: reopened with its new settings")
+                port = state.ports[name]
+                await port.reconfigure(cfg, make_lines(cfg, new.gpio))
+                if cfg.enabled == old.ports[name].enabled:
+                    what = "reopened with" if cfg.enabled else "disabled, keeps"
+                    changes.append(f"port {name}: {what} its new settings")
+                    continue
+                event = "port-enabled" if cfg.enabled else "port-disabled"
+                audit.record(event, port=name, by="config-reload")
+                changes.append(f"port {name}: {event.removeprefix('port-')}")
+                if not cfg.enabled:  # its clients were told why (a status message); now close
+                    reason = f"port {name} is disabled by the administrator"
+                    mine = [s for s in state.sockets.values() if s.port is port]
+                    await close_websockets(mine, 1001, reason)
         if self.rfc2217 is not None:
             changes += await self.rfc2217.reload(new)
         self.config = state.config = new

@@ -28,7 +28,7 @@ from bridge.web.authn import (
     same_origin,
 )
 from bridge.web.console import close_sockets
-from bridge.web.state import STATE, api_error
+from bridge.web.state import STATE, api_error, port_error
 
 MAX_PASSWORD = 1024
 BODY_TIMEOUT = 10.0  # a request body must arrive within this (slow-body clients are cut off)
@@ -118,6 +118,7 @@ def port_summary(port: Port) -> dict[str, Any]:
     return {
         "name": port.name,
         "description": cfg.description,
+        "enabled": cfg.enabled,
         "online": port.online,
         "baud": cfg.baud,
         "framing": str(cfg.framing),
@@ -150,10 +151,7 @@ async def _run_action(
         raise api_error(web.HTTPNotImplemented, str(exc)) from None
     except PortError as exc:
         audit.record(what, **where, **fields, result=f"refused: {exc}")
-        cls = {409: web.HTTPConflict, 503: web.HTTPServiceUnavailable, 403: web.HTTPForbidden}.get(
-            exc.status, web.HTTPBadRequest
-        )
-        raise api_error(cls, str(exc)) from None
+        raise port_error(exc) from None
     audit.record(what, **where, **fields, result="ok")
     return web.json_response(result)
 
@@ -211,7 +209,10 @@ async def power(request: web.Request) -> web.Response:
     verb = "reset" if action == "reset" else f"power:{action}"
     coro = _port(request).line_action(verb, identity.user)
     if action == "status":
-        return web.json_response(await coro)
+        try:
+            return web.json_response(await coro)
+        except PortError as exc:
+            raise port_error(exc) from None
     return await _run_action(request, identity.user, "power", coro, action=action)
 
 

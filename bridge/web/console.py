@@ -26,7 +26,7 @@ from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
 from bridge.web.authn import authorise, peer_of, same_origin
 from bridge.web.frames import binary_frame, text_frame
-from bridge.web.state import STATE, AppState, api_error
+from bridge.web.state import STATE, AppState, api_error, port_error
 
 log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024
@@ -206,6 +206,10 @@ async def console(request: web.Request) -> web.StreamResponse:
         raise api_error(web.HTTPForbidden, "websocket Origin is not this bridge")
     state = request.app[STATE]
     port = state.ports[name]
+    try:
+        port.check_enabled()  # before the upgrade, so the refusal carries its reason
+    except PortError as exc:
+        raise port_error(exc) from None
     mode = request.query.get("mode", "rw" if allowed(identity, Permission.WRITE, name) else "ro")
     if mode not in ("ro", "rw"):
         raise api_error(web.HTTPBadRequest, "mode must be ro or rw")

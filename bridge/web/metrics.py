@@ -45,6 +45,7 @@ class PortCollector:
         def counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
             return CounterMetricFamily(f"{PREFIX}_port_{name}", doc, labels=["port", *labels])
 
+        enabled = gauge("enabled", "0 when the administrator disabled the port (enabled = false)")
         online = gauge("online", "1 while the port's device is open")
         clients = gauge("clients", "Clients attached to the port's console")
         writer = gauge("writer", "1 while a client holds the write lease")
@@ -59,6 +60,7 @@ class PortCollector:
         uart = counter("uart_errors", "Line errors the UART driver counted (TIOCGICOUNT)", "kind")
         for port in self.ports:
             name = [port.name]
+            enabled.add_metric(name, int(port.cfg.enabled))
             online.add_metric(name, int(port.online))
             clients.add_metric(name, len(port.attachments))
             writer.add_metric(name, int(port.writer is not None))
@@ -73,7 +75,7 @@ class PortCollector:
             line_errors = transport.line_errors() if transport is not None else None
             for kind, n in sorted((line_errors or {}).items()):
                 uart.add_metric([port.name, kind], n)
-        yield from (online, clients, writer, bytes_in, bytes_out, reopens, gaps, breaks)
+        yield from (enabled, online, clients, writer, bytes_in, bytes_out, reopens, gaps, breaks)
         yield from (actions, uart)
         yield from self._ringlog()
 

@@ -21,9 +21,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from bridge.access.policy import Permission, allowed
+from bridge.console.port import PortError
 from bridge.console.sysrq import SYSRQ_KEYS
 from bridge.web.authn import SESSION_COOKIE, authorise, check_host, identity_of
-from bridge.web.state import STATE
+from bridge.web.state import STATE, port_error
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ async def port_access(request: web.Request) -> web.Response:
     A browser cannot see why a websocket upgrade was refused; the console page asks here."""
     name = request.match_info["name"]
     identity = authorise(request, Permission.READ, name)
+    try:
+        request.app[STATE].ports[name].check_enabled()
+    except PortError as exc:
+        raise port_error(exc) from None
     return web.json_response(
         {
             "port": name,

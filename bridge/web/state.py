@@ -18,7 +18,7 @@ from bridge.access.gate import Gate
 from bridge.access.sessions import SessionStore
 from bridge.access.store import UserStore
 from bridge.config import Config
-from bridge.console.port import Port
+from bridge.console.port import Port, PortError
 from bridge.history.audit import Auditor, NullAudit
 
 
@@ -54,6 +54,14 @@ class AppState:
 
 
 STATE: web.AppKey[AppState] = web.AppKey("state", AppState)
+
+
+def port_error(exc: PortError) -> web.HTTPException:
+    """The HTTP answer to a port's refusal (busy 409, offline/disabled/full 503, not writer 403)."""
+    cls = {409: web.HTTPConflict, 503: web.HTTPServiceUnavailable, 403: web.HTTPForbidden}.get(
+        exc.status, web.HTTPBadRequest
+    )
+    return api_error(cls, str(exc))
 
 
 def api_error(

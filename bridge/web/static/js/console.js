@@ -317,7 +317,7 @@
         try {
           await api(`/api/ports/${encodeURIComponent(port)}/access`);
         } catch (err) {
-          if (err.status === 403 || err.status === 404) {
+          if (err.status === 403 || err.status === 404 || err.status === 503) {
             link.stop(err.message);
             notify(`The bridge refuses this console: ${err.message}.`, "error");
           }

@@ -6,8 +6,8 @@
   function row(port) {
     const link = el("a", { href: `/ports/${encodeURIComponent(port.name)}`, text: port.name });
     const state = el("span", {
-      class: `pill ${port.online ? "ok" : "bad"}`,
-      text: port.online ? "online" : "offline",
+      class: `pill ${port.enabled === false ? "warn" : port.online ? "ok" : "bad"}`,
+      text: port.enabled === false ? "disabled" : port.online ? "online" : "offline",
     });
     const power = port.power && port.power !== "unknown" ? port.power : "";
     const watching = String(port.viewers);
