@@ -4,6 +4,7 @@ closing the clients of a port it disables — and audits it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from bridge.client.http import ApiError, BridgeClient
 from bridge.config import ConfigError, load_config
 from bridge.history.audit import AuditLog
 from bridge.service.daemon import Daemon, reload_from_disk
-from tests.conftest import Bridge, PtyDevice, WsReader, user_hash, wait_for
+from tests.conftest import Bridge, BridgeFactory, PtyDevice, WsReader, user_hash, wait_for
 
 REASON = "port lab is disabled by the administrator"
 
@@ -142,3 +143,23 @@ async def test_cli_client_is_told_why(switchable: object) -> None:
         with pytest.raises(ApiError) as refused:
             await client.console("lab")
     assert refused.value.status == 503 and REASON in str(refused.value)
+
+
+async def test_the_rfc2217_door_obeys_too(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice
+) -> None:
+    """The refusal is the hub's, so a door that is not the web gets it as well: the RFC 2217
+    endpoint of a disabled port closes each connection without attaching it."""
+    b = await bridge_factory(
+        ports={"lab": {"device": str(pty_device.path), "rfc2217": "127.0.0.1:0", "enabled": False}}
+    )
+    assert b.daemon.rfc2217 is not None
+    host, number = b.daemon.rfc2217.endpoints["lab"].address
+    reader, writer = await asyncio.open_connection(host, number)
+    try:
+        async with asyncio.timeout(10):
+            while await reader.read(4096):
+                pass  # until the bridge closes it
+    finally:
+        writer.close()
+    assert not b.port.attachments and b.port.opens == 0 and not holds_open(pty_device)
