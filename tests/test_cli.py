@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,8 +107,15 @@ def test_user_and_token_commands(tmp_path: Path) -> None:
     assert "alice" not in run("user", "list", "--config", cfg).stdout
 
 
+def own_terminal() -> None:  # in the child: the pty on stdout becomes its controlling terminal
+    fcntl.ioctl(1, termios.TIOCSCTTY, 0)
+
+
 class PtyScreen:
-    """A terminal for a CLI subprocess: the test types into and reads from the pty master."""
+    """A terminal for a CLI subprocess: the test types into and reads from the pty master. The
+    pty is the subprocess's controlling terminal (/dev/tty), in a session of its own, so what the
+    CLI asks there (a first-seen bridge, a password) lands on this screen, never on the test
+    runner's terminal."""
 
     def __init__(self) -> None:
         self.master, self.slave = os.openpty()
@@ -136,6 +146,8 @@ class PtyScreen:
             stdout=self.slave,
             stderr=self.slave,
             env=env,
+            start_new_session=True,
+            preexec_fn=own_terminal,
         )
 
     async def connect_to(
@@ -154,6 +166,8 @@ class PtyScreen:
             stdout=self.slave,
             stderr=self.slave,
             env=env,
+            start_new_session=True,
+            preexec_fn=own_terminal,
         )
 
     def close(self) -> None:
@@ -167,8 +181,11 @@ async def test_connect_types_reads_and_restores_the_terminal(
     screen = PtyScreen()
     before = termios.tcgetattr(screen.slave)
     proc = await screen.connect(bridge, bridge.tokens["operator"], tmp_path / "xdg")
+    await screen.until(b"Trust this bridge and continue (yes/no/[fingerprint])? ")
+    assert bridge.daemon.fingerprint.encode() in screen.seen  # shown before anything is sent
+    screen.type(b"yes\r")
     await screen.until(b"connected to lab (rw)")
-    assert b"first connection" in screen.seen  # trust on first use, announced
+    assert b"trusting" in screen.seen and b"from now on" in screen.seen
     screen.type(b"echo hello\r")
     await pty_device.read_until(lambda b: b"echo hello\r" in b)
     pty_device.write(b"echo hello\r\nhello\r\n$ ")
@@ -265,7 +282,7 @@ async def test_cli_login_with_a_one_time_code(bridge: Bridge, tmp_path: Path) ->
         f"{PASSWORDS['admin']}\n{code_at(admin.totp_secret, time.time())}\n"
     )
     assert code == 0, output
-    assert b'"power": "unknown"' in output
+    assert output.strip() == b"lab: power is unknown"
 
 
 def test_demo_banner_prints_a_connect_command_that_runs(tmp_path: Path) -> None:
@@ -297,3 +314,142 @@ def test_demo_banner_prints_a_connect_command_that_runs(tmp_path: Path) -> None:
         env={**os.environ, "PATH": "/usr/bin:/bin"},
     )
     assert version.returncode == 0 and version.stdout.startswith("serial-bridge "), version.stderr
+
+
+async def test_a_first_seen_bridge_is_confirmed_before_the_password_is_asked(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    from tests.conftest import PASSWORDS
+
+    home = tmp_path / "xdg"
+    known = home / "serial-bridge" / "known_hosts"
+    screen = PtyScreen()
+    proc = await screen.connect(bridge, "", home, "--user", "operator")
+    await screen.until(b"(yes/no/[fingerprint])? ")
+    screen.type(b"no\r")
+    assert await asyncio.wait_for(proc.wait(), 20) == 1
+    await screen.until(b"not trusted; nothing was sent")
+    assert b"Password" not in screen.seen and not known.exists()
+    screen.close()
+
+    # pasting the fingerprint one has checked is a yes; then, and only then, the password
+    screen = PtyScreen()
+    proc = await screen.connect(bridge, "", home, "--user", "operator")
+    await screen.until(b"(yes/no/[fingerprint])? ")
+    assert b"Password" not in screen.seen
+    screen.type(bridge.daemon.fingerprint.encode() + b"\r")
+    await screen.until(b"Password for operator: ")
+    screen.type(PASSWORDS["operator"].encode() + b"\r")
+    await screen.until(b"connected to lab (rw)")
+    screen.type(b"\r~.")
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert bridge.daemon.fingerprint in known.read_text()
+    screen.close()
+
+
+async def cli(*args: str, env: dict[str, str], stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+    """The CLI with no terminal at all (a new session, pipes): as cron or CI runs it."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    return proc.returncode or 0, out, err
+
+
+async def test_without_a_terminal_a_first_seen_bridge_needs_a_pin_or_explicit_trust(
+    bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    env = {"SERIAL_BRIDGE_TOKEN": bridge.tokens["operator"], "XDG_CONFIG_HOME": str(tmp_path)}
+    url = f"{bridge.base}/lab"
+    code, out, err = await cli("sysrq", url, "h", env=env)
+    assert code == 1 and out == b""
+    assert b"no terminal to ask" in err
+    assert f"--fingerprint {bridge.daemon.fingerprint}".encode() in err
+    assert not (tmp_path / "serial-bridge" / "known_hosts").exists()
+    assert pty_device.drain_input() == b""  # nothing reached the target
+
+    code, out, err = await cli("sysrq", url, "h", "--trust-on-first-use", env=env)
+    assert code == 0, err
+    assert re.fullmatch(
+        rb"lab: SysRq h sent \(BREAK 250 ms \+ key\) by operator at [\d:]{8}\n", out
+    )
+    assert b"--trust-on-first-use" in err
+    await pty_device.read_until(lambda b: b"h" in b)
+    # remembered: the next run needs neither, and prints JSON when asked
+    code, out, err = await cli("sysrq", url, "h", "--json", env=env)
+    assert code == 0, err
+    answer = json.loads(out)
+    assert (answer["action"], answer["keys"], answer["user"]) == ("sysrq", "h", "operator")
+
+
+async def test_connect_with_password_stdin_reads_keys_from_the_terminal(
+    bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    from tests.conftest import PASSWORDS
+
+    password = PASSWORDS["operator"].encode() + b"\n"
+    args = ["connect", f"{bridge.base}/lab", "--user", "operator", "--password-stdin"]
+    args += ["--fingerprint", bridge.daemon.fingerprint]
+    code, _out, err = await cli(*args, env={}, stdin=password)  # no terminal: refused, clearly
+    assert code == 1
+    assert b"--password-stdin reads your keys from the terminal, and there is none" in err
+
+    screen = PtyScreen()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=screen.slave,
+        stderr=screen.slave,
+        start_new_session=True,
+        preexec_fn=own_terminal,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(password)
+    proc.stdin.close()
+    await screen.until(b"connected to lab (rw)")
+    screen.type(b"echo typed\r")
+    await pty_device.read_until(lambda b: b"echo typed\r" in b)
+    screen.type(b"\r~.")
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    screen.close()
+
+
+async def test_a_viewer_is_told_it_watches_read_only_without_an_error(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    screen = PtyScreen()
+    proc = await screen.connect_to(bridge, "lab", bridge.tokens["viewer"], tmp_path / "xdg")
+    await screen.until(b"connected to lab (ro: the viewer role may only watch); ~? for help")
+    screen.type(b"\r~.")
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert b"error" not in screen.seen
+    screen.close()
+
+
+def test_action_answers_read_as_one_line() -> None:
+    from bridge.client.results import describe
+
+    at = time.mktime((2026, 11, 23, 14, 2, 11, 0, 0, -1))
+    who = {"port": "node2", "user": "alice", "time": at}
+    assert (
+        describe({**who, "action": "sysrq", "keys": "reisub", "interval_ms": 1000, "break_ms": 250})
+        == "node2: SysRq r e i s u b sent (BREAK 250 ms + key, 1000 ms apart) by alice at 14:02:11"
+    )
+    nmi = {**who, "action": "nmi", "line": "nmi", "gpio": 17, "pulse_ms": 200}
+    assert describe(nmi) == "node2: NMI done (GPIO 17 pulsed 200 ms) by alice at 14:02:11"
+    assert describe({**who, "action": "reset", "qmp": "system_reset"}) == (
+        "node2: reset done (QMP system_reset) by alice at 14:02:11"
+    )
+    on = {**who, "action": "on", "gpio": 22, "pulse_ms": 0, "power": "on", "note": "already on"}
+    assert describe(on) == (
+        "node2: power on done (GPIO 22 not pulsed); power is on by alice at 14:02:11 — already on"
+    )
+    status = {**who, "action": "status", "power": "off", "qemu_status": "shutdown"}
+    assert describe(status) == "node2: power is off (QEMU: shutdown)"

@@ -153,6 +153,7 @@ async def test_real_kernel_through_the_bridge(
             "sysrq",
             f"{bridge.base}/{PORT}",
             "h",
+            "--json",
             "--fingerprint",
             bridge.daemon.fingerprint,
             env=env,

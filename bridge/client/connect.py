@@ -77,6 +77,22 @@ class Options:
     read_only: bool = False
     takeover: bool = False
     replay: int = 0  # bytes of history shown on attach, from a line start (0: none)
+    keyboard: int = 0  # the fd keys are read from (see keyboard())
+
+
+def keyboard(password_on_stdin: bool) -> int:
+    """The fd to read keys from: standard input, or the terminal (/dev/tty) when standard input
+    is not one and carried the password. Refuses (ClientError) when there is no terminal then:
+    the keys would be the end of a pipe, and connect would end at once."""
+    if not password_on_stdin or os.isatty(0):
+        return 0
+    try:
+        return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        raise ClientError(
+            "connect with --password-stdin reads your keys from the terminal, and there is "
+            "none (/dev/tty); for scripts use an API token (SERIAL_BRIDGE_TOKEN or --token-file)"
+        ) from None
 
 
 class Terminal:
@@ -84,6 +100,7 @@ class Terminal:
         self.client, self.port, self.options = client, port, options
         self.takeover = options.takeover
         self.offset: int | None = None
+        self.keys = options.keyboard
         self.parser = EscapeParser()
         self.screen = ScreenFilter()
         self.quit = asyncio.Event()
@@ -116,7 +133,7 @@ class Terminal:
 
     def _on_stdin(self) -> None:
         try:
-            data = os.read(0, 65536)
+            data = os.read(self.keys, 65536)
         except OSError:
             data = b""
         if not data:
@@ -194,7 +211,7 @@ class Terminal:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, self.quit.set)
-        loop.add_reader(0, self._on_stdin)
+        loop.add_reader(self.keys, self._on_stdin)
         delay = 0.5
         try:
             while not self.quit.is_set():
@@ -216,13 +233,13 @@ class Terminal:
                 delay = min(delay * 2, 5.0)
             return 0
         finally:
-            loop.remove_reader(0)
+            loop.remove_reader(self.keys)
             for signum in (signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
 
 
 async def interactive(client: BridgeClient, port: str, options: Options) -> int:
-    with raw_terminal(0):
+    with raw_terminal(options.keyboard):
         try:
             return await Terminal(client, port, options).run()
         finally:

@@ -1,9 +1,12 @@
 """The client library for the bridge's HTTPS/websocket API, used by the CLI and by lab scripts.
 
-The server's certificate is pinned: by `--fingerprint SHA256:...`, or trust-on-first-use into a
-known_hosts-style file (`~/.config/serial-bridge/known_hosts`), with a loud refusal when a known
-bridge presents a different certificate later. Credentials: an API token (`SERIAL_BRIDGE_TOKEN`,
-or a token file), or a user name and password that log in for a session cookie.
+The server's certificate is pinned: by `--fingerprint SHA256:...`, or by a known_hosts-style file
+(`~/.config/serial-bridge/known_hosts`), with a loud refusal when a known bridge presents a
+different certificate later. A first-seen bridge is trusted only when the caller's `trust`
+callback says so (the CLI shows the fingerprint and asks, as ssh does, or was given
+`--trust-on-first-use`) — before any credential is sent; without one it is refused. Credentials:
+an API token (`SERIAL_BRIDGE_TOKEN`, or a token file), or a user name and password that log in
+for a session cookie.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,10 @@ class ClientError(Exception):
 
 class PinMismatch(ClientError):
     """The bridge presented a certificate other than the pinned one."""
+
+
+class UnknownBridge(ClientError):
+    """A first-seen bridge whose certificate nobody confirmed: nothing was sent to it."""
 
 
 class ApiError(ClientError):
@@ -132,31 +140,59 @@ class BridgeClient:
         fingerprint: str | None = None,
         known_hosts: KnownHosts | None = None,
         notice: Any = None,
+        trust: Callable[[str, str], bool] | None = None,
     ) -> None:
+        """`trust(hostport, fingerprint)` decides about a bridge not in known_hosts (True: trust
+        it and remember it); without it such a bridge is refused (UnknownBridge)."""
         self.target = parse_url(url)
-        self.token, self.user, self.password, self.totp = token, user, password, totp
+        self.use_credentials(token=token, user=user, password=password, totp=totp)
         self.fingerprint = normalise_fingerprint(fingerprint) if fingerprint else None
         self.known_hosts = known_hosts or KnownHosts()
         self.notice = notice or (lambda text: print(text, file=sys.stderr))
+        self.trust = trust
         self.session: aiohttp.ClientSession | None = None
         self.csrf: str | None = None
+        self._pinned: str | None = None
 
-    async def _pin(self) -> str:
+    def use_credentials(
+        self,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        totp: str | None = None,
+    ) -> None:
+        """Set the credentials (before entering the client); the CLI asks for a password only
+        once the certificate is settled."""
+        self.token, self.user, self.password, self.totp = token, user, password, totp
+
+    async def pin(self) -> str:
+        """The certificate fingerprint to accept, settled once (and before any credential)."""
+        if self._pinned is None:
+            self._pinned = await self._decide_pin()
+        return self._pinned
+
+    async def _decide_pin(self) -> str:
         if self.fingerprint:
             return self.fingerprint
         known = self.known_hosts.get(self.target.hostport)
         if known:
             return known
+        hostport = self.target.hostport
         seen = await peer_fingerprint(self.target.host, self.target.port)
+        if self.trust is None or not self.trust(hostport, seen):
+            raise UnknownBridge(
+                f"{hostport} is not a known bridge (its certificate is {seen}); nothing was "
+                "sent to it. Compare that with `serial-bridge cert show` on the bridge, then "
+                f"pass --fingerprint {seen} (or --trust-on-first-use)"
+            )
+        self.known_hosts.add(hostport, seen)
         self.notice(
-            f"serial-bridge: first connection to {self.target.hostport}; trusting its "
-            f"certificate {seen} (saved in {self.known_hosts.path})"
+            f"serial-bridge: trusting {hostport} from now on (saved in {self.known_hosts.path})"
         )
-        self.known_hosts.add(self.target.hostport, seen)
         return seen
 
     async def __aenter__(self) -> BridgeClient:
-        pin = await self._pin()
+        pin = await self.pin()
         connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(_fp_bytes(pin)))
         headers = {"Origin": self.target.base}
         if self.token:

@@ -2,7 +2,9 @@
 
 Credentials, in order: `--user NAME` (password prompt, or `--password-stdin`), the
 `SERIAL_BRIDGE_TOKEN` environment variable, or a token file (`--token-file`, default
-`~/.config/serial-bridge/token`). The certificate is pinned (see bridge.client.http).
+`~/.config/serial-bridge/token`). The certificate is pinned (see bridge.client.http); a first-seen
+bridge's fingerprint is shown and confirmed (bridge.client.trust) before a password is asked for.
+Actions print one line for a person, or their JSON answer with `--json`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.client.http import BridgeClient, ClientError, KnownHosts, config_dir, parse_url
+from bridge.client.results import describe
+from bridge.client.trust import decider
 from bridge.config import parse_size
 
 DEFAULT_REPLAY = 4096  # bytes of history `connect` shows on attach
@@ -72,7 +76,10 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
 def _client(args: argparse.Namespace) -> BridgeClient:
     known = KnownHosts(Path(args.known_hosts)) if args.known_hosts else None
     return BridgeClient(
-        args.url, fingerprint=args.fingerprint, known_hosts=known, **_credentials(args)
+        args.url,
+        fingerprint=args.fingerprint,
+        known_hosts=known,
+        trust=decider(args.trust_on_first_use),
     )
 
 
@@ -85,7 +92,10 @@ def _port_name(args: argparse.Namespace) -> str:
 
 def _run(args: argparse.Namespace, body: Callable[[BridgeClient], Awaitable[int]]) -> int:
     async def main() -> int:
-        async with _client(args) as client:
+        client = _client(args)
+        await client.pin()  # a first-seen bridge is settled before any credential is read
+        client.use_credentials(**_credentials(args))
+        async with client:
             return await body(client)
 
     try:
@@ -95,37 +105,40 @@ def _run(args: argparse.Namespace, body: Callable[[BridgeClient], Awaitable[int]
         return 1
 
 
-def _print_result(result: Any) -> int:
-    print(json.dumps(result, indent=None, sort_keys=True))
-    return 0
-
-
 def run_connect(args: argparse.Namespace) -> int:
-    from bridge.client.connect import Options, interactive
+    from bridge.client.connect import Options, interactive, keyboard
 
     name = _port_name(args)
-    options = Options(args.read_only, args.takeover, args.replay)
+    try:  # before anything is read or sent: where will the keys come from?
+        keys = keyboard(password_on_stdin=bool(args.user and args.password_stdin))
+    except ClientError as exc:
+        print(f"serial-bridge: {exc}", file=sys.stderr)
+        return 1
+    options = Options(args.read_only, args.takeover, args.replay, keys)
     return _run(args, lambda c: interactive(c, name, options))
 
 
 def run_sysrq(args: argparse.Namespace) -> int:
     name = _port_name(args)
     body = {"keys": args.keys, "interval": args.interval}
-    return _run(args, lambda c: _post(c, f"/api/ports/{name}/sysrq", body))
+    return _run(args, lambda c: _post(c, f"/api/ports/{name}/sysrq", body, args.json))
 
 
 def run_nmi(args: argparse.Namespace) -> int:
     name = _port_name(args)
-    return _run(args, lambda c: _post(c, f"/api/ports/{name}/nmi", {}))
+    return _run(args, lambda c: _post(c, f"/api/ports/{name}/nmi", {}, args.json))
 
 
 def run_power(args: argparse.Namespace) -> int:
     name = _port_name(args)
-    return _run(args, lambda c: _post(c, f"/api/ports/{name}/power", {"action": args.action}))
+    body = {"action": args.action}
+    return _run(args, lambda c: _post(c, f"/api/ports/{name}/power", body, args.json))
 
 
-async def _post(client: BridgeClient, path: str, body: dict[str, Any]) -> int:
-    return _print_result(await client.request("POST", path, body))
+async def _post(client: BridgeClient, path: str, body: dict[str, Any], as_json: bool) -> int:
+    result = await client.request("POST", path, body)
+    print(json.dumps(result, sort_keys=True) if as_json else describe(result))
+    return 0
 
 
 def run_log(args: argparse.Namespace) -> int:
@@ -167,7 +180,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--password-stdin",
         action="store_true",
-        help="with --user: read the password (and then the --totp code) from standard input",
+        help="with --user: read the password (and then the --totp code) from standard input; "
+        "connect then reads your keys from the terminal (/dev/tty)",
     )
     p.add_argument(
         "--token-file",
@@ -178,13 +192,26 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--fingerprint",
         default=None,
         metavar="SHA256:...",
-        help="pin the server certificate instead of trust-on-first-use",
+        help="the bridge's certificate fingerprint (`serial-bridge cert show` on the bridge); "
+        "without it a bridge not in known_hosts is shown and must be confirmed on the terminal",
+    )
+    p.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="trust a bridge not in known_hosts without asking, and remember it (for scripts "
+        "that cannot answer; --fingerprint is safer)",
     )
     p.add_argument(
         "--known-hosts",
         default=None,
         metavar="PATH",
         help="pinned certificates (default ~/.config/serial-bridge/known_hosts)",
+    )
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true", help="print the bridge's JSON answer instead of one line"
     )
 
 
@@ -211,16 +238,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sysrq", help="send magic SysRq keys (BREAK + key, e.g. REISUB)")
     _common(p)
     p.add_argument("keys", help="SysRq keys, e.g. h, t, or REISUB")
-    p.add_argument("--interval", default="1s", help="pause between keys")
+    p.add_argument(
+        "--interval",
+        default="1s",
+        metavar="DURATION",
+        help="pause between keys, with a unit: 500ms, 2s (default: 1s)",
+    )
+    _json_flag(p)
     p.set_defaults(func=run_sysrq)
 
     p = sub.add_parser("nmi", help="pulse the NMI line")
     _common(p)
+    _json_flag(p)
     p.set_defaults(func=run_nmi)
 
     p = sub.add_parser("power", help="power actions through the control lines")
     _common(p)
     p.add_argument("action", choices=["on", "off", "force-off", "reset", "cycle", "status"])
+    _json_flag(p)
     p.set_defaults(func=run_power)
 
     p = sub.add_parser("log", help="console history from the ring log")
