@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.configcheck import check_listen, check_ports, check_rfc2217
+from bridge.configdepth import PROBLEM as NESTING_PROBLEM
+from bridge.configdepth import deepest_key, too_deep
 
 DEFAULT_CONFIG_PATH = Path("/etc/serial-bridge/config.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/serial-bridge")
@@ -454,9 +456,14 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from exc
+    except RecursionError:
+        raise ConfigError([f"{path}: {deepest_key(text)}: {NESTING_PROBLEM}"]) from None
+    if (deep := too_deep(data)) is not None:
+        raise ConfigError([f"{path}: {deep}: {NESTING_PROBLEM}"])
     return parse_config(data, str(path), path)

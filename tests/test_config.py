@@ -208,3 +208,30 @@ def test_the_example_configs_in_the_documents_are_valid(doc: str) -> None:
     assert blocks
     for block in blocks:
         parse_config(tomllib.loads(block), doc)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("x = " + "[" * 30_000, "x"),  # too deep for tomllib itself
+        ('[ports.lab]\ndevice = "/dev/null"\nbaud = ' + "{a = " * 3_000, "ports.lab.baud"),
+        ('[ports.lab]\ndevice = "/dev/null"\nbaud.' + ".".join(["a"] * 2_000) + " = 1", None),
+        ("x = " + "[" * 100 + "]" * 100, "x"),  # parsed, then refused before anything walks it
+    ],
+)
+def test_nesting_bombs_get_a_file_key_reason_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, key: str | None
+) -> None:
+    """`check-config` on a deeply nested file used to die with RecursionError (#18.19)."""
+    from bridge.service.cli import main
+
+    path = tmp_path / "deep.toml"
+    path.write_text(body + "\n")
+    with pytest.raises(SystemExit) as done:
+        main(["check-config", "--config", str(path)])
+    assert done.value.code == 2
+    (line,) = [ln.strip() for ln in capsys.readouterr().err.splitlines() if ln.startswith("  ")]
+    where, _, reason = line.rpartition(": ")
+    assert reason == "values nested more than 16 levels deep (a config needs 4 at most)"
+    assert where.startswith(f"{path}: {key or 'ports.lab.baud.a.a.a'}")
+    assert len(line) < 300
