@@ -1,6 +1,10 @@
 """The client side: the library that talks to a bridge, and the commands built on it.
 
 - `http`: `BridgeClient` (TLS with certificate pinning, login, API calls, the console websocket).
-- `connect`: the interactive terminal (`serial-bridge connect`): raw mode, escapes, resume.
-- `remote`: the remote commands (`login`, `ports`, `log`, `sysrq`, `nmi`, `power`, ...).
+- `trust`: a first-seen bridge's fingerprint, shown and confirmed on the terminal.
+- `connect`: the interactive terminal (`serial-bridge connect`): raw mode, replay, resume.
+- `keys`: connect's keyboard: escapes, typed keys told from the terminal's own answers.
+- `screen`: connect's output filter: what a target's output may do to the operator's terminal.
+- `remote`: the remote commands (`connect`, `log`, `sysrq`, `nmi`, `power`).
+- `results`: one human line for an action's answer.
 """
