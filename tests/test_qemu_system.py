@@ -4,7 +4,9 @@ A QEMU guest (Debian's cloud kernel, busybox initramfs; bridge/hw/qemu_target.py
 real daemon: ttyS0 on QEMU's telnet chardev, the control lines through QMP. Everything below goes
 through the bridge's public API (websocket, HTTP, the `serial-bridge` CLI): the boot log, a shell
 command, SysRq `h` (websocket) and `t` (HTTP) and `h` again (CLI), NMI, reset and the second boot,
-SysRq `o` (power off) and power on (a third boot), and then the same story in the port's
+SysRq `o` (power off) and power on (a third boot), the lab tools (tests/qemu_lab.py: pyserial's
+rfc2217:// client, the example lab test under the pytest plugin with a fourth boot, the pexpect
+console across a dropped link), and then the same story in the port's
 history (`/log` as text and as jsonl with event markers).
 """
 
@@ -28,6 +30,7 @@ import pytest
 
 from tests.conftest import Bridge, BridgeFactory, WsReader
 from tests.qemu_guest import BOOT_MARKER, PROMPT, QemuGuest, require_qemu
+from tests.qemu_lab import example_test_step, lab_env, resume_step, rfc2217_step
 from tests.tmux import TmuxPane, require_tmux
 
 BOOT_TIMEOUT = 30.0
@@ -88,11 +91,20 @@ async def wait_online(http: aiohttp.ClientSession, bridge: Bridge) -> None:
 
 
 @pytest.mark.qemu
+@pytest.mark.filterwarnings("ignore:setDaemon\\(\\) is deprecated:DeprecationWarning")  # pyserial
+@pytest.mark.filterwarnings("ignore:setName\\(\\) is deprecated:DeprecationWarning")
 async def test_real_kernel_through_the_bridge(
     guest: QemuGuest, bridge_factory: BridgeFactory, tmp_path: Path
 ) -> None:
     bridge = await bridge_factory(
-        ports={PORT: {"device": guest.telnet_url, "lines": {"qmp": guest.qmp_path}}},
+        ports={
+            PORT: {
+                "device": guest.telnet_url,
+                "lines": {"qmp": guest.qmp_path},
+                "rfc2217": "127.0.0.1:0",
+                "rfc2217_takeover": True,
+            }
+        },
         log={"enabled": True, "size": "1MiB", "flush_interval": "1s"},
     )
     timings: dict[str, float] = {}
@@ -203,6 +215,18 @@ async def test_real_kernel_through_the_bridge(
         assert (answer["action"], answer["power"]) == ("on", "on")
         at = await screen.wait_for("Linux version", at, BOOT_TIMEOUT)
         at = await screen.wait_for(PROMPT, at, BOOT_TIMEOUT)
+
+        # Lab tools (tests/qemu_lab.py): pyserial's rfc2217:// client types a command and sends
+        # BREAK + h (it takes the lease over: rfc2217_takeover); the example lab test resets the
+        # guest through the pytest plugin (a fourth boot) and checks a command's answer; the
+        # pexpect console reads on across a link the bridge drops.
+        sent = time.monotonic()
+        at = await rfc2217_step(bridge, PORT, screen, at)
+        timings["rfc2217 command + SysRq"] = time.monotonic() - sent
+        sent = time.monotonic()
+        at = await example_test_step(bridge, PORT, screen, at, lab_env(env))
+        timings["example lab test (reset, shell, command)"] = time.monotonic() - sent
+        at = await resume_step(bridge, PORT, screen, at, tmp_path)
         await ws.close()
 
         # The same story in the port's history, as text ...
@@ -212,7 +236,7 @@ async def test_real_kernel_through_the_bridge(
             assert resp.status == 200
             text = await resp.text()
         boots = [m.start() for m in re.finditer("Linux version", text)]
-        assert len(boots) == 3, "\n----\n".join(text[b - 300 : b + 200] for b in boots)
+        assert len(boots) == 4, "\n----\n".join(text[b - 300 : b + 200] for b in boots)
         for needle in ("RT42", "sysrq: HELP", "sysrq: Show State", "NMI received", "RT55"):
             assert needle in text, needle
         assert boots[0] < text.index("NMI received") < boots[1]
@@ -239,6 +263,7 @@ async def test_real_kernel_through_the_bridge(
         ("nmi", "admin", None),
         ("reset", "admin", None),
         ("sysrq", "operator", "o"),
+        ("reset", "admin", None),  # the example lab test
     ]
     assert markers[0][0] == "online"
     # The reset marker sits at the right place in the byte stream: after the NMI report, before
