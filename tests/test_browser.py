@@ -562,3 +562,38 @@ async def test_a_disabled_port_is_shown_disabled_and_its_console_says_why(
     notice = await page.text_content("#notice") or ""
     assert "refuses this console: port lab is disabled by the administrator" in notice
     assert bridge.port.opens == 0 and not bridge.port.attachments
+
+
+async def test_sign_in_never_leads_off_site(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
+) -> None:
+    """An off-site `next` (a tab makes "/\t/host" read as "//host") lands on this site's own
+    page after a real sign-in, never elsewhere; the page's own check, in Chromium's URL parser,
+    refuses every such form too (#18.9)."""
+    bridge = await pty_bridge(bridge_factory, pty_device)
+    page = await browsing.page(bridge)
+    await page.goto(bridge.origin + "/login?next=/%09/127.0.0.1:1/stolen")
+    verdicts = await page.evaluate(
+        """(cases) => cases.map((c) => window.SB.localPath(c))""",
+        [
+            "/\t/127.0.0.1:1/",
+            "/\n/127.0.0.1:1/",
+            "/\r/127.0.0.1:1/",
+            "//127.0.0.1:1/",
+            "/\\127.0.0.1:1/",
+            "\\\\127.0.0.1:1/",
+            "https://127.0.0.1:1/",
+            "javascript:alert(1)",
+            " /ok",
+            "127.0.0.1:1",
+        ],
+    )
+    assert verdicts == [None] * 10
+    assert await page.evaluate("() => window.SB.localPath('/ports/lab?a=1#b')") == (
+        "/ports/lab?a=1#b"
+    )
+    await page.fill("#username", "operator")
+    await page.fill("#password", PASSWORDS["operator"])
+    await page.click("#login-submit")
+    await page.wait_for_url(bridge.origin + "/")
+    browsing.assert_clean()

@@ -269,6 +269,26 @@ async def test_cross_origin_login_refused(bridge: Bridge) -> None:
         assert "Set-Cookie" not in r.headers
 
 
+OFF_SITE_NEXT = [
+    "/%09/evil.example", "/%0a/evil.example", "/%0d/evil.example", "/%09%09/evil.example",
+    "//evil.example", "/%5Cevil.example", "%5C%5Cevil.example", "https://evil.example/",
+    "javascript:alert(1)", "/%20/evil.example", "evil.example", "%2F%2Fevil.example",
+]  # fmt: skip
+
+
+async def test_sign_in_page_refuses_an_off_site_next(bridge: Bridge) -> None:
+    """`/login?next=/%09/evil.example` used to lead to evil.example after a real sign-in: the
+    URL parser drops the tab (#18.9). An off-site `next` now gets the bare form instead."""
+    async with bridge.session() as anon:
+        for bad in OFF_SITE_NEXT:
+            url = f"{bridge.base}/login?next={bad}"
+            async with anon.get(url, allow_redirects=False) as r:
+                assert (r.status, r.headers.get("Location")) == (302, "/login"), bad
+        for good in ("/", "/ports/lab", "/ports/lab%3Fx%3D1"):
+            async with anon.get(f"{bridge.base}/login?next={good}", allow_redirects=False) as r:
+                assert r.status == 200, good
+
+
 async def test_forwarding_and_remote_user_headers_grant_nothing(bridge: Bridge) -> None:
     spoof = {
         "X-Forwarded-For": "127.0.0.1",

@@ -16,7 +16,7 @@ import html
 import logging
 import secrets
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
@@ -82,8 +82,24 @@ def _to_login(request: web.Request) -> web.HTTPFound:
     return web.HTTPFound("/login?next=" + quote(request.path, safe="/"))
 
 
+def local_path(value: str) -> bool:
+    """True for a path on this site that no browser can read as another origin: it starts with
+    one `/`, has no backslash, no control character and no white space (URL parsers drop tabs and
+    newlines, so "/\t/evil.example" is "//evil.example"), and names no host."""
+    if not value.startswith("/") or value.startswith("//"):
+        return False
+    if any(ch == "\\" or ch.isspace() or not ch.isprintable() for ch in value):
+        return False
+    return urlsplit(value).netloc == "" and urlsplit(value).scheme == ""
+
+
 async def login_page(request: web.Request) -> web.Response:
+    """The sign-in form. A `next` that is not a local path is refused (a redirect to the bare
+    form): after signing in, the form's script goes to `next`, so it must not lead off-site."""
     check_host(request)
+    nxt = request.query.get("next")
+    if nxt is not None and not local_path(nxt):
+        raise web.HTTPFound("/login")
     return _render("login.html")
 
 

@@ -3,10 +3,24 @@
   "use strict";
   const { $ } = window.SB;
 
+  // `next` as a path on this site, or null. It is resolved the way the browser will resolve it,
+  // against our own origin, and must stay there: "/\t/evil.example" passes a naive "starts with
+  // one slash" test, but the URL parser drops tabs and newlines and goes to //evil.example.
+  function localPath(next) {
+    if (typeof next !== "string" || !next.startsWith("/")) return null;
+    if (/[\u0000-\u0020\u007f-\u00a0\\]/.test(next)) return null; // controls, spaces, backslash
+    let url;
+    try {
+      url = new URL(next, location.origin);
+    } catch (_) {
+      return null;
+    }
+    return url.origin === location.origin ? url.pathname + url.search + url.hash : null;
+  }
+  window.SB.localPath = localPath; // for the browser tests
+
   function nextPath() {
-    const next = new URLSearchParams(location.search).get("next") || "/";
-    // only a path on this site: "/x", never "//host" or "/\host" or a scheme
-    return /^\/(?![/\\])/.test(next) ? next : "/";
+    return localPath(new URLSearchParams(location.search).get("next") || "/") || "/";
   }
 
   function showError(message) {
