@@ -193,6 +193,20 @@ class GpioConfig:
 
 
 @dataclass(frozen=True)
+class SshConfig:
+    """The SSH front door (bridge.ssh): on when the `[ssh]` section is present."""
+
+    listen: tuple[tuple[str, int], ...] = (("0.0.0.0", 2222),)
+    password_auth: bool = False
+    trusted_user_ca_keys: Path | None = None
+    escape: bytes = b"\x1d"  # Ctrl-]
+    replay: int = 4096
+    login_grace: float = 30.0
+    max_unauthenticated: int = 10
+    max_auth_tries: int = 6
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -201,6 +215,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     ports: dict[str, PortConfig] = field(default_factory=dict)
+    ssh: SshConfig | None = None  # None: no SSH listener
 
 
 class _Table:
@@ -296,6 +311,38 @@ def _escaped_bytes(value: Any) -> bytes:
     if not isinstance(value, str):
         raise ValueError('expected a string (TOML escapes such as "\\u0004" or "exit\\r")')
     return value.encode("utf-8")
+
+
+def _escape_key(value: Any) -> bytes:
+    """`"^]"` (caret notation) or one control character such as `"\u001d"` -> that byte."""
+    if isinstance(value, str) and len(value) == 2 and value[0] == "^":
+        code = ord(value[1].upper()) ^ 0x40
+    elif isinstance(value, str) and len(value) == 1:
+        code = ord(value)
+    else:
+        raise ValueError(f'expected a control key such as "^]" or "^^", got {value!r}')
+    if not (code < 0x20 or code == 0x7F) or code in (0x0D, 0x0A):
+        raise ValueError(f"{value!r} is not a control key (^@ .. ^_ or ^?, not Enter)")
+    return bytes([code])
+
+
+def _ssh(t: _Table) -> SshConfig:
+    d = SshConfig()
+    ca = t.get("trusted_user_ca_keys", None, _typed(str, "a file of CA public keys"))
+    ssh = SshConfig(
+        listen=t.get("listen", d.listen, _listen_list),
+        password_auth=t.get("password_auth", False, _typed(bool, "true or false")),
+        trusted_user_ca_keys=Path(ca) if ca else None,
+        escape=t.get("escape", d.escape, _escape_key),
+        replay=t.get("replay", d.replay, parse_size),
+        login_grace=t.get("login_grace", d.login_grace, parse_duration),
+        max_unauthenticated=t.get("max_unauthenticated", d.max_unauthenticated, _positive_int),
+        max_auth_tries=t.get("max_auth_tries", d.max_auth_tries, _positive_int),
+    )
+    if ssh.login_grace <= 0:
+        t.problem("login_grace", "must be more than 0 (a client gets this long to log in)")
+    t.done()
+    return ssh
 
 
 _FLOW = ("none", "rtscts", "xonxoff")
@@ -434,6 +481,8 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
             t.problem("pin_factory", f"{gpio.pin_factory!r} is not one of {_PIN_FACTORIES}")
         t.done()
 
+    ssh = _ssh(t) if (t := root.table("ssh")) is not None else None
+
     ports: dict[str, PortConfig] = {}
     if (t := root.table("ports")) is not None:
         for name in t.data:
@@ -442,11 +491,13 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
         t.done()
     root.done()
     check_listen(server.listen, where, problems)
+    if ssh is not None:
+        check_listen(ssh.listen, where, problems, "ssh.listen", server.listen)
     check_ports(ports, where, problems)
     check_rfc2217(server.listen, ports, where, problems)
     if problems:
         raise ConfigError(problems)
-    return Config(path=path, server=server, log=log, gpio=gpio, ports=ports)
+    return Config(path=path, server=server, log=log, gpio=gpio, ports=ports, ssh=ssh)
 
 
 def load_config(path: Path) -> Config:

@@ -52,17 +52,28 @@ def _listen_clash(a: tuple[str, int], b: tuple[str, int]) -> bool:
         return False
 
 
-def check_listen(listen: tuple[tuple[str, int], ...], where: str, problems: list[str]) -> None:
+def check_listen(
+    listen: tuple[tuple[str, int], ...],
+    where: str,
+    problems: list[str],
+    key: str = "server.listen",
+    taken: tuple[tuple[str, int], ...] = (),
+) -> None:
+    """Each entry of `listen` (the key `key`) against its earlier entries, then against `taken`:
+    the addresses another key (server.listen, for ssh.listen) already listens on."""
     for i, entry in enumerate(listen):
-        for earlier in listen[:i]:
+        others = [(e, key) for e in listen[:i]] + [(e, "server.listen") for e in taken]
+        for earlier, owner in others:
             if _listen_clash(earlier, entry):
-                same = entry == earlier
+                same = entry == earlier and owner == key
                 problems.append(
-                    f"{where}: server.listen: {_show(*entry)} "
+                    f"{where}: {key}: {_show(*entry)} "
                     + (
                         "is listed twice"
                         if same
-                        else f"overlaps {_show(*earlier)} (both would take port {entry[1]})"
+                        else f"overlaps {_show(*earlier)}"
+                        + (f" of {owner}" if owner != key else "")
+                        + f" (both would take port {entry[1]})"
                     )
                 )
                 break

@@ -27,6 +27,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
 EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("login", {"user": "alice", "peer": "192.0.2.7", "ok": True}),
     ("login", {"user": "mallory", "peer": "198.51.100.9", "ok": False, "reason": "bad password"}),
+    ("login", {"user": "alice", "peer": "192.0.2.7", "ok": True, "via": "ssh", "cert_serial": 7}),
     ("logout", {"user": "alice", "peer": "192.0.2.7"}),
     ("attach", {"user": "alice", "port": "lab1", "mode": "rw", "peer": "192.0.2.7"}),
     ("detach", {"user": "alice", "port": "lab1", "mode": "rw", "peer": "192.0.2.7"}),
@@ -41,6 +42,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("user-del", {"user": "carol", "by": "cli"}),
     ("user-passwd", {"user": "alice", "by": "cli"}),
     ("user-totp", {"user": "alice", "enrolled": True, "by": "cli"}),
+    ("user-key", {"user": "alice", "added": "SHA256:abc", "by": "cli"}),
     ("token-create", {"user": "root", "label": "ci-bot", "by": "cli"}),
     ("token-revoke", {"user": "root", "label": "ci-bot", "by": "cli"}),
     ("config-reload", {"changes": ["log.size"]}),

@@ -300,8 +300,8 @@ async def test_dropped_link_reconnects_and_shows_what_was_missed(
 
     # hold reconnection (test hook), then the server cuts the websocket
     await page.evaluate("() => { window.serialBridge.link.hold = true; }")
-    for session in list(bridge.daemon.state.sockets.values()):
-        await session.ws.close(code=1001, message=b"going away")
+    for session in bridge.daemon.state.consoles:
+        await session.ws.close(code=1001, message=b"going away")  # type: ignore[attr-defined]
     await page.wait_for_function("() => window.serialBridge.link.state === 'reconnecting'")
     assert await page.text_content("#st-link") == "reconnecting…"
     missed = b"".join(b"printed while away %d\r\n" % i for i in range(50))

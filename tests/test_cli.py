@@ -234,8 +234,8 @@ async def test_connect_reconnects_and_resumes_from_its_offset(
     await screen.until(b"line one\r\n")
     state = bridge.daemon.state
     assert state is not None
-    for session in list(state.sockets.values()):
-        await session.ws.close(code=1012, message=b"restarting")
+    for session in state.consoles:
+        await session.ws.close(code=1012, message=b"restarting")  # type: ignore[attr-defined]
     pty_device.write(b"printed while the link was down\r\n")
     await screen.until(b"reconnecting")
     await screen.until(b"printed while the link was down\r\n")

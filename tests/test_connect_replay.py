@@ -85,9 +85,8 @@ async def test_connect_replays_then_goes_live_and_resumes_exactly(
         # the link drops; output meanwhile is shown once the client is back, history is not
         state = bridge.daemon.state
         assert state is not None
-        for session in list(state.sockets.values()):
-            if session.identity.user == "viewer":
-                await session.ws.close(code=1012, message=b"restarting")
+        for session in state.consoles.of(user="viewer"):
+            await session.ws.close(code=1012, message=b"restarting")  # type: ignore[attr-defined]
         await ws.send_bytes(b"echo after-$((3+4))\r")
         await screen.until(b"reconnecting")
         await screen.until(b"after-7")

@@ -109,7 +109,7 @@ async def test_expiry_closes_the_websocket_and_keystrokes_count_as_activity(
         await wait_for(lambda: session.last_seen == clock.now, timeout=3)  # watcher touched it
         clock.advance(20 * 60)  # 40 min after login, 20 after the keystroke: still alive
         await r.pump(0.8)
-        assert not r.closed and len(state.sockets) == 1
+        assert not r.closed and len(state.consoles) == 1
         clock.advance(11 * 60)  # 31 min idle
         took, code = await closed_within(ws, 3.0)
         assert code == 1008

@@ -6,9 +6,13 @@ header, a session cookie, a client certificate, an SSH key, a typed password —
 a permission on a port. Nothing here knows about HTTP, websockets or SSH: a rule changed here
 holds at every door.
 
-- `identify_token`, `identify_session`, `identify_certificate`: credential -> `Identity` or None.
-- `login`: user name + password (+ TOTP code) from a source address -> `Identity`, throttled per
+- `identify_token`, `identify_session`, `identify_certificate`, `identify_ssh`: credential ->
+  `Identity` or None; `ssh_authorized_keys`: the keys and CAs that may log in as a user over SSH
+  (bridge.access.sshkeys).
+- `login`: user name + password (+ TOTP code) from a source address -> `User`, throttled per
   account and per source; every failure looks and costs the same and is audited.
+  `check_password` then `check_code`: the same in two steps (SSH keyboard-interactive asks for
+  the code in a second round; after a key login the session asks for it), same throttle.
 - `authorise`: `Identity` + `Permission` (+ port) -> the identity, or `Denied` saying why.
 - `still_valid`: whether an identity taken earlier (an open console's) would be granted now.
 
@@ -29,13 +33,14 @@ from bridge.access import totp
 from bridge.access.passwords import verify_async
 from bridge.access.policy import Identity, Permission, allowed, needs_second_factor
 from bridge.access.sessions import SessionStore
+from bridge.access.sshkeys import Credential, SshKey, TrustedCas, authorized_keys, parse_key
 from bridge.access.store import User, UserStore
 from bridge.access.throttle import Attempt, LoginThrottle, Throttled
 from bridge.config import Config
 from bridge.history.audit import Auditor
 
 LOGIN_FAILED = "wrong user name, password or code"
-AUTH_METHODS = ("password", "token", "session", "certificate")
+AUTH_METHODS = ("password", "token", "session", "certificate", "ssh-key", "ssh-certificate")
 AUTH_RESULTS = ("success", "failure", "throttled")
 
 
@@ -71,6 +76,7 @@ class Gate:
     throttle: LoginThrottle
     # (method, result) -> how many; see AUTH_METHODS and AUTH_RESULTS
     auth_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    ssh_cas: TrustedCas = field(default_factory=TrustedCas)  # [ssh] trusted_user_ca_keys
 
     def count(self, method: str, identity: Identity | None) -> Identity | None:
         """Count one identification by `method` as a success or failure; returns `identity`."""
@@ -115,6 +121,64 @@ class Gate:
                 return self.count("certificate", self._second_factor_ok(identity))
         return self.count("certificate", None)
 
+    def trusted_cas(self) -> list[SshKey]:
+        ssh = self.config().ssh
+        return self.ssh_cas.load(ssh.trusted_user_ca_keys if ssh is not None else None)
+
+    def ssh_authorized_keys(self, username: str) -> str:
+        """authorized_keys text for an SSH login as `username`: their keys and the trusted CAs
+        (for certificates naming them); empty for an unknown user."""
+        user = self.users.get(username)
+        if user is None:
+            return ""
+        return authorized_keys(user.name, self.users.ssh_keys(user.name), self.trusted_cas())
+
+    def identify_ssh(
+        self, username: str, credential: Credential | None, mfa: bool, generation: int | None
+    ) -> Identity | None:
+        """The identity behind an SSH login as `username`: a key or certificate the SSH server
+        verified (checked again against the keys and CAs trusted now), or a password (None) of
+        credential `generation`. None when no longer valid, or when TOTP is required but absent."""
+        user = self.users.get(username)
+        if user is None:
+            return None
+        if credential is None:
+            if generation != user.generation:
+                return None
+            identity = identity_for(user, "ssh-password", mfa, generation=generation)
+            return self._second_factor_ok(identity)
+        method = "ssh-certificate" if credential.certificate else "ssh-key"
+        if credential.certificate:
+            trusted = credential.ca in {ca.fingerprint for ca in self.trusted_cas()}
+            identity = identity_for(user, "ssh-cert", mfa, credential=credential.ca)
+        else:
+            trusted = credential.fingerprint in {
+                k.fingerprint for k in self.users.ssh_keys(user.name)
+            }
+            identity = identity_for(user, "ssh-key", mfa, credential=credential.fingerprint)
+        return self.count(method, self._second_factor_ok(identity) if trusted else None)
+
+    async def check_code(
+        self, username: str, code: str, peer: str, first: Attempt | None = None
+    ) -> None:
+        """A TOTP code typed after an SSH login (keyboard-interactive's second prompt, with its
+        `first` attempt from `check_password`; or inside the session after a key). `Denied` as
+        for `login`, under the same throttle."""
+        with self._reserve(username, peer) as attempt:
+            user = self.users.get(username)
+            step = None
+            if user is not None and user.totp_secret and totp.well_formed(code):
+                step = totp.verify(user.totp_secret, code, user.totp_last_step)
+            if user is None or step is None or not self.users.use_totp_step(user.name, step):
+                if first is not None:  # the end of a password login
+                    self.auth_counts["password", "failure"] += 1
+                self.audit_login_failure(username, peer, "wrong, reused or missing TOTP code")
+                raise Denied(Refusal.UNAUTHENTICATED, LOGIN_FAILED)
+            attempt.succeeded()
+            if first is not None:
+                self.auth_counts["password", "success"] += 1
+                first.succeeded()
+
     async def login(self, username: str, password: str, code: str | None, peer: str) -> User:
         """Check a password (+ TOTP code when enrolled) from `peer`; the user, or `Denied`
         (THROTTLED or BUSY before anything is checked, UNAUTHENTICATED the same for every
@@ -128,6 +192,24 @@ class Gate:
             attempt.succeeded()
             self.auth_counts["password", "success"] += 1
             return user
+
+    async def check_password(
+        self, username: str, password: str, peer: str
+    ) -> tuple[User, Attempt | None]:
+        """The first factor alone (SSH keyboard-interactive asks for the code next): the user,
+        and for a user with TOTP the attempt, which stays counted as a failure until
+        `check_code(..., first=attempt)` succeeds. `Denied` as for `login`."""
+        with self._reserve(username, peer) as attempt:
+            user, reason = await self._check(username, password, None, code_next=True)
+            if user is None:
+                self.auth_counts["password", "failure"] += 1
+                self.audit_login_failure(username, peer, reason)
+                raise Denied(Refusal.UNAUTHENTICATED, LOGIN_FAILED)
+            if user.totp_secret:
+                return user, attempt
+            attempt.succeeded()
+            self.auth_counts["password", "success"] += 1
+            return user, None
 
     def _reserve(self, username: str, peer: str) -> Attempt:
         try:
@@ -144,13 +226,15 @@ class Gate:
             raise Denied(refusal, f"{what}; try again in {wait} s", wait) from None
 
     async def _check(
-        self, username: str, password: str, code: str | None
+        self, username: str, password: str, code: str | None, code_next: bool = False
     ) -> tuple[User | None, str]:
         """The user if password and second factor are right, else None and why (for the audit)."""
         user = self.users.get(username)
         ok = await verify_async(password, user.password if user else None)
         if not ok or user is None:
             return None, "wrong password" if user else "unknown user"
+        if user.totp_secret and code_next:
+            return user, ""
         if user.totp_secret:
             step = totp.verify(user.totp_secret, code, user.totp_last_step) if code else None
             if step is None or not self.users.use_totp_step(user.name, step):
@@ -204,6 +288,15 @@ class Gate:
             if session is None or session.generation != user.generation:
                 return False
         elif identity.via == "token" and identity.token_id not in token_ids:
+            return False
+        elif identity.via == "ssh-key":
+            keys = {parse_key(line).fingerprint for line in user.ssh_keys}
+            if identity.credential not in keys:
+                return False
+        elif identity.via == "ssh-cert":
+            if identity.credential not in {ca.fingerprint for ca in self.trusted_cas()}:
+                return False
+        elif identity.via == "ssh-password" and identity.generation != user.generation:
             return False
         config = self.config()
         if needs_second_factor(identity, config.server.require_totp):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.access.policy import ROLES
+from bridge.access.sshkeys import SshKey, parse_key
 from bridge.history.statedir import open_private, private_dir, replace_private
 
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -66,6 +67,7 @@ class User:
     totp_last_step: int = 0
     created: float = field(default_factory=time.time)
     generation: int = field(default_factory=new_generation)  # new on credential change
+    ssh_keys: list[str] = field(default_factory=list)  # OpenSSH public key lines (access.sshkeys)
 
 
 @dataclass
@@ -209,6 +211,42 @@ class UserStore:
     def set_password(self, name: str, password_hash: str) -> None:
         """A new password; the user's sessions end."""
         self._change(name, password=password_hash, generation=new_generation())
+
+    # SSH public keys
+    def add_ssh_key(self, name: str, key: SshKey) -> None:
+        """Give `name` an SSH public key; refused when any user has that key already (a key
+        names one person)."""
+        with self._locked():
+            data = dict(self._users.load())
+            if name not in data:
+                raise StoreError(f"no user {name!r}")
+            for other, raw in data.items():
+                for line in raw.get("ssh_keys", []):
+                    if parse_key(line).fingerprint == key.fingerprint:
+                        raise StoreError(f"key {key.fingerprint} is already {other}'s")
+            keys = [*data[name].get("ssh_keys", []), key.line()]
+            data[name] = {**data[name], "ssh_keys": keys}
+            self._users.save(data)
+
+    def del_ssh_key(self, name: str, which: str) -> SshKey:
+        """Remove one key of `name`, named by its fingerprint or its comment; their SSH sessions
+        that logged in with it end (bridge.access.consoles)."""
+        with self._locked():
+            data = dict(self._users.load())
+            if name not in data:
+                raise StoreError(f"no user {name!r}")
+            keys = [parse_key(line) for line in data[name].get("ssh_keys", [])]
+            found = [k for k in keys if which in (k.fingerprint, k.comment)]
+            if len(found) != 1:
+                what = "no key" if not found else f"{len(found)} keys"
+                raise StoreError(f"{what} of {name} match {which!r} (give the fingerprint)")
+            data[name] = {**data[name], "ssh_keys": [k.line() for k in keys if k != found[0]]}
+            self._users.save(data)
+            return found[0]
+
+    def ssh_keys(self, name: str) -> list[SshKey]:
+        user = self.get(name)
+        return [parse_key(line) for line in user.ssh_keys] if user is not None else []
 
     # tokens
     def create_token(self, user: str, name: str) -> str:

@@ -15,7 +15,9 @@ depth. Name what was changed instead (``name="ci-bot"`` for a token, never its v
 Events and their fields (``peer`` is the client address; ``by`` says who acted when that is not
 ``user``, e.g. ``"cli"`` or an admin's name; callers may add fields such as ``result``):
 
-- ``login`` — ``user`` (None for an unknown name), ``peer``, ``ok`` (bool), ``reason`` on failure
+- ``login`` — ``user`` (None for an unknown name), ``peer``, ``ok`` (bool), ``reason`` on failure;
+  over SSH also ``via="ssh"``, ``method`` (publickey, certificate, password, totp) and the key's
+  ``key`` fingerprint, or a certificate's ``cert_id``, ``cert_serial`` and ``ca`` fingerprint
 - ``logout`` — ``user``, ``peer``
 - ``attach`` / ``detach`` — ``user``, ``port``, ``mode`` ("ro"|"rw"), ``peer``
 - ``takeover`` — ``user``, ``port`` (and whom the lease was taken from, where known)
@@ -24,6 +26,7 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
 - ``user-add`` / ``user-set`` / ``user-del`` / ``user-passwd`` / ``user-totp`` — ``user`` (the
   account changed),
   ``by``, and ``role`` / ``ports`` / ``enrolled`` where relevant
+- ``user-key`` — ``user``, ``added`` or ``removed`` (an SSH key's fingerprint), ``by``
 - ``token-create`` / ``token-revoke`` — ``user`` (the token's owner), ``label`` (its name), ``by``
 - ``config-reload`` — ``changes`` or ``ok`` / ``reason``
 - ``line-settings`` — ``user``, ``port``, ``line`` (e.g. "9600 8N1": a client changed the UART's
@@ -55,9 +58,9 @@ FORBIDDEN_FIELDS = frozenset(
 )
 EVENTS = (
     "login", "logout", "attach", "detach", "takeover", "break", "sysrq", "nmi", "reset", "power",
-    "user-add", "user-set", "user-del", "user-passwd", "user-totp", "token-create", "token-revoke",
-    "config-reload", "line-settings", "line-restored", "control-lines", "write-dropped",
-    "port-enabled", "port-disabled",
+    "user-add", "user-set", "user-del", "user-passwd", "user-totp", "user-key", "token-create",
+    "token-revoke", "config-reload", "line-settings", "line-restored", "control-lines",
+    "write-dropped", "port-enabled", "port-disabled",
 )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from bridge.config import Config
 from bridge.history.audit import AuditLog
 from bridge.history.statedir import private_dir
 from bridge.service.cli import add_config_arg, load_or_exit
+from bridge.service.userkeys import USAGE, run_key
 
 MIN_PASSWORD = 8
 
@@ -69,6 +70,9 @@ def run_user(args: argparse.Namespace) -> int:
                 ports = ",".join(user.ports) if user.ports is not None else ALL_PORTS
                 totp = " totp" if user.totp_secret else ""
                 print(f"{user.name}\t{user.role}\tports={ports}{totp}")
+            return 0
+        if args.action == "key":
+            run_key(users, audit, args.name, args.rest)
             return 0
         if not args.name:
             raise StoreError(f"user {args.action} needs a NAME")
@@ -204,16 +208,19 @@ def run_token(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "user",
-        help="add, delete, list users; change rights or passwords; enroll TOTP",
+        help="add, delete, list users; change rights or passwords; enroll TOTP; SSH keys",
         description=(
             "add: a new user (password prompted); set: change --role/--ports of a user (their "
             "sessions and tokens stay); del: delete a user and their tokens (their sessions and "
             "consoles end); passwd, totp: new credentials (the user's sessions end; totp prints "
-            "the secret, then asks for a code from the app and enrols only when it matches)."
+            "the secret, then asks for a code from the app and enrols only when it matches); "
+            "key: the SSH public keys the user logs in with (removing one ends its SSH sessions)."
         ),
+        epilog=f"SSH keys: serial-bridge {USAGE}",
     )
-    p.add_argument("action", choices=["add", "set", "del", "list", "passwd", "totp"])
-    p.add_argument("name", nargs="?", help="user name")
+    p.add_argument("action", choices=["add", "set", "del", "list", "passwd", "totp", "key"])
+    p.add_argument("name", nargs="?", help="user name (for `key`: add, del or list)")
+    p.add_argument("rest", nargs="*", help="for `key`: the user NAME, then a key or fingerprint")
     p.add_argument(
         "--role", choices=ROLES, default=None, help="role for `add` (default: viewer) or `set`"
     )

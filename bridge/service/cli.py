@@ -97,6 +97,7 @@ def run_check_config(args: argparse.Namespace) -> int:
 
 def run_cert_show(args: argparse.Namespace) -> int:
     from bridge.service.tls import cert_paths, fingerprint
+    from bridge.ssh.hostkey import host_key_fingerprint, host_key_paths
 
     config = load_or_exit(args)
     cert = config.server.tls_cert or cert_paths(config.server.state_dir)[0]
@@ -107,6 +108,12 @@ def run_cert_show(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"certificate: {cert}\nfingerprint: {fingerprint(cert)}")
+    ssh_fingerprint = host_key_fingerprint(config.server.state_dir)
+    if ssh_fingerprint is not None:
+        print(f"ssh host key: {host_key_paths(config.server.state_dir)[1]}")
+        print(f"ssh fingerprint: {ssh_fingerprint}")
+    elif config.ssh is not None:
+        print("ssh host key: none yet (it is made on first start)")
     return 0
 
 
@@ -130,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arg(p)
     p.set_defaults(func=run_check_config)
 
-    p = sub.add_parser("cert", help="the server certificate")
+    p = sub.add_parser("cert", help="the server certificate and SSH host key fingerprints")
     p.add_argument("action", choices=["show"])
     add_config_arg(p)
     p.set_defaults(func=run_cert_show)

@@ -20,6 +20,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from bridge.access.consoles import OpenConsoles
 from bridge.access.gate import Gate
 from bridge.access.sessions import SessionStore
 from bridge.access.store import UserStore
@@ -37,8 +38,9 @@ from bridge.service import sdnotify
 from bridge.service.listener import BoundedTLSSite
 from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
+from bridge.ssh.context import Door
+from bridge.ssh.server import SshListener
 from bridge.web.app import create_app
-from bridge.web.console import close_websockets, watch_sockets
 from bridge.web.state import AppState
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ class Daemon:
         self.addresses: list[tuple[str, int]] = []
         self.ssl_context: ssl.SSLContext | None = None
         self.fingerprint = ""
+        self.ssh: SshListener | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.rfc2217: Rfc2217Server | None = None
 
@@ -161,18 +164,20 @@ class Daemon:
         users = UserStore(server.state_dir)
         sessions = SessionStore(server.session_idle, server.session_lifetime)
         gate = Gate(users, sessions, lambda: self.config, audit, LoginThrottle())
+        consoles = OpenConsoles(gate)  # console clients of every door, closed when credentials end
         self.state = AppState(
             config=self.config,
             ports=ports,
             users=users,
             sessions=sessions,
             gate=gate,
+            consoles=consoles,
             audit=audit,
             fingerprint=self.fingerprint,
         )
         for port in ports.values():
             port.start()
-        self._watcher = asyncio.get_running_loop().create_task(watch_sockets(self.state))
+        self._watcher = asyncio.get_running_loop().create_task(consoles.watch())
         app = create_app(self.state)
         self.runner = web.AppRunner(
             app,
@@ -195,6 +200,16 @@ class Daemon:
             await self.rfc2217.start(self.config)
         except EndpointError as exc:
             raise bind_error(exc.address, exc.cause, exc.key) from exc
+        if self.config.ssh is not None:
+            door = Door(lambda: self.config, gate, ports, audit, consoles)
+            self.ssh = SshListener(door, server.state_dir)
+            with step("server.state_dir", server.state_dir / "ssh"):
+                self.ssh.prepare()
+            for host, port_number in self.config.ssh.listen:
+                try:
+                    await self.ssh.listen(host, port_number)
+                except OSError as exc:
+                    raise bind_error(_hostport((host, port_number)), exc, "ssh.listen") from exc
 
     async def reload(self, new: Config) -> list[str]:
         """Apply a new, already validated config. Unchanged ports keep their clients and open
@@ -206,6 +221,10 @@ class Daemon:
         for key in ("listen", "state_dir", "tls_cert", "tls_key", "client_ca"):
             if getattr(old.server, key) != getattr(new.server, key):
                 changes.append(f"server.{key} changed: takes effect after a restart")
+        if (old.ssh is None) != (new.ssh is None) or (
+            old.ssh and new.ssh and old.ssh.listen != new.ssh.listen
+        ):
+            changes.append("[ssh] listener changed: takes effect after a restart")
         if old.log != new.log:
             changes.append("[log] changed: applies to ports added from now on and after a restart")
         audit = cast(AuditLog, state.audit)
@@ -213,9 +232,7 @@ class Daemon:
             port = state.ports.pop(name)
             reason = "port removed from the configuration"
             await port.close(reason)  # tells its clients why, in a status message
-            await close_websockets(
-                [s for s in state.sockets.values() if s.port is port], 1001, reason
-            )
+            await state.consoles.end(state.consoles.of(port=name), reason, going_away=True)
             changes.append(f"port {name}: removed")
         for name, cfg in new.ports.items():
             if name not in old.ports:
@@ -234,8 +251,7 @@ class Daemon:
                 changes.append(f"port {name}: {event.removeprefix('port-')}")
                 if not cfg.enabled:  # its clients were told why (a status message); now close
                     reason = f"port {name} is disabled by the administrator"
-                    mine = [s for s in state.sockets.values() if s.port is port]
-                    await close_websockets(mine, 1001, reason)
+                    await state.consoles.end(state.consoles.of(port=name), reason, True)
         if self.rfc2217 is not None:
             changes += await self.rfc2217.reload(new)
         self.config = state.config = new
@@ -254,7 +270,11 @@ class Daemon:
         if self.rfc2217 is not None:
             await self.rfc2217.stop()
         if self.state is not None:
-            await close_websockets(list(self.state.sockets.values()), 1001, reason)
+            await self.state.consoles.close(reason)  # websockets and SSH consoles, told why
+        if self.ssh is not None:
+            await self.ssh.stop(reason)
+            self.ssh = None
+        if self.state is not None:
             for port in self.state.ports.values():
                 await port.close(reason)
         if self.runner is not None:

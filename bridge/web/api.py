@@ -27,7 +27,6 @@ from bridge.web.authn import (
     peer_of,
     same_origin,
 )
-from bridge.web.console import close_sockets
 from bridge.web.state import STATE, api_error, port_error
 
 MAX_PASSWORD = 1024
@@ -93,7 +92,7 @@ async def logout(request: web.Request) -> web.Response:
         session = state.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
         if session is not None:
             state.sessions.end(session)
-        await close_sockets(state, session_key=identity.session_id, reason="logged out")
+        await state.consoles.end(state.consoles.of(session_key=identity.session_id), "logged out")
     state.audit.record("logout", user=identity.user, peer=peer_of(request))
     response = web.json_response({"ok": True})
     response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")

@@ -10,8 +10,6 @@ by its Subscriber (bridge.console.fanout) without slowing anyone else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
 import logging
 from typing import Any
@@ -31,7 +29,6 @@ from bridge.web.state import STATE, AppState, api_error, port_error
 log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024
 LOW_WATER = 256 * 1024
-_ids = itertools.count(1)
 _detached: set[asyncio.Task[None]] = set()  # actions of closed sessions, running to their end
 
 
@@ -108,7 +105,24 @@ class ConsoleSession:
         self.state, self.port, self.identity, self.ws, self.att = state, port, identity, ws, att
         self.viewer = att.viewer
         self.tasks: set[asyncio.Task[None]] = set()
-        self.seen_input = att.last_input  # keystrokes after this touch the login session
+
+    # as an OpenConsole (bridge.access.consoles)
+    @property
+    def port_name(self) -> str:
+        return self.port.name
+
+    @property
+    def last_input(self) -> float:
+        return self.att.last_input
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def end(self, reason: str, going_away: bool = False) -> None:
+        """Close 1008 (policy: the credential ended) or 1001 (going away) with `reason`."""
+        code = 1001 if going_away else 1008
+        await self.ws.close(code=code, message=reason.encode()[:120])
 
     def error(self, message: str) -> None:
         self.viewer.send_message({"type": "error", "message": message})
@@ -215,8 +229,7 @@ async def console(request: web.Request) -> web.StreamResponse:
         raise api_error(web.HTTPBadRequest, "mode must be ro or rw")
     takeover = request.query.get("takeover", "0") in ("1", "true", "yes")
     start = _start(request, port)
-    mine = sum(1 for s in state.sockets.values() if s.identity.user == identity.user)
-    if mine >= state.config.server.max_connections_per_user:
+    if len(state.consoles.of(user=identity.user)) >= state.config.server.max_connections_per_user:
         raise api_error(web.HTTPTooManyRequests, "too many console connections for this user")
 
     # aiohttp drops a connection abruptly above max_msg_size; up to twice the cap we refuse a
@@ -238,8 +251,7 @@ async def console(request: web.Request) -> web.StreamResponse:
         await ws.close(code=1013, message=str(exc).encode()[:120])
         return ws
     session = ConsoleSession(state, port, identity, ws, att)
-    sid = next(_ids)
-    state.sockets[sid] = session
+    state.consoles.add(session)
     viewer.send_message(
         {
             "type": "hello",
@@ -257,78 +269,9 @@ async def console(request: web.Request) -> web.StreamResponse:
     try:
         await session.run()
     finally:
-        state.sockets.pop(sid, None)
+        state.consoles.remove(session)
         await session.close()
     return ws
-
-
-async def close_sockets(
-    state: AppState,
-    user: str | None = None,
-    session_key: str | None = None,
-    token_id: str | None = None,
-    reason: str = "session ended",
-) -> int:
-    """Close the console websockets of a user / session / token with 1008 (policy violation)."""
-    victims = [
-        s
-        for s in state.sockets.values()
-        if (user is not None and s.identity.user == user)
-        or (session_key is not None and s.identity.session_id == session_key)
-        or (token_id is not None and s.identity.token_id == token_id)
-    ]
-    await close_websockets(victims, 1008, reason)
-    return len(victims)
-
-
-async def close_websockets(victims: list[ConsoleSession], code: int, reason: str) -> None:
-    """Close console websockets with `code` and `reason`."""
-
-    async def close(s: ConsoleSession) -> None:
-        with contextlib.suppress(Exception):
-            await s.ws.close(code=code, message=reason.encode()[:120])
-
-    # concurrently: one client that never answers the close must not delay the others
-    await asyncio.gather(*(close(s) for s in victims))
-
-
-def check_sockets(state: AppState) -> list[ConsoleSession]:
-    """One pass of the watcher: drop expired sessions, count keystrokes as session activity, and
-    return the open websockets whose identity would no longer be granted."""
-    state.sessions.sweep()
-    users, token_ids = state.users.users(), state.users.token_ids()
-    stale = []
-    for s in list(state.sockets.values()):
-        if s.ws.closed:
-            continue
-        if s.identity.via == "session" and s.att.last_input > s.seen_input:
-            s.seen_input = s.att.last_input
-            session = state.sessions.by_key(s.identity.session_id or "")
-            if session is not None:
-                state.sessions.touch(session)
-        if not state.gate.still_valid(s.identity, users, token_ids, s.port.name):
-            stale.append(s)
-    return stale
-
-
-async def watch_sockets(state: AppState, interval: float = 0.5) -> None:
-    """Close (1008) every console websocket whose session expired or was logged out, whose user
-    was deleted, re-keyed or re-roled, or whose token was revoked — also when that was done by a
-    `serial-bridge user|token` command in another process. Runs for the daemon's lifetime."""
-    closing: set[asyncio.Task[None]] = set()
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            stale = check_sockets(state)
-        except Exception:  # a torn users file must not stop the watcher
-            log.exception("session check failed; retrying")
-            continue
-        if stale:
-            task = asyncio.create_task(
-                close_websockets(stale, 1008, "session ended or credentials changed")
-            )
-            closing.add(task)
-            task.add_done_callback(closing.discard)
 
 
 def add_routes(app: web.Application) -> None:

@@ -10,10 +10,10 @@ import json
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
+from bridge.access.consoles import OpenConsoles
 from bridge.access.gate import Gate
 from bridge.access.sessions import SessionStore
 from bridge.access.store import UserStore
@@ -31,11 +31,10 @@ class AppState:
     users: UserStore
     sessions: SessionStore
     gate: Gate
+    consoles: OpenConsoles  # open console clients of every door (websockets, SSH sessions)
     audit: Auditor = field(default_factory=NullAudit)
     fingerprint: str = ""
     started: float = field(default_factory=time.time)
-    # open console websockets: id -> closer(code, reason); see bridge.web.console
-    sockets: dict[int, Any] = field(default_factory=dict)
 
     def allowed_hosts(self) -> set[str]:
         """Host names/addresses (lower case, no port) this bridge answers to."""

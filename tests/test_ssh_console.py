@@ -1,0 +1,182 @@
+"""The SSH door's console, driven by the real OpenSSH client in a pseudo-terminal: key login to
+`user:port` with bytes both ways, the menu, refusals, read-only viewers, the escape prompt,
+BREAK, and the same bytes as a websocket client gets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BridgeFactory, PtyDevice, WsReader, wait_for
+from tests.ssh_helpers import SshTarget, keygen, require_openssh, ssh_bridge, user_keys
+
+ESC = b"\x1d"  # Ctrl-], the default escape key
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    require_openssh()
+    home = tmp_path_factory.mktemp("keys")
+    return {name: keygen(home / f"id_{name}") for name in ("admin", "operator", "viewer")}
+
+
+@pytest.fixture
+async def door(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, keys: dict[str, Path]
+) -> AsyncIterator[SshTarget]:
+    bridge, target = await ssh_bridge(bridge_factory, pty_device, tmp_path)
+    user_keys(bridge, keys)
+    yield target
+
+
+async def test_key_login_to_user_port_carries_bytes_both_ways(
+    door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
+) -> None:
+    history = b"earlier output\r\nlogin: "
+    pty_device.write(history)
+    await wait_for(lambda: door.bridge.port.offset == len(history))
+    term = await door.terminal(keys["operator"], "operator:lab")
+    try:
+        at = await term.until(b"lab: read-write")
+        at = await term.until(b"earlier output\r\nlogin: ", at)  # the replayed history
+        term.type(b"root\r")
+        assert b"root\r" in await pty_device.read_until(lambda b: b"root\r" in b)
+        pty_device.write(b"\r\nPassword: \xff\x00binary\r\n")
+        await term.until(b"Password: \xff\x00binary\r\n", at)
+        term.type(b"~.")  # OpenSSH's own escape: disconnect
+        await term.wait()
+    finally:
+        await term.close()
+    await wait_for(lambda: not door.bridge.port.attachments)
+    audit = (door.bridge.state_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    logins = [json.loads(line) for line in audit if '"login"' in line]
+    assert logins[-1]["user"] == "operator" and logins[-1]["method"] == "publickey"
+    assert logins[-1]["key"].startswith("SHA256:") and logins[-1]["via"] == "ssh"
+
+
+async def test_the_menu_lists_the_ports_and_attaches_the_chosen_one(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    ports = {
+        "lab": {"device": str(pty_device.path), "description": "rack 4 node 2"},
+        "spare": {"device": "virtual:shell", "description": "the spare"},
+    }
+    bridge, door = await ssh_bridge(
+        bridge_factory, pty_device, tmp_path, ports=ports, gpio={"pin_factory": "mock"}
+    )
+    user_keys(bridge, keys)
+    term = await door.terminal(keys["operator"], "operator")
+    try:
+        at = await term.until(b"port (number or name, q to quit): ")
+        menu = bytes(term.seen[:at])
+        assert b"1  lab" in menu and b"rack 4 node 2" in menu and b"2  spare" in menu
+        term.type(b"7\r")
+        at = await term.until(b"no port '7' here", at)
+        term.type(b"1\r")
+        at = await term.until(b"lab: read-write", at)
+        pty_device.write(b"hello from lab\r\n")
+        await term.until(b"hello from lab", at)
+        term.type(ESC + b"quit\r")
+        assert await term.wait() == 0
+    finally:
+        await term.close()
+
+
+async def test_unknown_and_forbidden_ports_get_one_line_and_a_close(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    from bridge.access.store import UserStore
+
+    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path)
+    user_keys(bridge, keys)
+    store = UserStore(bridge.state_dir)
+    user = store.get("viewer")
+    assert user is not None
+    user.ports = ["elsewhere"]
+    store.put(user)
+    for who, port in (("operator", "nosuch"), ("viewer", "lab")):
+        term = await door.terminal(keys[who], f"{who}:{port}")
+        try:
+            await term.until(f"no port '{port}'".encode())
+            assert await term.wait() == 1
+            assert b"read-only" not in term.seen and b"read-write" not in term.seen
+        finally:
+            await term.close()
+
+
+async def test_a_viewer_is_read_only_and_told_so_when_typing(
+    door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
+) -> None:
+    term = await door.terminal(keys["viewer"], "viewer:lab")
+    try:
+        at = await term.until(b"read-only (your role is viewer)")
+        term.type(b"reboot\r")
+        await term.until(b"read-only: your role (viewer) may only read", at)
+        pty_device.write(b"still watching\r\n")
+        await term.until(b"still watching", at)
+        assert pty_device.drain_input() == b""
+        term.type(b"~.")
+        await term.wait()
+    finally:
+        await term.close()
+
+
+async def test_takeover_through_the_escape_prompt(
+    door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
+) -> None:
+    first = await door.terminal(keys["admin"], "admin:lab")
+    await first.until(b"lab: read-write")
+    second = await door.terminal(keys["operator"], "operator:lab")
+    try:
+        at = await second.until(b"read-only: admin is writing")
+        second.type(b"x")
+        at = await second.until(b"takeover to type", at)
+        second.type(ESC)
+        at = await second.until(b"command (^] again sends it): ", at)
+        second.type(b"takeover\r")
+        at = await second.until(b"admin is writing on lab; take over? [y/N] ", at)
+        second.type(b"y\r")
+        at = await second.until(b"you have the write lease", at)
+        await first.until(b"operator has the write lease; you are read-only")
+        second.type(b"typed by operator\r")
+        await pty_device.read_until(lambda b: b"typed by operator\r" in b)
+        # the escape key twice sends it to the target
+        second.type(ESC + ESC)
+        await pty_device.read_until(lambda b: ESC in b)
+        for term in (first, second):
+            term.type(b"\r~.")  # OpenSSH's escapes work after a newline
+            await term.wait()
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_second_login_gets_the_same_bytes_as_a_websocket_client(
+    door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
+) -> None:
+    bridge = door.bridge
+    async with bridge.session("viewer") as http:
+        ws = await bridge.ws(http, "lab", mode="ro")
+        reader = WsReader(ws)
+        await reader.message("hello")
+        first = await door.terminal(keys["operator"], "operator:lab")
+        await first.until(b"lab: read-write")
+        second = await door.terminal(keys["viewer"], "viewer:lab")
+        try:
+            await second.until(b"read-only")
+            starts = [t.end for t in (first, second)]
+            payload = bytes(range(256)) * 4 + "ünïcode ✓\r\n".encode() + b"\x1b[31mred\x1b[0m"
+            pty_device.write(payload + b"<END>")
+            await reader.until(lambda r: b"<END>" in r.data)
+            got = []
+            for term, start in ((first, starts[0]), (second, starts[1])):
+                end = await term.until(b"<END>", start)
+                got.append(bytes(term.seen[start : end - len(b"<END>")]))
+            assert got[0] == got[1] == bytes(reader.data).split(b"<END>")[0] == payload
+        finally:
+            await ws.close()
+            await first.close()
+            await second.close()
