@@ -597,3 +597,22 @@ async def test_sign_in_never_leads_off_site(
     await page.click("#login-submit")
     await page.wait_for_url(bridge.origin + "/")
     browsing.assert_clean()
+
+
+async def test_pasted_text_cannot_end_bracketed_paste(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, browsing: Browsing
+) -> None:
+    """Clipboard text holding ESC[201~ used to end bracketed paste early, so what followed ran as
+    typed commands (#18.14): ESC (and the 8-bit CSI) are removed from pasted text."""
+    bridge = await pty_bridge(bridge_factory, pty_device)
+    page = await browsing.page(bridge)
+    await open_console(page, bridge.origin, "lab", "operator", PASSWORDS["operator"])
+    await pty_device.awrite(b"\x1b[?2004h$ ")  # the shell turns bracketed paste on
+    await page.wait_for_function("() => window.serialBridge.term.modes.bracketedPasteMode")
+    pty_device.drain_input()
+    hostile = "echo harmless\x1b[201~\x9b201~; touch /tmp/owned\n"
+    await page.evaluate("(text) => window.serialBridge.paste(text)", hostile)
+    got = await pty_device.read_until(lambda b: b.endswith(b"\x1b[201~"))
+    assert got == b"\x1b[200~echo harmless[201~201~; touch /tmp/owned\r\x1b[201~"
+    await page.locator("#notice", has_text="Removed 2 escape characters").wait_for()
+    browsing.assert_clean()

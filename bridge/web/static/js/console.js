@@ -143,9 +143,18 @@
     link.send(encoder.encode(text));
   }
 
-  async function paste(text) {
-    if (!text) return;
+  // Pasted text stays text: an ESC in it could end bracketed paste early ("ESC[201~"), and what
+  // follows it would run as typed commands, or it could type escape sequences into the target's
+  // programs. ESC and the 8-bit CSI are removed (clipboard content may come from any web page).
+  const PASTE_ESCAPES = /[\x1b\x9b]/g;
+
+  async function paste(raw) {
+    if (!raw) return;
     if (!canType()) return refuseTyping();
+    const text = raw.replace(PASTE_ESCAPES, "");
+    const removed = raw.length - text.length;
+    if (removed) notify(`Removed ${removed} escape character${removed === 1 ? "" : "s"} from the pasted text.`);
+    if (!text) return;
     let data = text.replace(/\r?\n/g, "\r");
     if (term.modes.bracketedPasteMode) data = `\x1b[200~${data}\x1b[201~`;
     if (text.length > PASTE_CONFIRM) {
