@@ -186,6 +186,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """Copies of the audit events: the system journal, a remote syslog collector (TLS)."""
+
+    journal: bool = True
+    journal_socket: Path = Path("/run/systemd/journal/socket")
+    syslog: tuple[str, int] | None = None  # "tls://host:port"
+    syslog_ca: Path | None = None  # verifies the collector; None: the system's CAs
+    syslog_queue: int = 1000  # events held while the collector is away; then the oldest go
+
+
+@dataclass(frozen=True)
 class GpioConfig:
     """Which gpiozero pin factory drives control lines: `default` (the Pi's) or `mock`."""
 
@@ -216,6 +227,7 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     ports: dict[str, PortConfig] = field(default_factory=dict)
     ssh: SshConfig | None = None  # None: no SSH listener
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 class _Table:
@@ -434,6 +446,38 @@ def _port(name: str, t: _Table) -> PortConfig:
     return port
 
 
+def parse_syslog_url(url: str) -> tuple[str, int]:
+    """`tls://host:port` (port 6514 if left out) -> (host, port); ValueError otherwise."""
+    match = re.fullmatch(r"tls://(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(\d{1,5}))?/?", url)
+    if match is None:
+        raise ValueError('expected "tls://host:port" (syslog over TLS, RFC 5425)')
+    port = int(match.group(2) or 6514)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    return match.group(1).strip("[]"), port
+
+
+def _syslog_url(value: Any) -> tuple[str, int]:
+    return parse_syslog_url(_typed(str, '"tls://host:port"')(value))
+
+
+def _audit(t: _Table | None) -> AuditConfig:
+    if t is None:
+        return AuditConfig()
+    default = AuditConfig()
+    socket_path = t.get("journal_socket", str(default.journal_socket), _typed(str, "a path"))
+    ca = t.get("syslog_ca", None, _typed(str, "a file path"))
+    audit = AuditConfig(
+        journal=t.get("journal", True, _typed(bool, "true or false")),
+        journal_socket=Path(socket_path),
+        syslog=t.get("syslog", None, _syslog_url),
+        syslog_ca=Path(ca) if ca else None,
+        syslog_queue=t.get("syslog_queue", default.syslog_queue, _positive_int),
+    )
+    t.done()
+    return audit
+
+
 def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> Config:
     """Validate an already-parsed TOML document; `where` names it in error messages."""
     problems: list[str] = []
@@ -482,6 +526,7 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
         t.done()
 
     ssh = _ssh(t) if (t := root.table("ssh")) is not None else None
+    audit = _audit(root.table("audit"))
 
     ports: dict[str, PortConfig] = {}
     if (t := root.table("ports")) is not None:
@@ -497,7 +542,7 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
     check_rfc2217(server.listen, ports, where, problems)
     if problems:
         raise ConfigError(problems)
-    return Config(path=path, server=server, log=log, gpio=gpio, ports=ports, ssh=ssh)
+    return Config(path=path, server=server, log=log, gpio=gpio, ports=ports, ssh=ssh, audit=audit)
 
 
 def load_config(path: Path) -> Config:

@@ -139,7 +139,8 @@ def user_hash(name: str) -> str:
 def make_config(state_dir: Path, ports: dict[str, dict[str, Any]], **sections: Any) -> Config:
     server = {"listen": ["127.0.0.1:0"], "state_dir": str(state_dir), **sections.pop("server", {})}
     log = {"enabled": False, **sections.pop("log", {})}
-    data = {"server": server, "log": log, "ports": ports, **sections}
+    audit = {"journal": False, **sections.pop("audit", {})}  # not this machine's journal
+    data = {"server": server, "log": log, "ports": ports, "audit": audit, **sections}
     return parse_config(data, "<test>")
 
 

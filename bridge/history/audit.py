@@ -6,7 +6,8 @@ oldest is deleted). Directory mode 0700, files 0600. Each line is one JSON objec
 ``time`` (ISO-8601 UTC, milliseconds, ``Z``) and ``event``; each line goes to the file in a single
 unbuffered ``write`` (not fsync'ed: the SD card is spared, the kernel writes it back within
 seconds). Several processes (the daemon and a ``serial-bridge user`` command) may share the
-directory: writes and rotation hold an ``flock`` on the directory.
+directory: writes and rotation hold an ``flock`` on the directory. Once written, an event is
+handed to the ``sinks`` (the system journal, a syslog collector: bridge.history.shipping).
 
 Never a secret: :meth:`AuditLog.record` raises ``ValueError`` (a programming error) for a field
 named password, token, secret, totp, code, cookie or keystrokes, or ending in ``_<that>``, at any
@@ -43,14 +44,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from bridge.history.shipping import Sink
 from bridge.history.statedir import open_private, private_dir
+
+log = logging.getLogger(__name__)
 
 FILE_NAME = "audit.jsonl"
 FORBIDDEN_FIELDS = frozenset(
@@ -108,6 +113,7 @@ class AuditLog:
         max_bytes: int = 10 * 1024 * 1024,
         keep: int = 5,
         clock: Callable[[], float] = time.time,
+        sinks: Sequence[Sink] = (),
     ) -> None:
         if max_bytes <= 0 or keep < 1:
             raise ValueError("max_bytes must be positive and keep at least 1")
@@ -115,6 +121,7 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self._clock = clock
+        self.sinks = tuple(sinks)  # copies: journal, syslog (bridge.history.shipping)
         private_dir(self.directory)
         self.path = self.directory / FILE_NAME
 
@@ -146,6 +153,11 @@ class AuditLog:
                 os.write(fd, line)
             finally:
                 os.close(fd)
+        for sink in self.sinks:
+            try:
+                sink.ship(entry)
+            except Exception:  # a copy failing must never lose or stop the record
+                log.exception("audit: shipping to %s failed", sink.name)
 
     def _rotate(self) -> None:
         self._numbered(self.keep).unlink(missing_ok=True)

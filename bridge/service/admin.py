@@ -18,6 +18,7 @@ from bridge.access.policy import ROLES
 from bridge.access.store import ALL_PORTS, StoreError, UserStore, parse_ports
 from bridge.config import Config
 from bridge.history.audit import AuditLog
+from bridge.history.shipping import JournalSink
 from bridge.history.statedir import private_dir
 from bridge.service.cli import add_config_arg, load_or_exit
 from bridge.service.userkeys import USAGE, run_key
@@ -41,7 +42,8 @@ def _stores(config: Config) -> tuple[UserStore, AuditLog]:
     state_dir = config.server.state_dir
     try:
         private_dir(state_dir, top=True)
-        return UserStore(state_dir), AuditLog(state_dir / "audit")
+        journal = [JournalSink(config.audit.journal_socket)] if config.audit.journal else []
+        return UserStore(state_dir), AuditLog(state_dir / "audit", sinks=journal)
     except OSError as exc:
         print(f"serial-bridge: server.state_dir: {exc.filename}: {exc.strerror}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -29,6 +29,7 @@ from bridge.config import Config, ConfigError, PortConfig, load_config
 from bridge.console.port import Port
 from bridge.history.audit import AuditLog
 from bridge.history.ringlog import RingLog
+from bridge.history.shipping import sinks_for
 from bridge.history.statedir import private_dir
 from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
@@ -153,6 +154,10 @@ class Daemon:
             self.ssl_context = server_context(cert, key, server.client_ca)
         with step("server.state_dir", server.state_dir / "audit"):
             audit = AuditLog(server.state_dir / "audit")
+        with step("audit.syslog_ca", self.config.audit.syslog_ca):  # a missing or bad CA file
+            audit.sinks = tuple(sinks_for(self.config.audit))
+        for sink in audit.sinks:
+            sink.start()
         ports: dict[str, Port] = {}
         try:
             for name, cfg in self.config.ports.items():
@@ -174,6 +179,7 @@ class Daemon:
             consoles=consoles,
             audit=audit,
             fingerprint=self.fingerprint,
+            audit_sinks=audit.sinks,
         )
         for port in ports.values():
             port.start()
@@ -225,6 +231,8 @@ class Daemon:
             old.ssh and new.ssh and old.ssh.listen != new.ssh.listen
         ):
             changes.append("[ssh] listener changed: takes effect after a restart")
+        if old.audit != new.audit:
+            changes.append("[audit] changed: takes effect after a restart")
         if old.log != new.log:
             changes.append("[log] changed: applies to ports added from now on and after a restart")
         audit = cast(AuditLog, state.audit)
@@ -280,6 +288,9 @@ class Daemon:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.state is not None:
+            for sink in cast(AuditLog, self.state.audit).sinks:
+                await sink.stop()  # last: the shutdown's own events go out too
 
 
 def _hostport(address: tuple[str, int]) -> str:

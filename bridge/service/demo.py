@@ -78,6 +78,7 @@ def demo_config(
         "server": {"listen": [f"127.0.0.1:{listen_port}"], "state_dir": str(state_dir)},
         "log": {"size": "4MiB", "flush_interval": "5s"},
         "gpio": {"pin_factory": "mock"},
+        "audit": {"journal": False},  # a throwaway bridge: nothing in the system's journal
         "ports": {DEMO_PORT: {"device": device, "description": description, "lines": lines}},
     }
     return parse_config(data, "<demo>")

@@ -26,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from bridge.access.gate import AUTH_METHODS, AUTH_RESULTS, Gate
 from bridge.access.policy import Permission
 from bridge.console.port import Port
+from bridge.history.shipping import Sink
 from bridge.web.authn import authorise
 from bridge.web.state import STATE
 
@@ -114,6 +115,27 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+class AuditCollector:
+    """Audit copies sent to and dropped by each sink (journal, syslog)."""
+
+    def __init__(self, sinks: Iterable[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            f"{PREFIX}_audit_shipped", "Audit events a sink sent on", labels=["sink"]
+        )
+        dropped = CounterMetricFamily(
+            f"{PREFIX}_audit_dropped",
+            "Audit events a sink could not send (no journal, a full queue) and dropped",
+            labels=["sink"],
+        )
+        for sink in self.sinks:
+            sent.add_metric([sink.name], sink.sent)
+            dropped.add_metric([sink.name], sink.dropped)
+        yield from (sent, dropped)
+
+
 class AuthCollector:
     """Authentications by method and result, as the gate counted them (every door's)."""
 
@@ -142,6 +164,7 @@ async def metrics(request: web.Request) -> web.Response:
     registry.register(PortCollector(visible))
     if identity.ports is None:
         registry.register(AuthCollector(state.gate))
+        registry.register(AuditCollector(state.audit_sinks))
         ProcessCollector(registry=registry)
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

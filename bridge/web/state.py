@@ -20,6 +20,7 @@ from bridge.access.store import UserStore
 from bridge.config import Config
 from bridge.console.port import Port, PortError
 from bridge.history.audit import Auditor, NullAudit
+from bridge.history.shipping import Sink
 
 
 @dataclass
@@ -34,6 +35,7 @@ class AppState:
     consoles: OpenConsoles  # open console clients of every door (websockets, SSH sessions)
     audit: Auditor = field(default_factory=NullAudit)
     fingerprint: str = ""
+    audit_sinks: tuple[Sink, ...] = ()  # where audit copies go (metrics count them)
     started: float = field(default_factory=time.time)
 
     def allowed_hosts(self) -> set[str]:
