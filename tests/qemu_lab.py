@@ -19,7 +19,6 @@ import serial
 
 from bridge.client.expect import BridgeConsole
 from bridge.client.http import KnownHosts
-from bridge.web.console import close_websockets
 from tests.conftest import Bridge
 from tests.qemu_guest import PROMPT
 
@@ -118,8 +117,9 @@ async def resume_step(bridge: Bridge, port: str, screen: Screen, at: int, tmp_pa
     )
 
     def drop() -> None:
-        mine = [s for s in state.sockets.values() if s.identity.user == "admin"]
-        asyncio.run_coroutine_threadsafe(close_websockets(mine, 1012, "restart"), loop).result(10)
+        mine = state.consoles.of(user="admin")
+        ending = state.consoles.end(mine, "restart", going_away=True)
+        asyncio.run_coroutine_threadsafe(ending, loop).result(10)
 
     console.logfile_read = io.BytesIO()
     try:

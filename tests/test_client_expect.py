@@ -17,7 +17,6 @@ import pytest
 
 from bridge.client.expect import BridgeConsole
 from bridge.client.http import KnownHosts
-from bridge.web.console import close_websockets
 from tests.conftest import Bridge, PtyDevice, wait_for
 from tests.qemu_lab import plugin_args
 
@@ -66,7 +65,8 @@ async def test_a_dropped_link_resumes_without_losing_or_repeating_output(
         await pty_device.awrite(b"before\r\n")
         await asyncio.to_thread(c.expect_exact, "before")
         assert bridge.daemon.state is not None
-        await close_websockets(list(bridge.daemon.state.sockets.values()), 1012, "restart")
+        consoles = bridge.daemon.state.consoles
+        await consoles.end(list(consoles), "restart", going_away=True)
         await pty_device.awrite(b"during the drop\r\n")  # the client is not connected now
         await wait_for(lambda: c.reconnects == 1)
         await pty_device.awrite(b"after\r\n")
@@ -85,7 +85,8 @@ async def test_a_session_the_bridge_ends_is_eof(
     c = await asyncio.to_thread(console, bridge, tmp_path)
     try:
         assert bridge.daemon.state is not None
-        await close_websockets(list(bridge.daemon.state.sockets.values()), 1008, "revoked")
+        consoles = bridge.daemon.state.consoles
+        await consoles.end(list(consoles), "revoked")  # a credential ended: 1008
         assert await asyncio.to_thread(c.expect, [pexpect.EOF, "x"], 5) == 0
         assert not c.isalive()
     finally:
