@@ -4,13 +4,23 @@ another process. No credential is taken from a query string."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.conftest import PASSWORDS, Bridge, PtyDevice, WsReader, wait_for
+from tests.conftest import (
+    PASSWORDS,
+    Bridge,
+    BridgeFactory,
+    PtyDevice,
+    WsReader,
+    user_hash,
+    wait_for,
+)
 from tests.test_security_support import (
     FakeClock,
     acli,
@@ -323,3 +333,80 @@ async def test_user_set_changes_rights_and_keeps_sessions(bridge: Bridge, tmp_pa
             assert [p["name"] for p in await resp.json()] == ["lab"]
     listed = await acli("user", "list", "--config", str(config))
     assert "operator\tviewer\tports=*" in listed.stdout
+
+
+async def _follow(bridge: Bridge, client: aiohttp.ClientSession) -> aiohttp.ClientResponse:
+    """A `follow=1` log stream, once the bridge has registered it as an open console."""
+    consoles = bridge.daemon.state.consoles
+    before = len(consoles)
+    resp = await client.get(f"{bridge.base}/api/ports/lab/log?format=raw&follow=1")
+    assert resp.status == 200, await resp.text()
+    await wait_for(lambda: len(consoles) > before)
+    return resp
+
+
+async def _ended_within(resp: aiohttp.ClientResponse, limit: float) -> float:
+    """Seconds until the server ended the stream (end of body, or a cut connection)."""
+    start = time.monotonic()
+    try:
+        async with asyncio.timeout(limit):
+            while await resp.content.read(65536):
+                pass
+    except TimeoutError:
+        raise AssertionError(f"log stream still open after {limit} s") from None
+    except aiohttp.ClientPayloadError:
+        pass  # cut off: as ended
+    finally:
+        resp.close()
+    return time.monotonic() - start
+
+
+async def test_log_follow_streams_end_with_their_credential(bridge: Bridge) -> None:
+    """`GET /log?follow=1` used to stream live output after logout, password change, token
+    revocation and user deletion (#18.3); it ends within a second, like a websocket."""
+    from bridge.access.store import UserStore
+
+    store = UserStore(bridge.state_dir)  # as a `serial-bridge user|token` command would
+    s, csrf = await logged_in(bridge, "operator")
+    async with s:
+        stream = await _follow(bridge, s)
+        async with s.post(f"{bridge.base}/api/logout", headers={"X-CSRF-Token": csrf}) as resp:
+            assert resp.status == 200
+        LATENCIES["logout (log stream)"] = await _ended_within(stream, 3.0)
+    s, _ = await logged_in(bridge, "operator")
+    async with s:
+        stream = await _follow(bridge, s)
+        store.set_password("operator", user_hash("viewer"))
+        LATENCIES["password change (log stream)"] = await _ended_within(stream, 3.0)
+    async with bridge.session(token_user="viewer") as t:
+        stream = await _follow(bridge, t)
+        store.revoke_token("viewer-test")
+        LATENCIES["token revocation (log stream)"] = await _ended_within(stream, 3.0)
+    s, _ = await logged_in(bridge, "admin")
+    async with s, bridge.session(token_user="admin") as t:
+        streams = [await _follow(bridge, s), await _follow(bridge, t)]
+        store.delete("admin")
+        for stream in streams:
+            LATENCIES["user deletion (log stream)"] = await _ended_within(stream, 3.0)
+    assert len(bridge.daemon.state.consoles) == 0
+
+
+async def test_log_follow_streams_count_toward_the_users_connections(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice
+) -> None:
+    b = await bridge_factory(
+        ports={"lab": {"device": str(pty_device.path)}}, server={"max_connections_per_user": 2}
+    )
+    async with b.session(token_user="viewer") as v:
+        ws = await b.ws(v, "lab", mode="ro")
+        await WsReader(ws).message("hello")
+        stream = await _follow(b, v)
+        async with v.get(f"{b.base}/api/ports/lab/log?format=raw&follow=1") as third:
+            assert third.status == 429
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await b.ws(v, "lab", mode="ro")
+        assert refused.value.status == 429
+        async with v.get(f"{b.base}/api/ports/lab/log?format=raw") as plain:
+            assert plain.status == 200  # a one-off read is not a connection that stays
+        stream.close()
+        await ws.close()

@@ -6,7 +6,10 @@ held starts at the oldest byte held and `X-Log-From` says where it really starte
 neutralises control characters (bridge.history.textexport; `strip=1` drops them and escape
 sequences instead, for reading), `raw` is for replay, `jsonl`
 interleaves event markers (online/offline, BREAK/SysRq/NMI/power and who did them) with the
-output, by offset. `follow=1` keeps the response open like `tail -f`.
+output, by offset. `follow=1` keeps the response open like `tail -f`; such a stream is an open
+console of its user (bridge.access.consoles): it counts toward `server.max_connections_per_user`
+and ends, like a websocket, within a second of logout, a password change, a token's revocation or
+the user's deletion.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.access.policy import Permission
+from bridge.access.policy import Identity, Permission
 from bridge.console.port import Port
 from bridge.history.textexport import TextExporter
 from bridge.web.authn import authorise
@@ -28,6 +31,7 @@ from bridge.web.state import STATE, api_error
 
 PIECE = 256 * 1024
 FOLLOW_POLL = 15.0
+END_GRACE = 1.0  # an ended stream whose client does not read is cut off after this
 FORMATS = {
     "text": "text/plain; charset=utf-8",
     "raw": "application/octet-stream",
@@ -97,10 +101,55 @@ def _jsonl_lines(
         yield cursor, {"offset": got_from, "text": exporter.feed(data)}
 
 
+class LogFollower:
+    """A `follow=1` stream as an open console (bridge.access.consoles.OpenConsole)."""
+
+    last_input = 0.0  # reading is not use: only keystrokes keep a login session alive
+
+    def __init__(self, identity: Identity, port_name: str, request: web.Request) -> None:
+        self.identity, self.port_name, self.request = identity, port_name, request
+        self.ending = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self.finished.is_set()
+
+    async def end(self, reason: str, going_away: bool = False) -> None:
+        """Stop the stream (it ends its response at the next wake-up, at once when idle); a
+        client that does not read holds a write, and is cut off after END_GRACE."""
+        self.ending.set()
+        try:
+            await asyncio.wait_for(self.finished.wait(), END_GRACE)
+        except TimeoutError:
+            if self.request.transport is not None:
+                self.request.transport.abort()
+
+    async def more_output(self, port: Port, cursor: int) -> bool:
+        """Wait for output past `cursor`: True when there is some, False when the stream must
+        end (ended, or its client went away)."""
+        ending = asyncio.ensure_future(self.ending.wait())
+        try:
+            while not self.ending.is_set():
+                output = asyncio.ensure_future(port.wait_for_output(cursor, FOLLOW_POLL))
+                await asyncio.wait({output, ending}, return_when=asyncio.FIRST_COMPLETED)
+                if not output.done():
+                    output.cancel()
+                elif output.result():
+                    return True
+                transport = self.request.transport
+                if transport is None or transport.is_closing():
+                    return False
+            return False
+        finally:
+            ending.cancel()
+
+
 async def port_log(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    authorise(request, Permission.READ, name)
-    port = request.app[STATE].ports[name]
+    identity = authorise(request, Permission.READ, name)
+    state = request.app[STATE]
+    port = state.ports[name]
     fmt = request.query.get("format", "text")
     if fmt not in FORMATS:
         raise api_error(web.HTTPBadRequest, "format must be text, raw or jsonl")
@@ -109,6 +158,29 @@ async def port_log(request: web.Request) -> web.StreamResponse:
     if strip and fmt != "text":
         raise api_error(web.HTTPBadRequest, "strip applies to format=text only")
     start = _start_offset(request, port)
+    if not follow:
+        return await _stream(request, port, fmt, strip, start, None)
+    if len(state.consoles.of(user=identity.user)) >= state.config.server.max_connections_per_user:
+        raise api_error(web.HTTPTooManyRequests, "too many console connections for this user")
+    follower = LogFollower(identity, name, request)
+    state.consoles.add(follower)
+    try:
+        return await _stream(request, port, fmt, strip, start, follower)
+    finally:
+        state.consoles.remove(follower)
+        follower.finished.set()
+
+
+async def _stream(
+    request: web.Request,
+    port: Port,
+    fmt: str,
+    strip: bool,
+    start: int,
+    follower: LogFollower | None,
+) -> web.StreamResponse:
+    """Write the log from `start`; with a `follower`, keep writing new output until it ends."""
+    name = port.name
     response = web.StreamResponse(
         headers={
             "Content-Type": FORMATS[fmt],
@@ -136,11 +208,10 @@ async def port_log(request: web.Request) -> web.StreamResponse:
                     break
                 cursor = got_from + len(data)
                 await response.write(exporter.feed(data).encode() if fmt == "text" else data)
-        if not follow:
+        if follower is None or not await follower.more_output(port, cursor):
             break
-        while not await port.wait_for_output(cursor, FOLLOW_POLL):
-            if request.transport is None or request.transport.is_closing():
-                return response
+    if request.transport is None or request.transport.is_closing():
+        return response  # the client went away (or was cut off)
     if fmt == "text":
         await response.write(exporter.finish().encode())
     await response.write_eof()
