@@ -5,8 +5,9 @@ xterm.js terminal), their static assets under `/static/`, and two small JSON hel
 Pages are HTML files in `static/html/`; each response gets a fresh nonce that the page's own
 script (`static/js/csp-shim.js`) gives to the `<style>` elements xterm.js creates, so the pages run
 under a strict Content-Security-Policy without `'unsafe-inline'` (see docs/browser.md).
-xterm.js itself lives in `static/vendor/`, copied there by `scripts/build-assets`; when it is
-missing the console page says so instead of failing silently.
+xterm.js itself lives in `static/vendor/`, copied there by `scripts/build-assets` (the build
+backend runs it for every pip install); when it is missing the console page says so, with the fix
+for this kind of install, instead of failing silently.
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ def page_csp(nonce: str) -> str:
 
 def vendor_missing() -> list[str]:
     return [f for f in VENDOR_FILES if not (VENDOR_DIR / f).is_file()]
+
+
+def vendor_fix() -> str:
+    """What brings the terminal's files back: in a source tree (an editable install) its script;
+    an installed package was built without them and needs building again where npm is."""
+    if (STATIC_DIR.parents[2] / "scripts" / "build-assets").is_file():
+        return (
+            "Run scripts/build-assets in the source tree this serial-bridge runs from (it needs "
+            "Node.js and npm: apt install nodejs npm), then reload."
+        )
+    return (
+        "This installation was built without them. Install Node.js and npm (apt install nodejs "
+        "npm), install serial-bridge again from its source (pip install --force-reinstall "
+        "SOURCE), restart it and reload."
+    )
 
 
 @functools.cache
@@ -120,8 +136,12 @@ async def console_page(request: web.Request) -> web.Response:
         return _render("notfound.html", status=404, port=name)
     missing = vendor_missing()
     if missing:
-        log.error("browser terminal assets missing (%s): run scripts/build-assets", missing)
-    return _render("console.html", port=name, vendor="missing" if missing else "ok")
+        log.error(
+            "browser terminal assets missing from %s (%s): %s", VENDOR_DIR, missing, vendor_fix()
+        )
+    return _render(
+        "console.html", port=name, vendor="missing" if missing else "ok", vendor_fix=vendor_fix()
+    )
 
 
 async def csrf(request: web.Request) -> web.Response:
@@ -185,7 +205,7 @@ async def static(request: web.Request) -> web.StreamResponse:
         root = STATIC_DIR
     path = (root / rel).resolve()
     if not path.is_relative_to(root.resolve()) or not path.is_file():
-        raise web.HTTPNotFound(text="not found (for vendor/: run scripts/build-assets)")
+        raise web.HTTPNotFound(text="not found")
     response = web.FileResponse(path)
     response.content_type = CONTENT_TYPES.get(path.suffix, "application/octet-stream")
     response.headers["Cache-Control"] = "no-cache"
