@@ -48,6 +48,7 @@ _SIZE_UNITS = {
     "gib": 1024**3,
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_MAX_SECONDS = 1e9  # about 31 years: longer is a mistake (or NaN/infinity in disguise)
 
 
 def parse_size(value: object) -> int:
@@ -71,6 +72,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 5s, got a boolean")
     if isinstance(value, int | float):
+        if not abs(value) <= _MAX_SECONDS:  # also NaN and infinity
+            raise ValueError(f"a duration must be a finite number of seconds, not {value!r:.40}")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
@@ -79,7 +82,10 @@ def parse_duration(value: object) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)\s*", value)
     if not m:
         raise ValueError(f"{value!r} is not a duration (examples: 250ms, 5s, 30m, 12h)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not seconds <= _MAX_SECONDS:
+        raise ValueError(f"{value[:40]!r} is too long a duration")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ class PortConfig:
     client_buffer: int = 1024 * 1024
     scrollback: int = 1024 * 1024
     max_clients: int = 256
+    reserved_clients: int = 2
     on_release: bytes = b""
     writer_idle_timeout: float = 0.0
     require_totp: bool = False
@@ -281,6 +288,12 @@ def _typed(kind: type, what: str) -> Callable[[Any], Any]:
 def _positive_int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a whole number (0 or more), got {value!r}")
     return value
 
 
@@ -425,6 +438,7 @@ def _port(name: str, t: _Table) -> PortConfig:
         client_buffer=t.get("client_buffer", 1024 * 1024, parse_size),
         scrollback=t.get("scrollback", 1024 * 1024, parse_size),
         max_clients=t.get("max_clients", 256, _positive_int),
+        reserved_clients=t.get("reserved_clients", 2, _count),
         on_release=t.get("on_release", b"", _escaped_bytes),
         writer_idle_timeout=t.get("writer_idle_timeout", 0.0, parse_duration),
         require_totp=t.get("require_totp", False, _typed(bool, "true or false")),

@@ -415,7 +415,8 @@ async def test_bad_and_denied_keys_are_refused_with_400(start_bridge: StartBridg
         ({"keys": "a"}, "not a SysRq key"),
         ({"keys": ""}, "no SysRq key"),
         ({"keys": "h", "interval": "soon"}, "not a duration"),
-        ({"keys": "hh", "interval": "61s"}, "at most 60s"),
+        ({"keys": "hh", "interval": "11s"}, "from 0 to 10s"),
+        ({"keys": "h" * 33, "interval": "0s"}, "at most 32"),
     ]:
         status, answer = await call(bridge, "operator", "lab/sysrq", body)
         assert status == 400, (body, answer)
@@ -515,10 +516,11 @@ async def test_sysrq_while_a_sequence_runs_gets_409(start_bridge: StartBridge) -
     )
     await recorder.wait(lambda events: any(e.data == b"s" for e in events))
     refused = await asyncio.gather(
-        call(bridge, "operator", "lab/sysrq", {"keys": "h"}), call(bridge, "admin", "lab/nmi")
+        call(bridge, "operator", "lab/sysrq", {"keys": "h"}), call(bridge, "admin", "lab/break")
     )
     assert not sequence.done(), "the refusals came after the sequence ended"
     assert [status for status, _ in refused] == [409, 409], refused
+    assert "operator's SysRq sub" in refused[0][1]["error"]  # says what it is busy with
     status, answer = await sequence
     assert (status, answer["keys"]) == (200, "sub")
     assert [e.data for e in recorder.events if e.kind == "write"] == [b"s", b"u", b"b"]

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from bridge.config import PortConfig
-from bridge.console import port as port_module
+from bridge.console import coalesce
 from bridge.console.fanout import Chunk
 from bridge.console.port import Port
 from bridge.hw.factory import NoLines
@@ -67,7 +67,7 @@ async def test_a_stream_of_small_reads_becomes_few_frames() -> None:
     for i in range(40):
         port.data_received(f"line {i:02d}\r\n".encode())
         await asyncio.sleep(0.002)
-    await asyncio.sleep(port_module.BATCH_WINDOW * 2)
+    await asyncio.sleep(coalesce.BATCH_WINDOW * 2)
     everything = b"".join(f"line {i:02d}\r\n".encode() for i in range(40))
     assert b"".join(frames.frames) == everything and port.offset == len(everything)
     assert frames.frames[0] == b"line 00\r\n"  # the first output after a pause goes at once

@@ -330,7 +330,7 @@ async def test_connections_per_user_and_per_port_are_limited(
     bridge_factory: BridgeFactory, pty_device: PtyDevice
 ) -> None:
     b = await bridge_factory(
-        ports={"lab": {"device": str(pty_device.path), "max_clients": 3}},
+        ports={"lab": {"device": str(pty_device.path), "max_clients": 3, "reserved_clients": 1}},
         server={"max_connections_per_user": 2},
     )
     async with b.session(token_user="viewer") as v, b.session(token_user="operator") as o:

@@ -2,8 +2,12 @@
 
 - `port`: the hub (`Port`): owns a transport, numbers every byte with an offset, feeds the ring log
   and the subscribers, reopens a lost device.
-- `lease`: who may type (one writer, the rest read-only), take-over, idle expiry, `on_release`.
-- `actions`: BREAK, SysRq, NMI/reset/power, one at a time, with keystrokes held during BREAK+key.
+- `coalesce`: a stream's small reads gathered into fewer chunks; typing never delayed.
+- `lease`: who may type (one writer, the rest read-only), take-over, idle expiry, `on_release`,
+  and the client slots kept for those who may write.
+- `actions`: BREAK, SysRq, NMI/reset/power, one at a time (pre-emption, cancel, bounds), with
+  keystrokes held during BREAK+key and checked against `sysrq_deny` after a BREAK.
+- `errors`: what the console refuses, each with the HTTP status that fits.
 - `fanout`: cursor-based subscribers: live clients share one chunk, slow ones catch up from history.
 - `scrollback`: the in-memory tail of recent output.
 - `sysrq`: the kernel's SysRq keys, validation and descriptions.

@@ -27,6 +27,10 @@ class NotWriter(PortError):
     status = 403
 
 
+class NotAllowed(PortError):
+    status = 403
+
+
 class ActionBusy(PortError):
     status = 409
 

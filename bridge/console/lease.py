@@ -7,6 +7,9 @@ When a writer leaves or loses the lease, the port's `on_release` bytes (say "exi
 and the next writer's keystrokes wait until they are written, so the logout reaches the target
 first.
 
+The lease also keeps `reserved_clients` of a port's `max_clients` for clients that may write
+(operators and admins), so read-only viewers filling the port cannot lock them out.
+
 The lease never touches the device: the hub hands it the function that writes `on_release`
 (bridge.console.actions decides when such a write may go out), and reports what the lease did
 (events, status broadcasts) itself. Every front door goes through the same `Lease` via the hub.
@@ -20,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bridge.console.errors import NotWriter
+from bridge.config import PortConfig
+from bridge.console.errors import NotWriter, TooManyClients
 from bridge.console.fanout import Outlet, Subscriber
 
 
@@ -53,6 +57,17 @@ class Lease:
         self._released = asyncio.Event()
         self._released.set()
         self._background: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def admit(clients: int, cfg: PortConfig, privileged: bool) -> None:
+        """Raise TooManyClients unless one more client fits: read-only clients may fill
+        `max_clients` only up to the `reserved_clients` kept for those who may write (at most
+        max_clients - 1 are kept), so viewers cannot lock operators and admins out."""
+        reserve = min(cfg.reserved_clients, cfg.max_clients - 1)
+        limit = cfg.max_clients if privileged else cfg.max_clients - reserve
+        if clients >= limit:
+            kept = f" ({reserve} kept for operators and admins)" if reserve else ""
+            raise TooManyClients(f"port {cfg.name} has {clients} clients already{kept}")
 
     def mode_of(self, att: Attachment) -> str:
         return "rw" if self.writer is att else "ro"

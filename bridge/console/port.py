@@ -1,13 +1,12 @@
 """The port hub: the only reader of a target's console, and the single place its actions go through.
 
 One `Port` per configured target. It opens the transport (retrying while the device is missing),
-numbers every output byte with a monotonically increasing offset, gathers a stream's small reads
-into fewer frames, keeps the scrollback and the ring log, and fans chunks out to subscribers
-(bridge.console.fanout). It composes the writer lease (bridge.console.lease) and the actions
-(bridge.console.actions) and is the one object front doors call: attach/detach, write, take over,
-release, BREAK, SysRq, NMI/reset/power, status and history. It never touches hardware itself
-(bridge.hw does).
-"""
+numbers every output byte with a monotonically increasing offset (a stream's small reads gathered
+by bridge.console.coalesce), keeps the scrollback and the ring log, and fans chunks out to
+subscribers (bridge.console.fanout). It composes the writer lease (bridge.console.lease) and the
+actions (bridge.console.actions) and is the one object front doors call: attach/detach, write,
+take over, release, BREAK, SysRq, NMI/reset/power, cancel, status and history. It never touches
+hardware itself (bridge.hw does)."""
 
 from __future__ import annotations
 
@@ -21,44 +20,22 @@ from typing import Any
 
 from bridge.config import LogConfig, PortConfig
 from bridge.console.actions import Actions
-from bridge.console.errors import (
-    ActionBusy,
-    LinesFailed,
-    NotWriter,
-    PortDisabled,
-    PortError,
-    PortOffline,
-    TooManyClients,
-)
+from bridge.console.coalesce import Coalescer
+from bridge.console.errors import PortDisabled, PortError, PortOffline
 from bridge.console.fanout import Chunk, Subscriber
 from bridge.console.lease import Attachment, Lease, Viewer
 from bridge.console.linesettings import LineControl
+from bridge.console.replay import History
 from bridge.console.scrollback import Scrollback
 from bridge.history.ringlog import RingLog
-from bridge.hw.interfaces import ActionResult, ConsoleTransport, ControlLines
+from bridge.hw.interfaces import ConsoleTransport, ControlLines
 
-__all__ = [
-    "ActionBusy",
-    "Attachment",
-    "EventSink",
-    "LinesFailed",
-    "NotWriter",
-    "Port",
-    "PortDisabled",
-    "PortError",
-    "PortOffline",
-    "TooManyClients",
-    "Viewer",
-]
+# what front doors take from here (the other refusals: bridge.console.errors, .actions)
+__all__ = ["Attachment", "EventSink", "Port", "PortError", "Viewer"]
 
 log = logging.getLogger(__name__)
 REOPEN_INTERVAL = 1.0
-STREAM_GAP = 0.02  # output this soon after earlier output, with no keystroke between, is a stream
-BATCH_WINDOW = 0.05  # a stream's output is sent at least this often...
-BATCH_LIMIT = 16 * 1024  # ...or as soon as this much is gathered
-TYPING = 1.0  # for this long after a keystroke nothing is gathered: echoes go out at once
 DISABLED = "disabled by the administrator"
-REPLAY_SEARCH = 64 * 1024  # how far into a replay a line start is looked for
 
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -96,6 +73,11 @@ class Port:
         self.actions = Actions(self, lambda kind, fields: self._event(kind, fields, audit=False))
         self.lease = Lease(self._write_on_release)
         self.lease.on_release = cfg.on_release
+        # the actions, as front doors call them (documented in bridge.console.actions)
+        self.send_break = self.actions.send_break
+        self.sysrq = self.actions.sysrq  # (keys, interval, user, valid=None)
+        self.cancel_action = self.actions.cancel  # (user, any_user)
+        self.line_action = self.actions.line_action  # nmi | reset | power:on|off|...|status
         self._task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
         # counters the metrics read (bridge.web.metrics; actions count their own)
@@ -104,10 +86,7 @@ class Port:
         self.opens = 0  # times the device was opened
         self._gaps_of_gone = 0  # gaps sent to clients no longer attached
         self._waiters: list[asyncio.Future[None]] = []
-        self._batch = bytearray()
-        self._batch_timer: asyncio.TimerHandle | None = None
-        self._last_output = 0.0
-        self._last_typed = 0.0
+        self._coalescer = Coalescer(self._publish)
         self.line = LineControl(self, self.actions.exclusive, self._announce_line)
 
     # ---- device lifecycle -------------------------------------------------------------------
@@ -166,12 +145,12 @@ class Port:
             await asyncio.sleep(REOPEN_INTERVAL)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._flush_batch()
+        self._coalescer.flush()
         self.error = str(exc) if exc else "device closed"
         self._lost.set()
 
     async def _stop_tasks(self) -> None:
-        self._flush_batch()
+        self._coalescer.flush()
         tasks, self._task, self._idle_task = (self._task, self._idle_task), None, None
         for task in tasks:
             if task is not None:
@@ -224,32 +203,8 @@ class Port:
     # ---- output: the hot path ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        """From the transport. Output that follows other output within STREAM_GAP, with no
-        keystroke in the last TYPING seconds (a boot log scrolling by), is gathered for up to
-        BATCH_WINDOW or BATCH_LIMIT bytes, so clients get fewer, larger frames; while someone
-        types (echoes) and after a pause, output goes out at once."""
-        now = time.monotonic()
-        streaming = now - self._last_output < STREAM_GAP and now - self._last_typed > TYPING
-        self._last_output = now
-        if self._batch:
-            self._batch += data
-            if not streaming or len(self._batch) >= BATCH_LIMIT:
-                self._flush_batch()
-        elif streaming and len(data) < BATCH_LIMIT:
-            self._batch = bytearray(data)
-            self._batch_timer = asyncio.get_running_loop().call_later(
-                BATCH_WINDOW, self._flush_batch
-            )
-        else:
-            self._publish(data)
-
-    def _flush_batch(self) -> None:
-        if self._batch_timer is not None:
-            self._batch_timer.cancel()
-            self._batch_timer = None
-        batch, self._batch = self._batch, bytearray()
-        if batch:
-            self._publish(bytes(batch))
+        """From the transport: a stream's small reads are gathered (bridge.console.coalesce)."""
+        self._coalescer.feed(data)
 
     def _publish(self, data: bytes) -> None:
         """Number the bytes, keep them (scrollback, ring log) and fan them out: the hot path."""
@@ -293,45 +248,24 @@ class Port:
             except OSError as exc:
                 log.error("port %s: ring log write failed: %s", self.name, exc)
 
+    def _history(self) -> History:
+        return History(self.scrollback, self.ringlog, self.offset)
+
     def read(self, offset: int, max_bytes: int) -> tuple[int, bytes]:
         """History from `offset`: scrollback when it holds it, else the ring log."""
-        if offset >= self.scrollback.start or self.ringlog is None:
-            return self.scrollback.read(offset, max_bytes)
-        start, data = self.ringlog.read(offset, min(max_bytes, self.scrollback.start - offset))
-        if not data:
-            return self.scrollback.read(offset, max_bytes)
-        return start, data
+        return self._history().read(offset, max_bytes)
 
     @property
     def oldest_offset(self) -> int:
-        if self.ringlog is not None:
-            return min(self.ringlog.oldest_offset, self.scrollback.start)
-        return self.scrollback.start
+        return self._history().oldest
 
     def resolve_from(self, value: int | None) -> int:
-        """A `from` parameter -> the first offset to send: None = live, negative = last N bytes,
-        older than held = oldest held."""
-        if value is None:
-            return self.offset
-        if value < 0:
-            value = self.offset + value
-        return min(max(value, self.oldest_offset), self.offset)
+        """A `from` parameter -> the first offset to send (bridge.console.replay)."""
+        return self._history().resolve_from(value)
 
     def replay_start(self, nbytes: int) -> int:
-        """Where "the last `nbytes`" start, moved forward to the first line start among them so a
-        replay never opens mid-line (offset 0, the first byte ever, is a line start). With no line
-        start in the first `REPLAY_SEARCH` bytes (one endless line, a full-screen program), all
-        of them. 0 = live output only."""
-        start = self.resolve_from(-nbytes) if nbytes > 0 else self.offset
-        if start == 0 or start >= self.offset:
-            return start
-        at, data = self.read(start - 1, min(nbytes, REPLAY_SEARCH) + 1)
-        if at == start - 1:
-            if data[:1] == b"\n":
-                return start
-            data = data[1:]
-        cut = data.find(b"\n")
-        return start if cut < 0 else min(start + cut + 1, self.offset)
+        """Where a replay of "the last `nbytes`" starts: at a line start (bridge.console.replay)."""
+        return self._history().replay_start(nbytes)
 
     # ---- clients and the writer lease (bridge.console.lease) -----------------------------------
 
@@ -341,11 +275,19 @@ class Port:
         return self.lease.writer
 
     def attach(
-        self, viewer: Viewer, user: str, peer: str, mode: str, takeover: bool, start: int
+        self,
+        viewer: Viewer,
+        user: str,
+        peer: str,
+        mode: str,
+        takeover: bool,
+        start: int,
+        privileged: bool = False,
     ) -> Attachment:
+        """A new client; `privileged` (may write: operators, admins) may use the connections
+        `reserved_clients` keeps free of read-only clients."""
+        self.lease.admit(len(self.attachments), self.cfg, privileged)
         self.check_enabled()
-        if len(self.attachments) >= self.cfg.max_clients:
-            raise TooManyClients(f"port {self.name} has {self.cfg.max_clients} clients already")
         sub = Subscriber(viewer, self, self.cfg.client_buffer, start)
         att = Attachment(next(self._ids), user, peer, viewer, sub, wants_write=mode == "rw")
         self.attachments[att.id] = att
@@ -389,7 +331,7 @@ class Port:
         self._broadcast_status("idle-release", actor=att.user)
 
     async def _write_on_release(self, data: bytes) -> None:
-        async with self.actions.between_actions():
+        async with self.actions.between_steps():
             if self.transport is not None:
                 with contextlib.suppress(OSError):
                     await self.transport.write(data)
@@ -425,32 +367,21 @@ class Port:
 
     async def write(self, att: Attachment, data: bytes) -> None:
         """Keystrokes from the lease holder; wait for a pending `on_release` and while a
-        BREAK+key is in progress."""
+        BREAK+key is on the line; the first after a plain BREAK is checked against sysrq_deny."""
         self.lease.check(att)
         att.last_input = time.monotonic()
-        self._last_typed = att.last_input  # while someone types, output goes out at once
-        self._flush_batch()
+        self._coalescer.typed(att.last_input)  # while someone types, output goes out at once
         await self.lease.wait_released()
         await self.actions.quiet()
         transport = self.transport
         if transport is None:
             raise PortOffline(f"port {self.name} is offline")
+        self.actions.check_typed(data)  # nothing awaited between the check and the write
         try:
             await transport.write(data)
         except OSError as exc:  # the device went away mid-write
             raise PortOffline(f"port {self.name}: write failed: {exc}") from exc
         self.bytes_out += len(data)
-
-    async def send_break(self, user: str) -> ActionResult:
-        return await self.actions.send_break(user)
-
-    async def sysrq(self, keys: str, interval: float, user: str) -> ActionResult:
-        """BREAK + key for each key (already validated), `interval` seconds apart."""
-        return await self.actions.sysrq(keys, interval, user)
-
-    async def line_action(self, action: str, user: str) -> ActionResult:
-        """nmi | reset | power:on|off|force-off|cycle|status through the port's control lines."""
-        return await self.actions.line_action(action, user)
 
     def _announce_line(self, kind: str, fields: dict[str, Any]) -> None:
         """A line-settings change (bridge.console.linesettings): marked, audited, announced."""

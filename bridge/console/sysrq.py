@@ -83,7 +83,7 @@ def help_text() -> str:
     return "\n".join(describe(k) for k in SYSRQ_KEYS)
 
 
-def validate_keys(keys: str, deny: frozenset[str] = frozenset()) -> str:
+def validate_keys(keys: object, deny: frozenset[str] = frozenset()) -> str:
     """Check a key or a sequence such as "REISUB"; returns it lowercase.
 
     Raises ValueError naming the first problem: not a string, an empty sequence, a character

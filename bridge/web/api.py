@@ -7,15 +7,16 @@ saying what was done and when.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
 
+from bridge import strictjson
 from bridge.access import totp
 from bridge.access.gate import Denied
-from bridge.access.policy import Permission
+from bridge.access.policy import Permission, allowed
 from bridge.config import parse_duration
+from bridge.console.actions import outcome
 from bridge.console.port import Port, PortError
 from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
@@ -26,6 +27,7 @@ from bridge.web.authn import (
     http_error,
     peer_of,
     same_origin,
+    still_granted,
 )
 from bridge.web.state import STATE, api_error, port_error
 
@@ -36,11 +38,12 @@ BODY_TIMEOUT = 10.0  # a request body must arrive within this (slow-body clients
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
-            body = await request.json()
+            body = await request.json(loads=strictjson.loads)
     except TimeoutError:
         raise api_error(web.HTTPRequestTimeout, "the request body came too slowly") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise api_error(web.HTTPBadRequest, "the body must be a JSON object") from None
+    except ValueError as exc:  # malformed, NaN/Infinity, too deep, not UTF-8
+        message = f"the body must be a JSON object ({str(exc)[:80]})"
+        raise api_error(web.HTTPBadRequest, message) from None
     if not isinstance(body, dict):
         raise api_error(web.HTTPBadRequest, "the body must be a JSON object")
     return body
@@ -140,18 +143,21 @@ async def list_ports(request: web.Request) -> web.Response:
 async def _run_action(
     request: web.Request, user: str, what: str, coro: Any, **fields: Any
 ) -> web.Response:
-    """Run a port action; audit it with its outcome; map port errors to HTTP statuses."""
-    audit = request.app[STATE].audit
+    """Run a port action and map port errors to HTTP statuses. The audit record, with the
+    outcome, is written whatever ends the action (a `finally`: a bug, a dropped request)."""
     where = {"user": user, "port": request.match_info["name"], "peer": peer_of(request)}
+    failure: BaseException | None = None
     try:
         result = await coro
-    except UnsupportedAction as exc:
-        audit.record(what, **where, **fields, result="unsupported")
-        raise api_error(web.HTTPNotImplemented, str(exc)) from None
-    except PortError as exc:
-        audit.record(what, **where, **fields, result=f"refused: {exc}")
-        raise port_error(exc) from None
-    audit.record(what, **where, **fields, result="ok")
+    except BaseException as exc:
+        failure = exc
+        if isinstance(exc, UnsupportedAction):
+            raise api_error(web.HTTPNotImplemented, str(exc)) from None
+        if isinstance(exc, PortError):
+            raise port_error(exc) from None
+        raise
+    finally:
+        request.app[STATE].audit.record(what, **where, **fields, **outcome(failure))
     return web.json_response(result)
 
 
@@ -165,11 +171,22 @@ async def sysrq(request: web.Request) -> web.Response:
         interval = parse_duration(body.get("interval", "1s"))
     except ValueError as exc:
         raise api_error(web.HTTPBadRequest, str(exc)) from None
-    if interval > 60:
-        raise api_error(web.HTTPBadRequest, "interval must be at most 60s")
-    return await _run_action(
-        request, identity.user, "sysrq", port.sysrq(keys, interval, identity.user), keys=keys
-    )
+    valid = still_granted(request.app[STATE], identity, name)  # ends with the credential
+    coro = port.sysrq(keys, interval, identity.user, valid)
+    return await _run_action(request, identity.user, "sysrq", coro, keys=keys)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """Stop the port's running SysRq sequence before its next key: an admin anyone's, an
+    operator their own."""
+    name = request.match_info["name"]
+    identity = authorise(request, Permission.WRITE, name)
+    any_user = allowed(identity, Permission.ADMIN)
+
+    async def run() -> dict[str, Any]:
+        return _port(request).cancel_action(identity.user, any_user)
+
+    return await _run_action(request, identity.user, "cancel", run())
 
 
 async def send_break(request: web.Request) -> web.Response:
@@ -226,6 +243,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/ports", list_ports)
     app.router.add_post("/api/ports/{name}/sysrq", sysrq)
     app.router.add_post("/api/ports/{name}/break", send_break)
+    app.router.add_post("/api/ports/{name}/cancel", cancel)
     app.router.add_post("/api/ports/{name}/nmi", nmi)
     app.router.add_post("/api/ports/{name}/reset", reset)
     app.router.add_post("/api/ports/{name}/power", power)

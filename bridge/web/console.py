@@ -10,19 +10,20 @@ by its Subscriber (bridge.console.fanout) without slowing anyone else.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from bridge import strictjson
 from bridge.access.policy import Identity, Permission, allowed
 from bridge.config import parse_duration
+from bridge.console.actions import outcome
 from bridge.console.fanout import Chunk
 from bridge.console.port import Attachment, Port, PortError
 from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
-from bridge.web.authn import authorise, peer_of, same_origin
+from bridge.web.authn import authorise, peer_of, same_origin, still_granted
 from bridge.web.frames import binary_frame, text_frame
 from bridge.web.state import STATE, AppState, api_error, port_error
 
@@ -141,15 +142,15 @@ class ConsoleSession:
 
     async def control(self, text: str) -> None:
         try:
-            message = json.loads(text)
-        except json.JSONDecodeError:
-            self.error("malformed JSON control message")
+            message = strictjson.loads(text)
+        except ValueError as exc:  # malformed, NaN/Infinity, too deep
+            self.error(f"malformed JSON control message ({str(exc)[:80]})")
             return
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "ping":
             self.viewer.send_message({"type": "pong"})
             return
-        if kind not in ("sysrq", "break", "takeover", "release"):
+        if kind not in ("sysrq", "break", "cancel", "takeover", "release"):
             self.error(f"unknown message type {kind!r}")
             return
         if not self.may(Permission.WRITE):
@@ -161,6 +162,9 @@ class ConsoleSession:
             await self.port.release(self.att)
         elif kind == "break":
             self._spawn(self._action("break", self.port.send_break(self.identity.user)))
+        elif kind == "cancel":
+            any_user = self.may(Permission.ADMIN)
+            await self._action("cancel", self._cancel(any_user))
         else:
             try:
                 keys = validate_keys(message.get("keys", ""), self.port.cfg.sysrq_deny)
@@ -168,11 +172,12 @@ class ConsoleSession:
             except ValueError as exc:
                 self.error(str(exc))
                 return
-            self._spawn(
-                self._action(
-                    "sysrq", self.port.sysrq(keys, interval, self.identity.user), keys=keys
-                )
-            )
+            valid = still_granted(self.state, self.identity, self.port.name)
+            coro = self.port.sysrq(keys, interval, self.identity.user, valid)
+            self._spawn(self._action("sysrq", coro, keys=keys))
+
+    async def _cancel(self, any_user: bool) -> dict[str, Any]:
+        return self.port.cancel_action(self.identity.user, any_user)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -180,14 +185,20 @@ class ConsoleSession:
         task.add_done_callback(self.tasks.discard)
 
     async def _action(self, action: str, coro: Any, **fields: Any) -> None:
+        """Run an action; its audit record is written whatever ends it (a `finally`)."""
         where = {"user": self.identity.user, "port": self.port.name, "peer": self.att.peer}
+        failure: BaseException | None = None
         try:
             result = await coro
         except (PortError, UnsupportedAction) as exc:
-            self.state.audit.record(action, **where, **fields, result=f"refused: {exc}")
+            failure = exc
             self.error(f"{action} refused: {exc}")
             return
-        self.state.audit.record(action, **where, **fields, result="ok")
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self.state.audit.record(action, **where, **fields, **outcome(failure))
         self.viewer.send_message({"type": "result", **result})
 
     async def run(self) -> None:
@@ -206,7 +217,8 @@ class ConsoleSession:
     async def close(self) -> None:
         # An action already started (a REISUB sequence, say) runs to its end and is audited even
         # when the client goes away: stopping half-way leaves the target half-handled (R,E,I sent,
-        # B never) and the keys already sent unaudited. The port's action lock bounds it.
+        # B never). It is bounded (bridge.console.actions), stops when its credential ends, and
+        # an admin can cancel it or pre-empt it with NMI/reset/power.
         for task in self.tasks:
             _detached.add(task)
             task.add_done_callback(_detached.discard)
@@ -246,6 +258,7 @@ async def console(request: web.Request) -> web.StreamResponse:
             mode if may_write else "ro",
             takeover and may_write,
             start,
+            privileged=may_write,  # may use the connections kept free of viewers
         )
     except PortError as exc:
         await ws.close(code=1013, message=str(exc).encode()[:120])
