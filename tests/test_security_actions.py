@@ -107,6 +107,21 @@ async def test_websocket_sequences_are_bounded(start_bridge: StartBridge, messag
     assert written(recorder) == [b"t"]
 
 
+async def test_a_json_nesting_bomb_at_login_is_400(start_bridge: StartBridge) -> None:
+    """Unauthenticated: `[` x 30000 used to be a 500 with a RecursionError traceback."""
+    bridge = await start_bridge({"lab": SLOW})
+    async with (
+        bridge.session() as http,
+        http.post(
+            f"{bridge.base}/api/login",
+            data="[" * 30_000,
+            headers={"Content-Type": "application/json"},
+        ) as resp,
+    ):
+        assert resp.status == 400
+        assert "nested too deeply" in (await resp.json())["error"]
+
+
 # ---- cancel, pre-emption, credentials -----------------------------------------------------------
 
 
