@@ -14,7 +14,8 @@ holds at every door.
   `check_password` then `check_code`: the same in two steps (SSH keyboard-interactive asks for
   the code in a second round; after a key login the session asks for it), same throttle.
 - `authorise`: `Identity` + `Permission` (+ port) -> the identity, or `Denied` saying why.
-- `still_valid`: whether an identity taken earlier (an open console's) would be granted now.
+- `still_valid`: whether an identity taken earlier (an open console's) would be granted now;
+  `granted_now` the same against the users file as it is (a running SysRq sequence asks it).
 
 Every identification and login is counted in `auth_counts` by method (`AUTH_METHODS`: how the
 credential came) and result (`AUTH_RESULTS`; a login refused by the throttle before any check is
@@ -266,6 +267,11 @@ class Gate:
         if port is not None and needs_second_factor(identity, config.ports[port].require_totp):
             raise Denied(Refusal.FORBIDDEN, f"port {port!r} requires TOTP: log in with a code")
         return identity
+
+    def granted_now(self, identity: Identity, port: str | None = None) -> bool:
+        """`still_valid` against the users file as it is now: for what outlasts the request that
+        started it (a SysRq sequence stops when this turns false)."""
+        return self.still_valid(identity, self.users.users(), self.users.token_ids(), port)
 
     def still_valid(
         self,

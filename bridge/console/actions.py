@@ -264,16 +264,20 @@ class Actions:
             raise PortOffline(f"port {name} is offline")
         async with self._step:
             self._quiet.clear()
+            window = self._window_until  # a BREAK without its key leaves the window open
             try:
                 await transport.drain()
                 self.breaks += 1
+                window = time.monotonic() + SYSRQ_WINDOW
                 await transport.send_break(self._target.cfg.break_duration)
+                window = time.monotonic() + SYSRQ_WINDOW
                 if key:
                     await transport.write(key)
-                self._window_until = 0.0 if key else time.monotonic() + SYSRQ_WINDOW
+                    window = 0.0
             except OSError as exc:  # DeviceUnavailable, ConnectionResetError: the device went away
                 raise PortOffline(f"port {name}: BREAK failed: {exc}") from exc
-            finally:
+            finally:  # also when cancelled half-way (the session of an SSH command ended)
+                self._window_until = window
                 self._quiet.set()
 
     async def send_break(self, user: str) -> ActionResult:

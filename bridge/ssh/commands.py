@@ -12,11 +12,13 @@ from __future__ import annotations
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bridge.access.gate import Denied
 from bridge.access.policy import Identity, Permission
 from bridge.config import parse_duration
+from bridge.console.actions import outcome
 from bridge.console.port import Attachment, Port, PortError
 from bridge.console.sysrq import DESTRUCTIVE_KEYS, SYSRQ_KEYS, validate_keys
 from bridge.history.textexport import to_text
@@ -65,18 +67,22 @@ class Invocation:
         return self.confirm is None or await self.confirm(question)
 
     async def action(self, what: str, coro: Awaitable[dict[str, Any]], **fields: Any) -> None:
-        """Run a port action; audit it with its outcome (as the web does); report it."""
+        """Run a port action and report it; its audit record, with the outcome, is written
+        whatever ends it (a `finally`, as the web does)."""
         port = self.need_port()
         where = {"user": self.identity.user, "port": port.name, "peer": self.peer, "via": "ssh"}
+        failure: BaseException | None = None
         try:
             result = await coro
-        except UnsupportedAction as exc:
-            self.door.audit.record(what, **where, **fields, result="unsupported")
-            raise Refused(f"{what}: {exc}") from None
-        except PortError as exc:
-            self.door.audit.record(what, **where, **fields, result=f"refused: {exc}")
-            raise Refused(f"{what} refused: {exc}") from None
-        self.door.audit.record(what, **where, **fields, result="ok")
+        except BaseException as exc:
+            failure = exc
+            if isinstance(exc, UnsupportedAction):
+                raise Refused(f"{what}: {exc}") from None
+            if isinstance(exc, PortError):
+                raise Refused(f"{what} refused: {exc}") from None
+            raise
+        finally:
+            self.door.audit.record(what, **where, **fields, **outcome(failure))
         self.out(describe(result))
 
 
@@ -159,15 +165,13 @@ async def _sysrq(inv: Invocation, args: list[str]) -> None:
         interval = parse_duration(args[1] if len(args) > 1 else "1s")
     except ValueError as exc:
         raise Usage(str(exc)) from None
-    if interval > 60:
-        raise Usage("the interval must be at most 60s")
     risky = sorted({k for k in keys if k in DESTRUCTIVE_KEYS})
     if risky:
         names = ", ".join(f"{k} ({SYSRQ_KEYS[k].name})" for k in risky)
         if not await inv.ask(f"{names}: destructive on {port.name}; send sysrq {keys}? [y/N] "):
             return
-    user = inv.identity.user
-    await inv.action("sysrq", port.sysrq(keys, interval, user), keys=keys)
+    user, valid = inv.identity.user, partial(inv.door.gate.granted_now, inv.identity, port.name)
+    await inv.action("sysrq", port.sysrq(keys, interval, user, valid), keys=keys)
 
 
 async def _break(inv: Invocation, args: list[str]) -> None:

@@ -28,7 +28,8 @@ import asyncssh
 
 from bridge.access.gate import Denied
 from bridge.access.policy import Identity, Permission, allowed
-from bridge.console.port import Attachment, NotWriter, Port, PortError
+from bridge.console.errors import NotWriter
+from bridge.console.port import Attachment, Port, PortError
 from bridge.ssh import commands
 from bridge.ssh.context import Door, Login
 from bridge.ssh.terminal import Break, Terminal

@@ -7,6 +7,7 @@ saying what was done and when.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +28,6 @@ from bridge.web.authn import (
     http_error,
     peer_of,
     same_origin,
-    still_granted,
 )
 from bridge.web.state import STATE, api_error, port_error
 
@@ -171,7 +171,7 @@ async def sysrq(request: web.Request) -> web.Response:
         interval = parse_duration(body.get("interval", "1s"))
     except ValueError as exc:
         raise api_error(web.HTTPBadRequest, str(exc)) from None
-    valid = still_granted(request.app[STATE], identity, name)  # ends with the credential
+    valid = partial(request.app[STATE].gate.granted_now, identity, name)  # ends with it
     coro = port.sysrq(keys, interval, identity.user, valid)
     return await _run_action(request, identity.user, "sysrq", coro, keys=keys)
 

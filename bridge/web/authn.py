@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +26,7 @@ from aiohttp import web
 
 from bridge.access.gate import Denied, Refusal
 from bridge.access.policy import Identity, Permission
-from bridge.web.state import STATE, AppState, api_error
+from bridge.web.state import STATE, api_error
 
 SESSION_COOKIE = "__Host-sb_session"
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -138,17 +137,6 @@ HTTP_REFUSALS: dict[Refusal, type[web.HTTPException]] = {
     Refusal.THROTTLED: web.HTTPTooManyRequests,
     Refusal.BUSY: web.HTTPServiceUnavailable,
 }
-
-
-def still_granted(state: AppState, identity: Identity, port: str) -> Callable[[], bool]:
-    """For what outlasts its request (a SysRq sequence): whether `identity` would still be
-    granted on `port` now — its session alive, token not revoked, user not deleted or re-roled."""
-
-    def check() -> bool:
-        users = state.users
-        return state.gate.still_valid(identity, users.users(), users.token_ids(), port)
-
-    return check
 
 
 def http_error(denied: Denied) -> web.HTTPException:

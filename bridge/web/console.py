@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -23,7 +24,7 @@ from bridge.console.fanout import Chunk
 from bridge.console.port import Attachment, Port, PortError
 from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
-from bridge.web.authn import authorise, peer_of, same_origin, still_granted
+from bridge.web.authn import authorise, peer_of, same_origin
 from bridge.web.frames import binary_frame, text_frame
 from bridge.web.state import STATE, AppState, api_error, port_error
 
@@ -172,7 +173,7 @@ class ConsoleSession:
             except ValueError as exc:
                 self.error(str(exc))
                 return
-            valid = still_granted(self.state, self.identity, self.port.name)
+            valid = partial(self.state.gate.granted_now, self.identity, self.port.name)
             coro = self.port.sysrq(keys, interval, self.identity.user, valid)
             self._spawn(self._action("sysrq", coro, keys=keys))
 
