@@ -86,6 +86,7 @@ class SshTarget:
         *command: str,
         stdin: bytes = b"",
         extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> tuple[int, str, str]:
         """`ssh user@127.0.0.1 COMMAND` with pipes: (exit status, stdout, stderr)."""
         proc = await asyncio.create_subprocess_exec(
@@ -93,6 +94,8 @@ class SshTarget:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # no controlling terminal: passwords come from SSH_ASKPASS
         )
         out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
         assert proc.returncode is not None
@@ -128,6 +131,34 @@ async def ssh_bridge(
     bridge = await factory(ports=ports, ssh={"listen": ["127.0.0.1:0"], **(ssh or {})}, **sections)
     await wait_for(lambda: all(p.online for p in bridge.daemon.state.ports.values()))
     return bridge, await ssh_target(bridge, tmp_path)
+
+
+PASSWORD_ONLY = (
+    "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=keyboard-interactive",
+)  # fmt: skip
+
+
+def askpass(tmp_path: Path, password: str, code: str = "") -> dict[str, str]:
+    """Environment for `ssh` that answers its password prompts without a terminal
+    (SSH_ASKPASS_REQUIRE=force): `password`, and `code` for a prompt that mentions a code. Each
+    prompt is appended to the file in SB_ASKPASS_LOG."""
+    script = tmp_path / "askpass.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'printf \'%s\\n\' "$1" >> "$SB_ASKPASS_LOG"\n'
+        'case "$1" in *code*) printf \'%s\\n\' "$SB_CODE" ;;\n'
+        '  *) printf \'%s\\n\' "$SB_PASSWORD" ;;\n'
+        "esac\n"
+    )
+    script.chmod(0o700)
+    return {
+        "SSH_ASKPASS": str(script),
+        "SSH_ASKPASS_REQUIRE": "force",
+        "DISPLAY": ":0",
+        "SB_ASKPASS_LOG": str(tmp_path / "askpass.log"),
+        "SB_PASSWORD": password,
+        "SB_CODE": code,
+    }
 
 
 class SshTerminal:
