@@ -181,6 +181,7 @@ class ServerConfig:
     session_lifetime: float = 12 * 3600.0
     require_totp: bool = False
     client_ca: Path | None = None
+    advertise: bool = False  # announce the bridge by DNS-SD (mDNS)
 
 
 @dataclass(frozen=True)
@@ -518,6 +519,7 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
             session_lifetime=t.get("session_lifetime", server.session_lifetime, parse_duration),
             require_totp=t.get("require_totp", False, _typed(bool, "true or false")),
             client_ca=Path(client_ca) if client_ca else None,
+            advertise=t.get("advertise", False, _typed(bool, "true or false")),
         )
         t.done()
 

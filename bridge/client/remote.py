@@ -61,6 +61,8 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 totp = getpass.getpass("One-time code: ").strip()
         return {"user": args.user, "password": password, "totp": totp}
+    if getattr(args, "fleet_token", None):
+        return {"token": args.fleet_token}
     token = os.environ.get("SERIAL_BRIDGE_TOKEN")
     if not token:
         path = Path(args.token_file) if args.token_file else config_dir() / "token"
@@ -84,14 +86,31 @@ def _client(args: argparse.Namespace) -> BridgeClient:
 
 
 def _port_name(args: argparse.Namespace) -> str:
+    if "://" not in args.url:  # PORT or BRIDGE/PORT: a bridge of bridges.toml (bridge.client.fleet)
+        return args.url.rpartition("/")[2]
     name = parse_url(args.url).name
     if not name:
         raise ClientError(f"{args.url}: name the port: https://HOST:PORT/PORTNAME")
     return name
 
 
+async def _from_fleet(args: argparse.Namespace) -> None:
+    """A port name (or BRIDGE/PORT) instead of a URL: find the bridge in bridges.toml, and use
+    its fingerprint and token unless the command line gave its own."""
+    from bridge.client.fleet import entry_token, find_port, load_bridges
+
+    known = KnownHosts(Path(args.known_hosts)) if args.known_hosts else None
+    entry, port = await find_port(args.url, load_bridges(), known)
+    args.url = f"{entry.url}/{port}"
+    args.fingerprint = args.fingerprint or entry.fingerprint
+    if not args.user and not args.token_file and entry.token_file is not None:
+        args.fleet_token = entry_token(entry)
+
+
 def _run(args: argparse.Namespace, body: Callable[[BridgeClient], Awaitable[int]]) -> int:
     async def main() -> int:
+        if "://" not in args.url:
+            await _from_fleet(args)
         client = _client(args)
         await client.pin()  # a first-seen bridge is settled before any credential is read
         client.use_credentials(**_credentials(args))
@@ -172,7 +191,11 @@ def run_log(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", help="https://HOST:PORT/PORTNAME")
+    p.add_argument(
+        "url",
+        help="https://HOST:PORT/PORTNAME, or PORTNAME (or BRIDGE/PORTNAME) of a bridge named in "
+        "~/.config/serial-bridge/bridges.toml",
+    )
     p.add_argument(
         "--totp", action="store_true", help="with --user: also ask for a one-time (TOTP) code"
     )

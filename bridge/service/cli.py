@@ -20,6 +20,7 @@ from bridge.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 COMMAND_MODULES = (
     "bridge.service.admin",
     "bridge.client.remote",
+    "bridge.client.fleet",
     "bridge.service.demo",
     "bridge.service.udev",
     "bridge.service.selftest",

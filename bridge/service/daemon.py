@@ -36,6 +36,7 @@ from bridge.hw.interfaces import ConsoleTransport
 from bridge.hw.lines import LineSetupError
 from bridge.rfc2217.server import EndpointError, Rfc2217Server
 from bridge.service import sdnotify
+from bridge.service.advertise import Advertiser
 from bridge.service.listener import BoundedTLSSite
 from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
@@ -104,6 +105,7 @@ class Daemon:
         self.ssl_context: ssl.SSLContext | None = None
         self.fingerprint = ""
         self.ssh: SshListener | None = None
+        self.advertiser: Advertiser | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.rfc2217: Rfc2217Server | None = None
 
@@ -216,6 +218,11 @@ class Daemon:
                     await self.ssh.listen(host, port_number)
                 except OSError as exc:
                     raise bind_error(_hostport((host, port_number)), exc, "ssh.listen") from exc
+        if server.advertise:
+            ssh = self.ssh.addresses if self.ssh is not None else []
+            self.advertiser = Advertiser(self.addresses, self.fingerprint, ssh)
+            with step("server.advertise", "mDNS"):
+                await self.advertiser.start()
 
     async def reload(self, new: Config) -> list[str]:
         """Apply a new, already validated config. Unchanged ports keep their clients and open
@@ -224,7 +231,7 @@ class Daemon:
         state = self.state
         assert state is not None
         old, changes = self.config, []
-        for key in ("listen", "state_dir", "tls_cert", "tls_key", "client_ca"):
+        for key in ("listen", "state_dir", "tls_cert", "tls_key", "client_ca", "advertise"):
             if getattr(old.server, key) != getattr(new.server, key):
                 changes.append(f"server.{key} changed: takes effect after a restart")
         if (old.ssh is None) != (new.ssh is None) or (
@@ -270,6 +277,9 @@ class Daemon:
         return [f"https://{_hostport(a)}" for a in self.addresses]
 
     async def stop(self, reason: str = "the bridge is shutting down") -> None:
+        if self.advertiser is not None:  # first: nobody should find a bridge that is going
+            await self.advertiser.stop()
+            self.advertiser = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
