@@ -211,8 +211,8 @@ async def bridge_factory(tmp_path: Path) -> AsyncIterator[BridgeFactory]:
         transport_factory: Callable[[Any], Any] | None = None,
         **sections: Any,
     ) -> Bridge:
-        state_dir = tmp_path / f"state{len(running)}"
-        state_dir.mkdir()
+        state_dir = tmp_path / f"state{len(running)}"  # a test may have put files there
+        state_dir.mkdir(exist_ok=True)
         users = UserStore(state_dir)
         tokens = {}
         for name in PASSWORDS:

@@ -32,6 +32,7 @@ from tests.browser_helpers import (
     wait_for_screen,
 )
 from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, wait_for
+from tests.served import crashed_ring
 
 pytestmark = pytest.mark.browser
 
@@ -326,6 +327,26 @@ async def test_dropped_link_reconnects_and_shows_what_was_missed(
     assert await page.text_content("#st-link") == "connected"
     pty_device.replace()
     await page.locator("#st-port", has_text="target online").wait_for()
+    browsing.assert_clean()
+
+
+async def test_after_a_crash_the_page_shows_the_last_output(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, browsing: Browsing
+) -> None:
+    """#14: the page asks for the last 64 KiB (`from=-65536`); after a kill -9 they are the
+    output from before it, across the offsets the restart skipped."""
+    crashed_ring(tmp_path / "state0" / "logs" / "lab.ring", 65536, b"the panic before\r\n")
+    bridge = await bridge_factory(
+        ports={"lab": {"device": str(pty_device.path)}}, log={"enabled": True, "size": "64KiB"}
+    )
+    await wait_for(lambda: bridge.port is not None and bridge.port.online)
+    page = await browsing.page(bridge)
+    await open_console(page, bridge.origin, "lab", "viewer", PASSWORDS["viewer"])
+    await wait_for_screen(page, "the panic before")
+    assert (await page.evaluate("() => window.serialBridge.link.lastHello"))["from"] == 0
+    await pty_device.awrite(b"after the restart\r\n")
+    await wait_for_screen(page, "after the restart")
+    assert "output missing here" in await screen_text(page)
     browsing.assert_clean()
 
 

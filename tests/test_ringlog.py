@@ -220,6 +220,33 @@ def test_crash_skips_offsets_clean_close_does_not(tmp_path: Path) -> None:
         assert [r.data for r in ring.records(0)] == [b"clean", b" flushed", b"new"]
 
 
+def test_the_last_n_bytes_are_counted_across_holes(tmp_path: Path) -> None:
+    """start_of_last counts bytes held only: the offsets a crash skipped count for nothing, in
+    the block resumed after the crash as across blocks (checked against every record)."""
+    clock = Clock()
+    path = tmp_path / "p.log"
+    ring = RingLog.open(path, 8 * BLOCK_SIZE, clock=clock, durable=False)
+    ring.append(b"a" * 5000)  # fills a block: the rest starts the next one
+    clock.now += 1
+    ring.append(b"b" * 700)
+    ring.flush()
+    crash(ring)
+    with RingLog.open(path, 8 * BLOCK_SIZE, clock=clock, durable=False) as ring:
+        assert ring.crash_gap == (5700, 5700 + ringlog.CRASH_GAP)
+        assert ring.start_of_last(1) == 5699  # the last byte before the crash
+        ring.append(b"c" * 300)  # in the block resumed after the crash
+        clock.now += 1
+        ring.append(b"d" * 5000)
+        held = [(r.offset + i) for r in ring.records(0) for i in range(len(r.data))]
+        for n in (1, 300, 5000, 5300, 5301, 6000, 6000 + 700, 11000, len(held), len(held) + 1):
+            assert ring.start_of_last(n) == held[max(len(held) - n, 0)], n
+        end = 5700 + ringlog.CRASH_GAP + 10  # counted back from inside the new output
+        for n in (5, 10, 11, 710, 6000, 10**9):
+            before = [o for o in held if o < end]
+            assert ring.start_of_last(n, end) == before[max(len(before) - n, 0)], n
+        assert ring.start_of_last(10, end=0) is None
+
+
 def test_kill_9_keeps_everything_flushed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

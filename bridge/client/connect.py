@@ -123,7 +123,7 @@ class Terminal:
                     + (f" ({msg['reason']})" if msg.get("reason") else "")
                 )
         elif kind == "gap":
-            _say(f"missed output {msg['from']}..{msg['to']} (too slow; see `serial-bridge log`)")
+            _say(f"output missing: offsets {msg['from']}..{msg['to']} are not held")
             self.screen.reset()
             self.offset = int(msg["to"])
         elif kind == "error":

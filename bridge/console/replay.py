@@ -41,13 +41,24 @@ class History:
         return self.scrollback.start
 
     def resolve_from(self, value: int | None) -> int:
-        """A `from` parameter -> the first offset to send: None = live, negative = last N bytes,
-        older than held = oldest held."""
+        """A `from` parameter -> the first offset to send, always a byte held (or the live end):
+        None = live, negative = the last N bytes held (a hole, such as the offsets skipped after
+        a crash, counts for nothing), older than held = oldest held, in a hole = after it."""
         if value is None:
             return self.end
         if value < 0:
-            value = self.end + value
-        return min(max(value, self.oldest), self.end)
+            value = self._start_of_last(-value)
+        at, data = self.read(min(max(value, self.oldest), self.end), 1)
+        return at if data else self.end
+
+    def _start_of_last(self, nbytes: int) -> int:
+        """Where the last `nbytes` bytes held start: the scrollback's (contiguous), then the ring
+        log's before it."""
+        start, in_memory = self.scrollback.start, self.end - self.scrollback.start
+        if nbytes <= in_memory or self.ringlog is None:
+            return max(self.end - nbytes, start)
+        older = self.ringlog.start_of_last(nbytes - in_memory, start)
+        return start if older is None else older
 
     def replay_start(self, nbytes: int) -> int:
         """Where "the last `nbytes`" start, moved forward to the first line start among them so a

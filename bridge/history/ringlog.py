@@ -104,6 +104,7 @@ class RingLog:
         self._unsynced = False
         self._closed = False
         self._clean = False  # the newest record is a close record: nothing new since
+        self.crash_gap: tuple[int, int] | None = None  # offsets skipped by recovery after a crash
         self._cache: tuple[int, bytes, list[Rec]] | None = None
         self._writer = PageWriter(fd, path, durable)
         self.stats: WriteStats = self._writer.stats
@@ -159,7 +160,7 @@ class RingLog:
         if got.other_geometry is not None:
             return got.other_geometry
         self._blocks, self._next, self._next_seq = got.blocks, got.next_offset, got.next_seq
-        self._clean = got.clean
+        self._clean, self.crash_gap = got.clean, got.crash_gap
         if got.resume is not None:
             r, used = got.resume, len(got.resume.image)
             self._buf[:] = _ZEROS
@@ -261,6 +262,7 @@ class RingLog:
                 self._next += n
                 assert p.entry is not None
                 p.entry.end = self._next
+                p.entry.held += n
             else:
                 self._seal(p)
             if p.used == BLOCK_SIZE or (p.open_rec is None and BLOCK_SIZE - p.used <= RH):
@@ -390,6 +392,14 @@ class RingLog:
         if max_bytes <= 0 or start >= self._next:
             return min(start, self._next), b""
         return ringread.contiguous(self.records(start), max_bytes, self._next)
+
+    def start_of_last(self, nbytes: int, end: int | None = None) -> int | None:
+        """Where the last ``nbytes`` console bytes held before ``end`` (default: all) start,
+        counting only bytes held (a hole, such as the offsets skipped after a crash, counts for
+        nothing); the oldest byte held if fewer are; None if none is held before ``end``."""
+        self._check_open()
+        end = self._next if end is None else end
+        return ringread.start_of_last(self._blocks, self._block_data, nbytes, end)
 
     def offset_at(self, when: float) -> int:
         """First offset received at or after wall time ``when`` (next_offset if none).

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from bridge.history.ringformat import (
     BLOCK_SIZE,
     KIND_CLOSE,
+    KIND_DATA,
     KIND_MARKER,
     LogRecord,
     Rec,
@@ -105,6 +106,29 @@ def contiguous(recs: Iterable[LogRecord], max_bytes: int, end: int) -> tuple[int
     if not parts:  # nothing held from start on: a hole up to the end
         return end, b""
     return actual, b"".join(parts)
+
+
+def start_of_last(index: list[Block], page_of: PageSource, nbytes: int, end: int) -> int | None:
+    """Offset at which the last ``nbytes`` console bytes held before ``end`` start (the oldest
+    held if fewer are; None if none is). Whole blocks count by their ``held`` total; only the
+    block where the count is reached (and one straddling ``end``) have their records read."""
+    need, start = nbytes, None
+    for i in range(bisect.bisect_left(index, end, key=lambda b: b.first) - 1, -1, -1):
+        block = index[i]
+        if block.end <= end and block.held < need:
+            if block.held:
+                need -= block.held
+                start = block.first
+            continue
+        _page, recs = page_of(block)
+        for rec in reversed(recs):
+            if rec.kind == KIND_DATA and rec.offset < end:
+                n = min(rec.end, end) - rec.offset
+                if n >= need:
+                    return rec.offset + n - need
+                need -= n
+                start = rec.offset
+    return start
 
 
 def offset_at(index: list[Block], page_of: PageSource, when: float, end: int) -> int:

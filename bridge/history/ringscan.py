@@ -26,6 +26,7 @@ from bridge.history.ringformat import (
     BH,
     BLOCK_SIZE,
     KIND_CLOSE,
+    KIND_DATA,
     RH,
     Rec,
     parse_header,
@@ -46,6 +47,7 @@ class Block:
     first: int
     end: int
     tmax: float
+    held: int = 0  # console bytes in its records (less than end - first across a hole)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Recovered:
     next_offset: int = 0
     next_seq: int = 0
     clean: bool = False  # the newest record is a close record: nothing new since
+    crash_gap: tuple[int, int] | None = None  # not clean: the offsets skipped, [from, to)
     resume: Resume | None = None
     other_geometry: int | None = None  # the file was written with this nblocks instead
 
@@ -118,12 +121,15 @@ def scan(fd: int, nblocks: int) -> Recovered:
     for seq, _pos, recs in found:
         if not recs or recs[0].offset < got.next_offset:
             continue
-        got.blocks.append(Block(seq, recs[0].offset, recs[-1].end, max(r.time for r in recs)))
+        held = sum(r.length for r in recs if r.kind == KIND_DATA)
+        tmax = max(r.time for r in recs)
+        got.blocks.append(Block(seq, recs[0].offset, recs[-1].end, tmax, held))
         got.next_offset = recs[-1].end
     top_seq, top_pos, top_recs = found[-1]
     kept_top = bool(top_recs and got.blocks) and got.blocks[-1].seq == top_seq
     got.clean = kept_top and top_recs[-1].kind == KIND_CLOSE
     if got.blocks and not got.clean:
+        got.crash_gap = (got.next_offset, got.next_offset + CRASH_GAP)
         got.next_offset += CRASH_GAP  # offsets handed out but never flushed are not reused
     got.next_seq = top_seq + 1
     last = top_recs[-1] if top_recs else None

@@ -123,6 +123,15 @@ class Daemon:
                 ringlog = await asyncio.to_thread(
                     RingLog.open, path, config.log.size, config.log.flush_interval
                 )
+            if ringlog.crash_gap is not None:  # kill -9 or a power cut: say so, once
+                lost, resumed = ringlog.crash_gap
+                log.warning(
+                    "port %s: the console log was not closed cleanly (crash or power cut): "
+                    "output received after offset %d may be lost; offsets continue at %d",
+                    *(cfg.name, lost, resumed),
+                )
+                ringlog.add_marker({"event": "unclean-stop", "from": lost, "to": resumed})
+                audit.record("unclean-stop", port=cfg.name, **{"from": lost, "to": resumed})
 
         def on_event(kind: str, fields: dict[str, Any]) -> None:
             audit.record(kind, **fields)

@@ -1,15 +1,17 @@
 """The console history API: `GET /api/ports/{name}/log` and the admins' `GET /api/audit`.
 
 `/log?from=OFFSET&since=ISO8601&format=text|raw|jsonl&follow=0|1&strip=0|1` streams (chunked)
-from the scrollback and the ring log; `from=-N` is the last N bytes; an offset older than what is
-held starts at the oldest byte held and `X-Log-From` says where it really started. `text`
-neutralises control characters (bridge.history.textexport; `strip=1` drops them and escape
-sequences instead, for reading), `raw` is for replay, `jsonl`
-interleaves event markers (online/offline, BREAK/SysRq/NMI/power and who did them) with the
-output, by offset. `follow=1` keeps the response open like `tail -f`; such a stream is an open
-console of its user (bridge.access.consoles): it counts toward `server.max_connections_per_user`
-and ends, like a websocket, within a second of logout, a password change, a token's revocation or
-the user's deletion.
+from the scrollback and the ring log; `from=-N` is the last N bytes held (a hole, such as the
+offsets skipped after a crash, counts for nothing); an offset older than what is held starts at
+the oldest byte held, one in a hole after it, and `X-Log-From` says where it really started. A
+hole crossed while reading is a `gap` line in `jsonl` and a notice line in `text` (`raw` carries
+the bytes only). `text` neutralises control characters (bridge.history.textexport; `strip=1`
+drops them and escape sequences instead, for reading), `raw` is for replay, `jsonl` interleaves
+event markers (online/offline, BREAK/SysRq/NMI/power and who did them) with the output, by
+offset. `follow=1` keeps the response open like `tail -f`; such a stream is an open console of
+its user (bridge.access.consoles): it counts toward `server.max_connections_per_user` and ends,
+like a websocket, within a second of logout, a password change, a token's revocation or the
+user's deletion.
 """
 
 from __future__ import annotations
@@ -68,7 +70,12 @@ def _start_offset(request: web.Request, port: Port) -> int:
             return port.resolve_from(int(raw_from))
         except ValueError:
             raise api_error(web.HTTPBadRequest, "from must be an integer offset") from None
-    return port.oldest_offset
+    return port.resolve_from(port.oldest_offset)
+
+
+def gap_notice(start: int, end: int) -> str:
+    """The line `format=text` shows where offsets [start, end) are not held."""
+    return f"\n[serial-bridge: output missing here: offsets {start}..{end} are not held]\n"
 
 
 def _jsonl_lines(
@@ -81,6 +88,9 @@ def _jsonl_lines(
     if port.ringlog is not None:
         cursor = start
         for rec in port.ringlog.records(start, None):
+            if rec.offset > cursor:  # a hole: never recorded (a crash), or no longer held
+                yield rec.offset, {"offset": cursor, "event": "gap", "to": rec.offset}
+                cursor = rec.offset
             if rec.marker is not None:
                 key = (rec.offset, rec.time, json.dumps(rec.marker, sort_keys=True))
                 if key in emitted:
@@ -206,6 +216,10 @@ async def _stream(
                 got_from, data = port.read(cursor, min(PIECE, end - cursor))
                 if not data:
                     break
+                if got_from > cursor and fmt == "text":
+                    notice = exporter.finish() + gap_notice(cursor, got_from)
+                    await response.write(notice.encode())
+                    exporter = TextExporter(strip)
                 cursor = got_from + len(data)
                 await response.write(exporter.feed(data).encode() if fmt == "text" else data)
         if follower is None or not await follower.more_output(port, cursor):

@@ -121,7 +121,7 @@ async def console(
                     if args.send is not None and event["mode"] == "rw":
                         await ws.send_bytes(args.send.encode() + b"\r")  # Enter is CR
                         sent = True
-                elif event["type"] == "gap":  # too slow: continue at `to`
+                elif event["type"] == "gap":  # not held (too slow, or a crash): continue at `to`
                     position = event["to"]
             else:
                 raise Refused(f"websocket closed: {ws.close_code} {msg.extra or ''}".rstrip())

@@ -317,7 +317,7 @@
       },
       data: (bytes) => term.write(bytes),
       gap: (message) => {
-        term.write(`\r\n\x1b[2m[serial-bridge: ${message.to - message.from} bytes of output were lost here]\x1b[0m\r\n`);
+        term.write(`\r\n\x1b[2m[serial-bridge: output missing here: offsets ${message.from}..${message.to} are not held]\x1b[0m\r\n`);
       },
       status: (message) => applyStatus(message, false),
       result: (message) => notify(`${message.action} done on ${port}.`, "ok"),
