@@ -61,8 +61,11 @@ def test_every_documented_event_is_recorded(tmp_path: Path) -> None:
     for event, fields in EXAMPLES:
         audit.record(event, **fields)
         clock.now += 1
-    got = lines(tmp_path / "audit" / "audit.jsonl")
+    got = audit.query()  # both files: attach/detach are kept apart (bridge.history.churn)
     assert [e["event"] for e in got] == [e for e, _ in EXAMPLES]
+    connections = {e["event"] for e in lines(tmp_path / "audit" / "connections.jsonl")}
+    assert connections == {"attach", "detach"}
+    assert not {e["event"] for e in lines(audit.path)} & connections
     assert {e for e, _ in EXAMPLES} == set(EVENTS)
     for entry, (_, fields) in zip(got, EXAMPLES, strict=True):
         assert {k: entry[k] for k in fields} == fields
@@ -123,7 +126,7 @@ def test_query_filters_and_limit_across_rotated_files(tmp_path: Path) -> None:
     audit = AuditLog(tmp_path, max_bytes=2000, keep=5, clock=clock)
     for i in range(60):
         port = "lab1" if i % 2 else "lab2"
-        audit.record("attach", user=["alice", "bob", "carol"][i % 3], port=port, mode="ro", n=i)
+        audit.record("takeover", user=["alice", "bob", "carol"][i % 3], port=port, n=i)
         clock.now += 10
     audit.record("user-passwd", user="dave", by="alice")
     assert len(audit.files()) > 2
@@ -147,3 +150,33 @@ def test_query_skips_torn_line(tmp_path: Path) -> None:
     with audit.path.open("a") as f:
         f.write('{"time": "2026-01-01T00:00:00.000Z", "ev')
     assert [e["user"] for e in audit.query()] == ["alice"]
+
+
+def test_connection_churn_cannot_rotate_security_events_away(tmp_path: Path) -> None:
+    """A viewer connecting and closing for an hour, and a script hammering a throttled login,
+    used to rotate the whole trail away (#18.8): attach/detach are kept apart and coalesced,
+    throttled refusals coalesced, so the security events stay."""
+    clock = Clock(1_790_000_000.0)
+    audit = AuditLog(tmp_path, max_bytes=20_000, keep=2, clock=clock)
+    audit.record("login", user="alice", peer="192.0.2.1", ok=True)
+    audit.record("sysrq", user="alice", port="lab1", keys="s", result="ok")
+    churn = {"user": "mallory", "port": "lab1", "mode": "ro", "peer": "198.51.100.9"}
+    for _ in range(20_000):  # one round every 0.18 s: an hour
+        audit.record("attach", **churn)
+        audit.record("detach", **churn)
+        clock.now += 0.18
+    for _ in range(5_000):
+        audit.record("login", user=None, peer="203.0.113.7", ok=False, reason="throttled")
+        clock.now += 0.01
+    security = [e for p in reversed(audit.files()) for e in lines(p)]
+    assert [e["event"] for e in security[:2]] == ["login", "sysrq"]
+    refused = [e for e in security if e.get("reason") == "throttled"]
+    assert len(refused) == 5  # 50 s of hammering: one window's worth
+    connections = [e for p in reversed(audit.connection_files()) for e in lines(p)]
+    assert {e["event"] for e in connections} == {"attach", "detach"}
+    attaches = [e for e in connections if e["event"] == "attach"]
+    assert len(attaches) <= 30 * 61
+    later = [e for e in attaches if "repeated" in e]
+    assert later and all(e["repeated"] > 0 for e in later)  # what was left out is counted
+    sizes = sum(p.stat().st_size for p in audit.files() + audit.connection_files())
+    assert sizes <= 2 * 3 * 20_000

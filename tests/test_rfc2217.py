@@ -5,7 +5,6 @@ records BREAKs and SysRq keys. Raw sockets check what pyserial never sends."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import serial
 
+from bridge.history.audit import AuditLog
 from tests.conftest import Bridge, BridgeFactory, PtyDevice, WsReader, wait_for
 
 IAC, SB, SE, DO, WILL, WONT, BRK = 255, 250, 240, 253, 251, 252, 243
@@ -70,8 +70,8 @@ async def lab(bridge_factory: BridgeFactory, pty_device: PtyDevice) -> Bridge:
 
 
 def audit_events(bridge: Bridge) -> list[dict[str, Any]]:
-    path = bridge.state_dir / "audit" / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """Every audit record, attach/detach (kept in their own file) included, oldest first."""
+    return AuditLog(bridge.state_dir / "audit").query()
 
 
 async def test_pyserial_bytes_both_ways_are_8_bit_clean(lab: Bridge, pty_device: PtyDevice) -> None:

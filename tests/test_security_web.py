@@ -33,6 +33,7 @@ from tests.conftest import (
     WsReader,
     make_config,
     user_hash,
+    wait_for,
 )
 from tests.test_security_support import client_tls, cookie_of, logged_in
 
@@ -345,6 +346,35 @@ async def test_connections_per_user_and_per_port_are_limited(
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013
         for ws in [*mine, third]:
             await ws.close()
+
+
+async def test_connection_churn_and_login_hammering_stay_out_of_the_security_trail(
+    bridge: Bridge,
+) -> None:
+    """A viewer opening and closing consoles in a loop, and a script hammering a throttled
+    login, write coalesced records, and never into the file of the security events (#18.8)."""
+    import json
+
+    from bridge.history.audit import AuditLog
+
+    async with bridge.session(token_user="viewer") as v:
+        for _ in range(40):
+            ws = await bridge.ws(v, "lab", mode="ro")
+            await WsReader(ws).message("hello")
+            await ws.close()
+    async with bridge.session() as anon:
+        for _ in range(40):  # six real failures (the account then blocks), then 429s
+            body = {"username": "admin", "password": "wrong-password"}
+            async with anon.post(f"{bridge.base}/api/login", json=body) as r:
+                assert r.status in (401, 429)
+    await wait_for(lambda: not bridge.port.attachments)
+    audit = AuditLog(bridge.state_dir / "audit")
+    security = [json.loads(x) for x in audit.path.read_text().splitlines()]
+    assert not [e for e in security if e["event"] in ("attach", "detach")]
+    assert len([e for e in security if e.get("reason") == "wrong password"]) == 6
+    assert len([e for e in security if e.get("reason") == "throttled"]) == 5
+    connections = [e for e in audit.query(user="viewer") if e["event"] == "attach"]
+    assert len(connections) == 30
 
 
 # ---- slow clients ---------------------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 This module owns the audit files: ``audit.jsonl`` (current) and ``audit.jsonl.1`` ...
 ``audit.jsonl.<keep>`` (older; rotated when the current file would exceed ``max_bytes``, the
-oldest is deleted). Directory mode 0700, files 0600. Each line is one JSON object with at least
-``time`` (ISO-8601 UTC, milliseconds, ``Z``) and ``event``; each line goes to the file in a single
-unbuffered ``write`` (not fsync'ed: the SD card is spared, the kernel writes it back within
+oldest is deleted), and likewise ``connections.jsonl`` for ``attach``/``detach``, which any
+client can cause at will: kept apart and coalesced (bridge.history.churn) so that churn cannot
+rotate the security events away; throttled login refusals are coalesced too.
+
+Directory mode 0700, files 0600. Each line is one JSON object with at least ``time`` (ISO-8601
+UTC, milliseconds, ``Z``) and ``event``; each line goes to the file in a single unbuffered
+``write`` (not fsync'ed: the SD card is spared, the kernel writes it back within
 seconds). Several processes (the daemon and a ``serial-bridge user`` command) may share the
 directory: writes and rotation hold an ``flock`` on the directory. Once written, an event is
 handed to the ``sinks`` (the system journal, a syslog collector: bridge.history.shipping).
@@ -52,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from bridge.history.churn import CONNECTION_EVENTS, CONNECTIONS_FILE, Coalescer
 from bridge.history.shipping import Sink
 from bridge.history.statedir import open_private, private_dir
 
@@ -104,88 +109,46 @@ class NullAudit:
         return None
 
 
-class AuditLog:
-    """Append-only, size-bounded audit trail in one directory."""
+class _Trail:
+    """One size-bounded file (`name`) and its rotated copies `name.1` ... `name.<keep>`."""
 
-    def __init__(
-        self,
-        directory: Path,
-        max_bytes: int = 10 * 1024 * 1024,
-        keep: int = 5,
-        clock: Callable[[], float] = time.time,
-        sinks: Sequence[Sink] = (),
-    ) -> None:
-        if max_bytes <= 0 or keep < 1:
-            raise ValueError("max_bytes must be positive and keep at least 1")
-        self.directory = Path(directory)
-        self.max_bytes = max_bytes
-        self.keep = keep
-        self._clock = clock
-        self.sinks = tuple(sinks)  # copies: journal, syslog (bridge.history.shipping)
-        private_dir(self.directory)
-        self.path = self.directory / FILE_NAME
+    def __init__(self, directory: Path, name: str, max_bytes: int, keep: int) -> None:
+        self.directory, self.name, self.max_bytes, self.keep = directory, name, max_bytes, keep
+        self.path = directory / name
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = open_private(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+    def append(self, line: bytes) -> None:
+        """Write one line, rotating first when it would not fit (the caller holds the lock)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size + len(line) > self.max_bytes:
+            self._rotate()
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, line)
         finally:
             os.close(fd)
 
-    def record(self, event: str, **fields: Any) -> None:
-        """Append one event line; raises ValueError for a field that may hold a secret."""
-        _check_fields(fields)
-        if "time" in fields:
-            raise ValueError("audit field 'time' is reserved")
-        entry = {"time": iso_time(self._clock()), "event": event, **fields}
-        line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
-        with self._locked():
-            try:
-                size = self.path.stat().st_size
-            except FileNotFoundError:
-                size = 0
-            if size and size + len(line) > self.max_bytes:
-                self._rotate()
-            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-        for sink in self.sinks:
-            try:
-                sink.ship(entry)
-            except Exception:  # a copy failing must never lose or stop the record
-                log.exception("audit: shipping to %s failed", sink.name)
-
     def _rotate(self) -> None:
-        self._numbered(self.keep).unlink(missing_ok=True)
+        self.numbered(self.keep).unlink(missing_ok=True)
         for n in range(self.keep - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
-                os.replace(self._numbered(n), self._numbered(n + 1))
-        os.replace(self.path, self._numbered(1))
+                os.replace(self.numbered(n), self.numbered(n + 1))
+        os.replace(self.path, self.numbered(1))
 
-    def _numbered(self, n: int) -> Path:
-        return self.directory / f"{FILE_NAME}.{n}"
+    def numbered(self, n: int) -> Path:
+        return self.directory / f"{self.name}.{n}"
 
     def files(self) -> list[Path]:
-        """Existing audit files, newest first."""
-        paths = [self.path, *(self._numbered(n) for n in range(1, self.keep + 1))]
+        """Existing files, newest first."""
+        paths = [self.path, *(self.numbered(n) for n in range(1, self.keep + 1))]
         return [p for p in paths if p.exists()]
 
-    def query(
-        self,
-        user: str | None = None,
-        port: str | None = None,
-        since: float | None = None,
-        limit: int = 1000,
+    def newest(
+        self, user: str | None, port: str | None, since: float | None, limit: int
     ) -> list[dict[str, Any]]:
-        """The newest ``limit`` matching events, oldest first.
-
-        ``user`` matches the ``user`` or ``by`` field (so an admin's own actions are found too);
-        ``since`` is a wall-clock time; unreadable lines (a torn last line) are skipped.
-        """
+        """Up to `limit` matching events, newest first."""
         found: list[dict[str, Any]] = []
         for path in self.files():
             try:
@@ -213,7 +176,92 @@ class AuditLog:
                     continue
                 found.append(entry)
                 if len(found) >= limit:
-                    return found[::-1]
+                    return found
             if older:
                 break  # files are in time order: the older ones hold nothing newer
-        return found[::-1]
+        return found
+
+
+class AuditLog:
+    """Append-only, size-bounded audit trail in one directory: the security events in
+    `audit.jsonl`, attach/detach apart in `connections.jsonl` (each `max_bytes` x `keep`)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int = 10 * 1024 * 1024,
+        keep: int = 5,
+        clock: Callable[[], float] = time.time,
+        sinks: Sequence[Sink] = (),
+    ) -> None:
+        if max_bytes <= 0 or keep < 1:
+            raise ValueError("max_bytes must be positive and keep at least 1")
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._clock = clock
+        self.sinks = tuple(sinks)  # copies: journal, syslog (bridge.history.shipping)
+        private_dir(self.directory)
+        self._events = _Trail(self.directory, FILE_NAME, max_bytes, keep)
+        self._connections = _Trail(self.directory, CONNECTIONS_FILE, max_bytes, keep)
+        self._coalescer = Coalescer(clock)
+        self.path = self._events.path
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = open_private(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Append one event line; raises ValueError for a field that may hold a secret. A
+        churn-prone record past its budget is only counted (bridge.history.churn)."""
+        _check_fields(fields)
+        if "time" in fields:
+            raise ValueError("audit field 'time' is reserved")
+        repeated = self._coalescer.admit(event, fields)
+        if repeated is None:
+            return
+        entry = {"time": iso_time(self._clock()), "event": event, **fields}
+        if repeated:
+            entry["repeated"] = repeated
+        line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
+        trail = self._connections if event in CONNECTION_EVENTS else self._events
+        with self._locked():
+            trail.append(line)
+        for sink in self.sinks:
+            try:
+                sink.ship(entry)
+            except Exception:  # a copy failing must never lose or stop the record
+                log.exception("audit: shipping to %s failed", sink.name)
+
+    def files(self) -> list[Path]:
+        """Existing files of the security events, newest first."""
+        return self._events.files()
+
+    def connection_files(self) -> list[Path]:
+        """Existing files of attach/detach records, newest first."""
+        return self._connections.files()
+
+    def query(
+        self,
+        user: str | None = None,
+        port: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` matching events of both files, oldest first.
+
+        ``user`` matches the ``user`` or ``by`` field (so an admin's own actions are found too);
+        ``since`` is a wall-clock time; unreadable lines (a torn last line) are skipped.
+        """
+        found = [
+            *reversed(self._events.newest(user, port, since, limit)),
+            *reversed(self._connections.newest(user, port, since, limit)),
+        ]
+        # ISO-8601 UTC sorts as text; a stable sort keeps each file's order within a millisecond
+        found.sort(key=lambda e: str(e.get("time", "")))
+        return found[-limit:] if limit > 0 else []
