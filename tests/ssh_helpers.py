@@ -147,7 +147,7 @@ def askpass(tmp_path: Path, password: str, code: str = "") -> dict[str, str]:
         "#!/bin/sh\n"
         'printf \'%s\\n\' "$1" >> "$SB_ASKPASS_LOG"\n'
         'case "$1" in *code*) printf \'%s\\n\' "$SB_CODE" ;;\n'
-        '  *) printf \'%s\\n\' "$SB_PASSWORD" ;;\n'
+        "  *) printf '%s\\n' \"$SB_PASSWORD\" ;;\n"
         "esac\n"
     )
     script.chmod(0o700)

@@ -43,6 +43,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("user-passwd", {"user": "alice", "by": "cli"}),
     ("user-totp", {"user": "alice", "enrolled": True, "by": "cli"}),
     ("user-key", {"user": "alice", "added": "SHA256:abc", "by": "cli"}),
+    ("forward", {"user": "alice", "peer": "192.0.2.7", "to": "127.0.0.1:4001", "result": "ok"}),
     ("token-create", {"user": "root", "label": "ci-bot", "by": "cli"}),
     ("token-revoke", {"user": "root", "label": "ci-bot", "by": "cli"}),
     ("config-reload", {"changes": ["log.size"]}),

@@ -31,6 +31,8 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
 - ``user-add`` / ``user-set`` / ``user-del`` / ``user-passwd`` / ``user-totp`` — ``user`` (the
   account changed),
   ``by``, and ``role`` / ``ports`` / ``enrolled`` where relevant
+- ``forward`` — ``user``, ``peer``, ``to`` (host:port asked for), ``port`` (when it is a port's RFC
+  2217 endpoint), ``result`` ("ok" or "refused: why"): an `ssh -L` forwarding request
 - ``user-key`` — ``user``, ``added`` or ``removed`` (an SSH key's fingerprint), ``by``
 - ``token-create`` / ``token-revoke`` — ``user`` (the token's owner), ``label`` (its name), ``by``
 - ``config-reload`` — ``changes`` or ``ok`` / ``reason``
@@ -70,7 +72,7 @@ EVENTS = (
     "login", "logout", "attach", "detach", "takeover", "break", "sysrq", "nmi", "reset", "power",
     "user-add", "user-set", "user-del", "user-passwd", "user-totp", "user-key", "token-create",
     "token-revoke", "config-reload", "line-settings", "line-restored", "control-lines",
-    "write-dropped", "port-enabled", "port-disabled",
+    "write-dropped", "port-enabled", "port-disabled", "forward",
 )  # fmt: skip
 
 

@@ -218,7 +218,7 @@ class Daemon:
         except EndpointError as exc:
             raise bind_error(exc.address, exc.cause, exc.key) from exc
         if self.config.ssh is not None:
-            door = Door(lambda: self.config, gate, ports, audit, consoles)
+            door = Door(lambda: self.config, gate, ports, audit, consoles, self._rfc2217_endpoints)
             self.ssh = SshListener(door, server.state_dir)
             with step("server.state_dir", server.state_dir / "ssh"):
                 self.ssh.prepare()
@@ -281,6 +281,12 @@ class Daemon:
         self.config = state.config = new
         audit.record("config-reload", changes=changes)
         return changes
+
+    def _rfc2217_endpoints(self) -> dict[str, tuple[str, int]]:
+        """Where each port's RFC 2217 endpoint listens now (for the SSH door's `-L`)."""
+        if self.rfc2217 is None:
+            return {}
+        return {name: e.address for name, e in self.rfc2217.endpoints.items()}
 
     def urls(self) -> list[str]:
         return [f"https://{_hostport(a)}" for a in self.addresses]

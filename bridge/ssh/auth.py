@@ -39,7 +39,7 @@ from bridge.access.sshkeys import SHA1_SIGNATURES, Credential, describe, signatu
 from bridge.access.store import USER_NAME, User
 from bridge.access.throttle import Attempt
 from bridge.ssh.context import Door, Login
-from bridge.ssh.forward import may_forward
+from bridge.ssh.forward import Forward, may_forward
 from bridge.ssh.session import ConsoleChannel
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class Connection(asyncssh.SSHServer):
         self._password_user: User | None = None
         self._code_round = False
         self._first: Attempt | None = None  # the password attempt, counted until the code is right
+        self.forwards: dict[str, Forward] = {}  # port -> its allowed RFC 2217 forwarding
 
     # ---- connection lifecycle ----------------------------------------------------------------
 
@@ -112,6 +113,8 @@ class Connection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.door.connections.discard(self)
         self._not_pending()
+        for forward in self.forwards.values():
+            self.door.consoles.remove(forward)
 
     def _not_pending(self) -> None:
         if self._pending:
@@ -226,8 +229,10 @@ class Connection(asyncssh.SSHServer):
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        return self.login is not None and may_forward(self.door, self.login, dest_host, dest_port)
+    ) -> Any:
+        if self.login is None or self.conn is None:  # pragma: no cover - only after auth
+            return False
+        return may_forward(self.door, self.login, self.conn, self.forwards, dest_host, dest_port)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # no remote forwarding

@@ -6,7 +6,7 @@ per connection. `ports` is the daemon's own dict, so ports added or removed by a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,8 @@ class Door:
     ports: dict[str, Port]
     audit: Auditor
     consoles: OpenConsoles
+    # port -> the address its RFC 2217 endpoint listens on now (bridge.rfc2217, via the daemon)
+    rfc2217_endpoints: Callable[[], Mapping[str, tuple[str, int]]] = dict
     pending: int = 0  # connections that have not authenticated yet
     connections: set[Any] = field(default_factory=set)  # open ones (bridge.ssh.auth.Connection)
 
