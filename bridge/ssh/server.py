@@ -1,12 +1,13 @@
 """The SSH listener: asyncssh configured for a serial console, and nothing else.
 
 Algorithms are listed explicitly (asyncssh's defaults still offer SHA-1 and weak groups): key
-exchange with curve25519 (and the ML-KEM / NTRU hybrids when available) or 4096/8192-bit groups
-with SHA-512; AEAD ciphers or AES-CTR with encrypt-then-MAC SHA-2 MACs; the ed25519 host key; no
-compression (console traffic is small and interactive). Client signatures: ed25519, ECDSA, their
-FIDO variants and RSA with SHA-2 (SHA-1 `ssh-rsa` signatures are refused in bridge.ssh.auth, since
-asyncssh would verify them). No agent or X11 forwarding, no SFTP/SCP, no line editor, bytes in
-and out (no encoding), no GSSAPI, no host-based authentication, no config files.
+exchange with the ML-KEM/X25519 hybrid or curve25519 (no finite-field Diffie-Hellman, the costly
+kind a connection flood exploits: CVE-2002-20001); AEAD ciphers or AES-CTR with encrypt-then-MAC
+SHA-2 MACs; the ed25519 host key; no compression (console traffic is small and interactive).
+Client signatures: ed25519, ECDSA, their FIDO variants and RSA with SHA-2 (SHA-1 `ssh-rsa`
+signatures are refused in bridge.ssh.auth, since asyncssh would verify them). No agent or X11
+forwarding, no SFTP/SCP, no line editor, bytes in and out (no encoding), no GSSAPI, no
+host-based authentication, no config files.
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ from bridge.ssh.hostkey import ensure_host_key, host_key_fingerprint
 log = logging.getLogger(__name__)
 
 KEX = (
-    "mlkem768x25519-sha256",
-    "sntrup761x25519-sha512",
+    "mlkem768x25519-sha256",  # post-quantum hybrid (OpenSSH 9.9+)
+    "sntrup761x25519-sha512",  # (when asyncssh has liboqs)
     "sntrup761x25519-sha512@openssh.com",
-    "curve25519-sha256",
+    "curve25519-sha256",  # OpenSSH 7.4+: ssh-audit warns it is not post-quantum
     "curve25519-sha256@libssh.org",
-    "diffie-hellman-group16-sha512",
-    "diffie-hellman-group18-sha512",
 )
 CIPHERS = (
     "chacha20-poly1305@openssh.com",
