@@ -168,11 +168,13 @@ def test_connection_churn_cannot_rotate_security_events_away(tmp_path: Path) -> 
         clock.now += 0.18
     for _ in range(5_000):
         audit.record("login", user=None, peer="203.0.113.7", ok=False, reason="throttled")
+        audit.record("break", user="bob", port="lab1", peer="192.0.2.8", result="refused: busy")
         clock.now += 0.01
     security = [e for p in reversed(audit.files()) for e in lines(p)]
     assert [e["event"] for e in security[:2]] == ["login", "sysrq"]
     refused = [e for e in security if e.get("reason") == "throttled"]
     assert len(refused) == 5  # 50 s of hammering: one window's worth
+    assert len([e for e in security if e["event"] == "break"]) == 10
     connections = [e for p in reversed(audit.connection_files()) for e in lines(p)]
     assert {e["event"] for e in connections} == {"attach", "detach"}
     attaches = [e for e in connections if e["event"] == "attach"]

@@ -5,12 +5,19 @@ writer). Text frames carry JSON control messages (see docs/protocol.md). Output 
 straight to the connection's transport as frames built once per chunk (bridge.web.frames); the
 kernel socket buffer plus a per-client budget absorb bursts, and a client over budget is caught up
 by its Subscriber (bridge.console.fanout) without slowing anyone else.
+
+Replies to what a client sends (pong, error, result) are queued like output and obey the same
+budget: a client that keeps sending but does not read is cut off once its queue passes the port's
+`client_buffer` (plus REPLY_MARGIN), instead of growing the daemon's memory. Error replies are
+short (MAX_ERROR characters, never an echo of a whole message) and rate-limited (ERROR_BURST at
+once, ERROR_RATE a second after that; the ones left out are counted in the next).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 from typing import Any
 
@@ -31,6 +38,9 @@ from bridge.web.state import STATE, AppState, api_error, port_error
 log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024
 LOW_WATER = 256 * 1024
+REPLY_MARGIN = 256 * 1024  # over client_buffer: output alone never queues this much
+MAX_ERROR = 200
+ERROR_BURST, ERROR_RATE = 10, 5.0
 _detached: set[asyncio.Task[None]] = set()  # actions of closed sessions, running to their end
 
 
@@ -60,6 +70,10 @@ class WsViewer:
 
     def backlog(self) -> int:
         return self.transport.get_write_buffer_size()
+
+    def cut_off(self) -> None:
+        """Drop the connection at once (it does not read: a close handshake would wait)."""
+        self.transport.abort()
 
     async def drained(self) -> None:
         while self.transport.is_closing() or self.transport.get_write_buffer_size() > LOW_WATER:
@@ -103,10 +117,14 @@ class ConsoleSession:
         identity: Identity,
         ws: web.WebSocketResponse,
         att: Attachment,
+        viewer: WsViewer,
     ) -> None:
         self.state, self.port, self.identity, self.ws, self.att = state, port, identity, ws, att
-        self.viewer = att.viewer
+        self.viewer = viewer
         self.tasks: set[asyncio.Task[None]] = set()
+        self._errors = float(ERROR_BURST)  # error replies that may go out now (a token bucket)
+        self._errors_at = time.monotonic()
+        self._errors_left_out = 0
 
     # as an OpenConsole (bridge.access.consoles)
     @property
@@ -126,8 +144,29 @@ class ConsoleSession:
         code = 1001 if going_away else 1008
         await self.ws.close(code=code, message=reason.encode()[:120])
 
+    def reply(self, message: dict[str, Any]) -> None:
+        """Answer something the client sent, or cut it off if it is not reading its answers."""
+        if self.viewer.backlog() > self.port.cfg.client_buffer + REPLY_MARGIN:
+            log.info("port %s: %s sends but does not read; cut off", self.port.name, self.att.peer)
+            self.viewer.cut_off()
+            return
+        self.viewer.send_message(message)
+
     def error(self, message: str) -> None:
-        self.viewer.send_message({"type": "error", "message": message})
+        """A short error reply, rate-limited; those left out are counted in the next one."""
+        now = time.monotonic()
+        self._errors = min(ERROR_BURST, self._errors + (now - self._errors_at) * ERROR_RATE)
+        self._errors_at = now
+        if self._errors < 1:
+            self._errors_left_out += 1
+            return
+        self._errors -= 1
+        if len(message) > MAX_ERROR:
+            message = message[: MAX_ERROR - 1] + "…"
+        if self._errors_left_out:
+            message += f" ({self._errors_left_out} more errors not shown)"
+            self._errors_left_out = 0
+        self.reply({"type": "error", "message": message})
 
     def may(self, permission: Permission) -> bool:
         return allowed(self.identity, permission, self.port.name)
@@ -149,7 +188,7 @@ class ConsoleSession:
             return
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "ping":
-            self.viewer.send_message({"type": "pong"})
+            self.reply({"type": "pong"})
             return
         if kind not in ("sysrq", "break", "cancel", "takeover", "release"):
             self.error(f"unknown message type {kind!r}")
@@ -200,7 +239,7 @@ class ConsoleSession:
             raise
         finally:
             self.state.audit.record(action, **where, **fields, **outcome(failure))
-        self.viewer.send_message({"type": "result", **result})
+        self.reply({"type": "result", **result})
 
     async def run(self) -> None:
         async for msg in self.ws:
@@ -264,7 +303,7 @@ async def console(request: web.Request) -> web.StreamResponse:
     except PortError as exc:
         await ws.close(code=1013, message=str(exc).encode()[:120])
         return ws
-    session = ConsoleSession(state, port, identity, ws, att)
+    session = ConsoleSession(state, port, identity, ws, att, viewer)
     state.consoles.add(session)
     viewer.send_message(
         {
