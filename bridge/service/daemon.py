@@ -42,7 +42,7 @@ from bridge.service.startup import StartupError, bind_error, check_tls_files, de
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
 from bridge.ssh.context import Door
 from bridge.ssh.server import SshListener
-from bridge.web.app import create_app
+from bridge.web.app import create_app, log_safe
 from bridge.web.state import AppState
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,6 @@ TLS_READ_BUFFER = 32 * 1024
 def limit_tls_read_buffers() -> None:
     if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
-
-
-def log_safe(text: str) -> str:
-    """Text from a client made safe for a log line: controls (a decoded %0a or %1b), quotes,
-    backslashes and anything not printable become visible escapes, so nobody can forge a line or
-    send escape sequences to whoever reads the log."""
-    return "".join(
-        ch if ch.isprintable() and ch not in '"\\' else f"\\x{ord(ch):02x}" for ch in text
-    )
 
 
 class AccessLog(AbstractAccessLogger):

@@ -32,6 +32,15 @@ SECURITY_HEADERS = {
 }
 
 
+def log_safe(text: str) -> str:
+    """Text from a client made safe for a log line: controls (a decoded %0a or %1b), quotes,
+    backslashes and anything not printable become visible escapes, so nobody can forge a line or
+    send escape sequences to whoever reads the log."""
+    return "".join(
+        ch if ch.isprintable() and ch not in '"\\' else f"\\x{ord(ch):02x}" for ch in text
+    )
+
+
 @web.middleware
 async def security_headers(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,7 +68,7 @@ async def internal_errors(
     except web.HTTPException:
         raise
     except Exception:
-        log.exception("internal error in %s %s", request.method, request.path)
+        log.exception("internal error in %s %s", log_safe(request.method), log_safe(request.path))
         raise web.HTTPInternalServerError(
             text='{"error": "internal error"}', content_type="application/json"
         ) from None
