@@ -327,6 +327,11 @@ async def test_user_set_changes_rights_and_keeps_sessions(bridge: Bridge, tmp_pa
         assert done.returncode == 0, done.stderr
         async with s.get(f"{bridge.base}/api/ports") as resp:
             assert [p["name"] for p in await resp.json()] == []
+        from bridge.access.store import UserStore
+
+        UserStore(bridge.state_dir).set_ports("operator", [])  # no port at all, not every port
+        async with s.get(f"{bridge.base}/api/whoami") as resp:
+            assert (await resp.json())["ports"] == []
         done = await acli("user", "set", "operator", "--ports", "*", "--config", str(config))
         assert done.returncode == 0, done.stderr
         async with s.get(f"{bridge.base}/api/ports") as resp:

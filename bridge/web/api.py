@@ -109,7 +109,7 @@ async def whoami(request: web.Request) -> web.Response:
             "user": identity.user,
             "role": identity.role,
             "via": identity.via,
-            "ports": sorted(identity.ports) if identity.ports else None,
+            "ports": sorted(identity.ports) if identity.ports is not None else None,
         }
     )
 
