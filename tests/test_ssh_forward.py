@@ -56,15 +56,18 @@ class Tunnel:
     def __init__(self, proc: asyncio.subprocess.Process, local: int) -> None:
         self.proc, self.local = proc, local
 
-    async def ready(self) -> None:
+    async def ready(self) -> bool:
+        """True once ssh listens on the local end (found by failing to bind it: a test
+        connection would open a forward and attach an RFC 2217 client); False if ssh exited."""
         for _ in range(500):  # bounded: 10 s
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", self.local)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            return
+            if self.proc.returncode is not None:
+                return False
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", self.local))
+                except OSError:
+                    return self.proc.returncode is None
+            await asyncio.sleep(0.02)
         raise AssertionError("the ssh tunnel never listened")
 
     async def stop(self) -> str:
@@ -75,18 +78,23 @@ class Tunnel:
 
 
 async def tunnel(door: SshTarget, key: Path, user: str, to: str) -> Tunnel:
-    local = free_port()
-    args = door.args(key, "-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{local}:{to}")
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        f"{user}@127.0.0.1",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    t = Tunnel(proc, local)
-    await t.ready()
-    return t
+    """A tunnel on a free local port (another, if something takes it first: ssh then exits,
+    ExitOnForwardFailure)."""
+    for _ in range(5):
+        local = free_port()
+        args = door.args(key, "-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{local}:{to}")
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            f"{user}@127.0.0.1",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        t = Tunnel(proc, local)
+        if await t.ready():
+            return t
+        await t.stop()
+    raise AssertionError("no free local port for the tunnel")
 
 
 def forwards(door: SshTarget) -> list[dict[str, object]]:
