@@ -194,6 +194,31 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class OidcGroup:
+    """What membership of one IdP group grants: a role, on every port or on `ports`."""
+
+    role: str
+    ports: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OidcConfig:
+    """Single sign-on through an OpenID Connect provider (bridge.access.oidc)."""
+
+    issuer: str
+    client_id: str
+    client_secret_file: Path | None = None
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    groups: dict[str, OidcGroup] = field(default_factory=dict)  # in order: the first match wins
+    audience: str | None = None  # of access tokens used as bearer tokens; None: client_id
+    ca_file: Path | None = None  # verifies the provider; None: the system's CAs
+    name: str = "single sign-on"  # on the button: "Sign in with <name>"
+    password_login: bool = True  # false: the sign-in page offers only single sign-on
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """Copies of the audit events: the system journal, a remote syslog collector (TLS)."""
 
@@ -236,6 +261,7 @@ class Config:
     ports: dict[str, PortConfig] = field(default_factory=dict)
     ssh: SshConfig | None = None  # None: no SSH listener
     audit: AuditConfig = field(default_factory=AuditConfig)
+    oidc: OidcConfig | None = None  # None: no single sign-on
 
 
 class _Table:
@@ -476,6 +502,53 @@ def _syslog_url(value: Any) -> tuple[str, int]:
     return parse_syslog_url(_typed(str, '"tls://host:port"')(value))
 
 
+def _https_url(value: Any) -> str:
+    url = _typed(str, "an https:// URL")(value).rstrip("/")
+    if not url.startswith("https://") or len(url) <= len("https://"):
+        raise ValueError(f"expected an https:// URL, got {value!r}")
+    return str(url)
+
+
+def _oidc(t: _Table) -> OidcConfig:
+    secret = t.get("client_secret_file", None, _typed(str, "a file path"))
+    ca = t.get("ca_file", None, _typed(str, "a file path"))
+    groups: dict[str, OidcGroup] = {}
+    if (gt := t.table("groups")) is not None:
+        for name in gt.data:
+            if (g := gt.table(name)) is None:
+                continue
+            role = g.get("role", "viewer", _typed(str, "viewer, operator or admin"))
+            if role not in ("viewer", "operator", "admin"):
+                g.problem("role", f"{role!r} is not viewer, operator or admin")
+            ports = g.get("ports", None, _string_list)
+            groups[name] = OidcGroup(role, ports)
+            g.done()
+        gt.done()
+    d = OidcConfig("", "")
+    oidc = OidcConfig(
+        issuer=t.get("issuer", "", _https_url),
+        client_id=t.get("client_id", "", _typed(str, "a string")),
+        client_secret_file=Path(secret) if secret else None,
+        scopes=t.get("scopes", d.scopes, _string_list),
+        username_claim=t.get("username_claim", d.username_claim, _typed(str, "a claim name")),
+        groups_claim=t.get("groups_claim", d.groups_claim, _typed(str, "a claim name")),
+        groups=groups,
+        audience=t.get("audience", None, _typed(str, "a string")),
+        ca_file=Path(ca) if ca else None,
+        name=t.get("name", d.name, _typed(str, "a string")),
+        password_login=t.get("password_login", True, _typed(bool, "true or false")),
+    )
+    for key in ("issuer", "client_id"):
+        if not getattr(oidc, key):
+            t.problem(key, "missing")
+    if "openid" not in oidc.scopes:
+        t.problem("scopes", 'must include "openid"')
+    if not groups:
+        t.problem("groups", "missing: map at least one IdP group to a role ([oidc.groups.NAME])")
+    t.done()
+    return oidc
+
+
 def _audit(t: _Table | None) -> AuditConfig:
     if t is None:
         return AuditConfig()
@@ -543,6 +616,7 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
 
     ssh = _ssh(t) if (t := root.table("ssh")) is not None else None
     audit = _audit(root.table("audit"))
+    oidc = _oidc(t) if (t := root.table("oidc")) is not None else None
 
     ports: dict[str, PortConfig] = {}
     if (t := root.table("ports")) is not None:
@@ -558,7 +632,9 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
     check_rfc2217(server.listen, ports, where, problems)
     if problems:
         raise ConfigError(problems)
-    return Config(path=path, server=server, log=log, gpio=gpio, ports=ports, ssh=ssh, audit=audit)
+    return Config(
+        path=path, server=server, log=log, gpio=gpio, ports=ports, ssh=ssh, audit=audit, oidc=oidc
+    )
 
 
 def load_config(path: Path) -> Config:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from playwright.async_api import Browser, async_playwright
 
 from bridge.access import totp
@@ -32,6 +34,7 @@ from tests.browser_helpers import (
     wait_for_screen,
 )
 from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, wait_for
+from tests.oidc_helpers import MockProvider, put_user
 from tests.served import crashed_ring
 
 pytestmark = pytest.mark.browser
@@ -637,3 +640,50 @@ async def test_pasted_text_cannot_end_bracketed_paste(
     assert got == b"\x1b[200~echo harmless[201~201~; touch /tmp/owned\r\x1b[201~"
     await page.locator("#notice", has_text="Removed 2 escape characters").wait_for()
     browsing.assert_clean()
+
+
+async def test_single_sign_on_through_a_real_provider_lands_on_the_ports_page(
+    bridge_factory: BridgeFactory, browsing: Browsing, tmp_path: Path
+) -> None:
+    """oidc-provider-mock (a real OpenID provider process, over TLS): the sign-in page offers it,
+    its authorization page signs `alice` in, and the bridge's callback hands the browser on to
+    the ports page with the role her group maps to (the SameSite=Strict cookie survives)."""
+    ca = trustme.CA()
+    provider = MockProvider(ca, tmp_path)
+    try:
+        provider.start()
+        await put_user(provider, "alice", {"preferred_username": "alice", "groups": ["lab-ops"]})
+        ca.cert_pem.write_to_path(str(tmp_path / "idp-ca.pem"))
+        (tmp_path / "secret").write_text("any-secret\n")
+        bridge = await bridge_factory(
+            ports={"lab": {"device": "virtual:shell"}, "other": {"device": "virtual:shell"}},
+            oidc={
+                "issuer": provider.issuer,
+                "client_id": "serial-bridge",
+                "client_secret_file": str(tmp_path / "secret"),
+                "ca_file": str(tmp_path / "idp-ca.pem"),
+                "name": "the lab IdP",
+                "groups": {"lab-ops": {"role": "operator", "ports": ["lab"]}},
+            },
+        )
+        page = await browsing.page(bridge)
+        # the mock's page links a stylesheet on a CDN: nothing leaves this machine
+        await page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda r: r.abort())
+        await page.goto(bridge.origin + "/")
+        assert "/login?next=" in page.url
+        link = page.locator("#sso-login")
+        await link.wait_for()
+        assert await link.text_content() == "Sign in with the lab IdP"
+        await link.click()
+        authorize = re.escape(f"{provider.issuer}/oauth2/authorize?")
+        await page.wait_for_url(re.compile(authorize), wait_until="commit")
+        await page.locator('input[name="sub"]').wait_for()
+        await page.fill('input[name="sub"]', "alice")
+        await page.click('button[type="submit"]:has-text("Authorize")')
+        await page.wait_for_url(bridge.origin + "/")
+        await page.locator('tr[data-port="lab"]').wait_for()
+        assert await page.locator("tbody tr").count() == 1  # her group maps to `lab` only
+        assert "alice" in (await page.text_content("#me") or "")
+        assert "operator" in (await page.text_content("#me") or "")
+    finally:
+        provider.stop()

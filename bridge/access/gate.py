@@ -13,6 +13,10 @@ holds at every door.
   account and per source; every failure looks and costs the same and is audited.
   `check_password` then `check_code`: the same in two steps (SSH keyboard-interactive asks for
   the code in a second round; after a key login the session asks for it), same throttle.
+- `identify_oidc`: verified claims of an identity provider's token -> `Identity` or None, by
+  `[oidc] groups` (the first group listed that the claims name decides role and ports). The
+  browser's single sign-on keeps that grant in its session; an IdP access token used as a bearer
+  token (`identify_token`, after `prepare_token` fetched the provider's keys) is checked each time.
 - `authorise`: `Identity` + `Permission` (+ port) -> the identity, or `Denied` saying why.
 - `still_valid`: whether an identity taken earlier (an open console's) would be granted now;
   `granted_now` the same against the users file as it is (a running SysRq sequence asks it).
@@ -24,13 +28,16 @@ credential came) and result (`AUTH_RESULTS`; a login refused by the throttle bef
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.access import totp
+from bridge.access.oidc import OidcClient, OidcError, looks_like_jwt
 from bridge.access.passwords import verify_async
 from bridge.access.policy import Identity, Permission, allowed, needs_second_factor
 from bridge.access.sessions import SessionStore
@@ -41,7 +48,9 @@ from bridge.config import Config
 from bridge.history.audit import Auditor
 
 LOGIN_FAILED = "wrong user name, password or code"
-AUTH_METHODS = ("password", "token", "session", "certificate", "ssh-key", "ssh-certificate")
+AUTH_METHODS = (
+    "password", "token", "session", "certificate", "ssh-key", "ssh-certificate", "oidc",
+)  # fmt: skip
 AUTH_RESULTS = ("success", "failure", "throttled")
 
 
@@ -78,6 +87,7 @@ class Gate:
     # (method, result) -> how many; see AUTH_METHODS and AUTH_RESULTS
     auth_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     ssh_cas: TrustedCas = field(default_factory=TrustedCas)  # [ssh] trusted_user_ca_keys
+    oidc: OidcClient | None = None  # [oidc]: the identity provider
 
     def count(self, method: str, identity: Identity | None) -> Identity | None:
         """Count one identification by `method` as a success or failure; returns `identity`."""
@@ -91,7 +101,45 @@ class Gate:
             return None  # server.require_totp: nobody without a second factor gets in
         return identity
 
+    async def prepare_token(self, secret: str) -> None:
+        """Before `identify_token` of an IdP access token: have the provider's keys (fetched
+        when first needed, and again for an unknown `kid`, rate-limited)."""
+        if self.oidc is not None and looks_like_jwt(secret.strip()):
+            with contextlib.suppress(OidcError):  # unreachable provider: the token fails later
+                await self.oidc.prepare(secret.strip())
+
+    def identify_oidc(self, claims: dict[str, Any], via: str = "oidc") -> Identity | None:
+        """The identity verified claims grant: their user name and the first `[oidc] groups`
+        entry they are a member of; None for no user name or no mapped group."""
+        cfg = self.config().oidc
+        if cfg is None:
+            return None
+        name = claims.get(cfg.username_claim)
+        if not isinstance(name, str) or not 0 < len(name) <= 64 or not name.isprintable():
+            return None
+        groups = claims.get(cfg.groups_claim, [])
+        groups = [groups] if isinstance(groups, str) else groups
+        if not isinstance(groups, list):
+            return None
+        amr = claims.get("amr")
+        mfa = isinstance(amr, list) and bool({"mfa", "otp", "hwk"} & set(map(str, amr)))
+        exp = claims.get("exp")
+        expires = float(exp) if via == "oidc-token" and isinstance(exp, int | float) else None
+        for group, grant in cfg.groups.items():
+            if group in groups:
+                ports = frozenset(grant.ports) if grant.ports is not None else None
+                identity = Identity(name, grant.role, ports, via, mfa=mfa, expires=expires)
+                return self._second_factor_ok(identity)
+        return None
+
     def identify_token(self, secret: str) -> Identity | None:
+        cfg = self.config().oidc
+        if self.oidc is not None and cfg is not None and looks_like_jwt(secret.strip()):
+            try:
+                claims = self.oidc.verify(secret.strip(), cfg.audience or cfg.client_id)
+            except OidcError:
+                return self.count("oidc", None)
+            return self.count("oidc", self.identify_oidc(claims, "oidc-token"))
         token = self.users.check_token(secret.strip())
         user = self.users.get(token.user) if token is not None else None
         if token is None or user is None:
@@ -103,6 +151,10 @@ class Gate:
         session = self.sessions.get(session_id)
         if session is None:
             return self.count("session", None)
+        if session.grant is not None:  # single sign-on: what the provider's claims granted
+            role, ports = session.grant
+            identity = Identity(session.user, role, ports, "session", session.key, mfa=session.mfa)
+            return self.count("session", self._second_factor_ok(identity))
         user = self.users.get(session.user)
         if user is None or user.generation != session.generation:
             self.sessions.end(session)
@@ -282,7 +334,17 @@ class Gate:
     ) -> bool:
         """Whether an identity taken earlier (an open console's) would still be granted now: the
         session is alive, the token not revoked, the user not deleted, re-keyed or re-roled, and
-        the second factor a port or the server requires is still behind it."""
+        the second factor a port or the server requires is still behind it. A single sign-on
+        identity holds while its session lives (its grant unchanged) or its token is unexpired."""
+        if identity.expires is not None and time.time() >= identity.expires:
+            return False
+        session = self.sessions.by_key(identity.session_id or "") if identity.session_id else None
+        if identity.via == "oidc-token" or (session is not None and session.grant is not None):
+            if identity.via != "oidc-token" and (
+                session is None or session.grant != (identity.role, identity.ports)
+            ):
+                return False
+            return self._factors_still_ok(identity, port)
         user = users.get(identity.user)
         if user is None:
             return False
@@ -304,6 +366,9 @@ class Gate:
                 return False
         elif identity.via == "ssh-password" and identity.generation != user.generation:
             return False
+        return self._factors_still_ok(identity, port)
+
+    def _factors_still_ok(self, identity: Identity, port: str | None) -> bool:
         config = self.config()
         if needs_second_factor(identity, config.server.require_totp):
             return False

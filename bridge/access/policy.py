@@ -36,12 +36,14 @@ class Identity:
     user: str
     role: str
     ports: frozenset[str] | None  # None: every port
-    via: str  # "session", "token", "certificate" (TLS), "ssh-key", "ssh-cert", "ssh-password"
+    via: str  # "session", "token", "certificate" (TLS), "ssh-key", "ssh-cert", "ssh-password",
+    # "oidc-token" (an identity provider's access token)
     session_id: str | None = None  # the session's digest, never the cookie value
     token_id: str | None = None
     mfa: bool = False  # a second factor (TOTP) stands behind this identity
     credential: str | None = None  # ssh-key: the key's fingerprint; ssh-cert: the CA's
     generation: int | None = None  # ssh-password: the user's credential generation at login
+    expires: float | None = None  # oidc-token: the token's exp (Unix time); past it, not valid
 
     def may_see_port(self, port: str) -> bool:
         return self.ports is None or port in self.ports

@@ -28,6 +28,7 @@ class Session:
     created: float
     last_seen: float
     mfa: bool = False  # logged in with a TOTP code
+    grant: tuple[str, frozenset[str] | None] | None = None  # single sign-on: (role, ports)
 
 
 class SessionStore:

@@ -22,6 +22,7 @@ from aiohttp.web_response import StreamResponse
 
 from bridge.access.consoles import OpenConsoles
 from bridge.access.gate import Gate
+from bridge.access.oidc import OidcClient
 from bridge.access.sessions import SessionStore
 from bridge.access.store import UserStore
 from bridge.access.throttle import SERVER_LIMITS, LoginThrottle
@@ -171,6 +172,8 @@ class Daemon:
         users = UserStore(server.state_dir)
         sessions = SessionStore(server.session_idle, server.session_lifetime)
         gate = Gate(users, sessions, lambda: self.config, audit, LoginThrottle())
+        if self.config.oidc is not None:  # the provider is asked when first needed, not now
+            gate.oidc = OidcClient(self.config.oidc)
         consoles = OpenConsoles(gate)  # console clients of every door, closed when credentials end
         self.state = AppState(
             config=self.config,
@@ -238,6 +241,11 @@ class Daemon:
             old.ssh and new.ssh and old.ssh.listen != new.ssh.listen
         ):
             changes.append("[ssh] listener changed: takes effect after a restart")
+        if old.oidc != new.oidc:  # signed-in sessions keep what they were granted
+            if state.gate.oidc is not None:
+                await state.gate.oidc.close()
+            state.gate.oidc = OidcClient(new.oidc) if new.oidc is not None else None
+            changes.append("[oidc] changed: applies to sign-ins and tokens from now on")
         if old.audit != new.audit:
             changes.append("[audit] changed: takes effect after a restart")
         if old.log != new.log:
@@ -304,6 +312,8 @@ class Daemon:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.state is not None and self.state.gate.oidc is not None:
+            await self.state.gate.oidc.close()
         if self.state is not None:
             for sink in cast(AuditLog, self.state.audit).sinks:
                 await sink.stop()  # last: the shutdown's own events go out too

@@ -60,6 +60,8 @@ async def login(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if request.headers.get("Origin") is not None and not same_origin(request):
         raise api_error(web.HTTPForbidden, "cross-origin login refused")
+    if state.config.oidc is not None and not state.config.oidc.password_login:
+        raise api_error(web.HTTPForbidden, "password sign-in is off here: use single sign-on")
     body = await _json_body(request)
     username, password, code = body.get("username"), body.get("password"), body.get("totp")
     if not isinstance(username, str) or not isinstance(password, str):
@@ -91,13 +93,18 @@ async def logout(request: web.Request) -> web.Response:
     """End this session and close its console websockets (1008) at once."""
     state = request.app[STATE]
     identity = authorise(request, Permission.READ)
+    answer: dict[str, Any] = {"ok": True}
     if identity.via == "session":
         session = state.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
         if session is not None:
             state.sessions.end(session)
+            if session.grant is not None and state.gate.oidc is not None:  # single sign-on
+                url = await state.gate.oidc.end_session_url(f"https://{request.host}/login")
+                if url:
+                    answer["end_session"] = url  # the page goes there: the provider's logout
         await state.consoles.end(state.consoles.of(session_key=identity.session_id), "logged out")
     state.audit.record("logout", user=identity.user, peer=peer_of(request))
-    response = web.json_response({"ok": True})
+    response = web.json_response(answer)
     response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
     return response
 

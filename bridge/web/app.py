@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web, web_response
 
-from bridge.web import api, console, logapi, metrics, pages
+from bridge.web import api, console, logapi, metrics, pages, sso
 from bridge.web.state import STATE, AppState
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,14 @@ def create_app(state: AppState) -> web.Application:
     # switch (the middleware above covers every response of the app itself).
     web_response.SERVER_SOFTWARE = SERVER_NAME
     app = web.Application(
-        middlewares=[security_headers, internal_errors], client_max_size=64 * 1024
+        middlewares=[security_headers, internal_errors, sso.provider_keys],
+        client_max_size=64 * 1024,
     )
     app[STATE] = state
     api.add_routes(app)
     console.add_routes(app)
     logapi.add_routes(app)
     metrics.add_routes(app)
+    sso.add_routes(app)
     pages.add_routes(app)
     return app

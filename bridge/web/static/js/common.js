@@ -56,10 +56,16 @@
 
   async function logout() {
     leaving = true;
+    let answer = null;
     try {
-      await api("/api/logout", { method: "POST", redirect: false });
+      answer = await api("/api/logout", { method: "POST", redirect: false });
     } catch (_) {
       /* signed out anyway */
+    }
+    // single sign-on: the identity provider's own logout, which comes back to /login
+    if (answer && typeof answer.end_session === "string" && answer.end_session.startsWith("https://")) {
+      location.assign(answer.end_session);
+      return;
     }
     location.assign("/login");
   }

@@ -76,7 +76,25 @@
     }
   }
 
+  // single sign-on, when the bridge has it: "Sign in with NAME" beside (or instead of) the form
+  async function offerSso() {
+    let info = null;
+    try {
+      const response = await fetch("/api/sso", { credentials: "same-origin" });
+      info = response.ok ? await response.json() : null;
+    } catch (_) {
+      return;
+    }
+    if (!info || !info.enabled) return;
+    const link = $("sso-login");
+    link.textContent = `Sign in with ${info.name}`;
+    link.href = "/oidc/login?next=" + encodeURIComponent(nextPath());
+    $("sso").hidden = false;
+    if (!info.password_login) $("login-form").hidden = true;
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     $("login-form").addEventListener("submit", submit);
+    offerSso();
   });
 })();
