@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bridge.access.store import UserStore
 from tests.conftest import user_hash
@@ -133,3 +135,19 @@ class Served:
                     if port["name"] == name and predicate(port):
                         return port  # type: ignore[no-any-return]
                 await asyncio.sleep(0.05)
+
+
+def fiu_wrapper(prefix: Path) -> list[str]:
+    """`fiu-run` (Debian fiu-utils) with its POSIX failure points and remote control at
+    `prefix`-PID: faults are switched on and off while the process runs (`fiu_ctrl`)."""
+    if shutil.which("fiu-run") is None:
+        pytest.skip("fiu-run not installed (Debian fiu-utils; ./dev test installs it)")
+    return ["fiu-run", "-x", "-f", str(prefix)]
+
+
+async def fiu_ctrl(prefix: Path, pid: int, *commands: str) -> None:
+    """Run libfiu remote-control commands (`enable name=posix/io/rw/pwrite,failinfo=5`, `disable
+    name=...`) in process `pid` started under `fiu_wrapper(prefix)`. failinfo is the errno."""
+    args = [x for c in commands for x in ("-c", c)]
+    proc = await asyncio.create_subprocess_exec("fiu-ctrl", "-f", str(prefix), *args, str(pid))
+    assert await asyncio.wait_for(proc.wait(), 20) == 0

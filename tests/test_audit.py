@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("write-dropped", {"user": "rfc2217", "port": "lab1", "peer": "127.0.0.1:5", "bytes": 3}),
     ("port-disabled", {"port": "lab1", "by": "config-reload"}),
     ("port-enabled", {"port": "lab1", "by": "config-reload"}),
+    ("unclean-stop", {"port": "lab1", "from": 1000, "to": 1000 + 2**21}),
+    ("audit-lost", {"events": 12}),
 ]
 
 
@@ -183,3 +186,31 @@ def test_connection_churn_cannot_rotate_security_events_away(tmp_path: Path) -> 
     assert later and all(e["repeated"] > 0 for e in later)  # what was left out is counted
     sizes = sum(p.stat().st_size for p in audit.files() + audit.connection_files())
     assert sizes <= 2 * 3 * 20_000
+
+
+def test_a_refusing_disk_delays_events_and_loses_none_it_can_keep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EIO on every write: record() still returns, the lines wait in order, the fault is logged
+    once; when writing works again they are all written, oldest first. A backlog over its bound
+    drops the oldest and says how many."""
+    from bridge.history import audit as audit_module
+
+    monkeypatch.setattr(audit_module, "BACKLOG", 3)
+    audit = AuditLog(tmp_path / "audit", clock=Clock())
+    audit.record("logout", user="first", peer="::1")
+    real_write = os.write
+
+    def failing(fd: int, data: bytes) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(audit_module.os, "write", failing)
+    for name in ("a", "b", "c", "d", "e"):
+        audit.record("logout", user=name, peer="::1")
+    assert not audit.health.ok and caplog.text.count("Input/output error") == 1
+    monkeypatch.setattr(audit_module.os, "write", real_write)
+    audit.record("logout", user="f", peer="::1")
+    assert audit.health.ok and "writes work again" in caplog.text
+    got = lines(tmp_path / "audit" / "audit.jsonl")
+    assert [e.get("user") for e in got] == ["first", None, "d", "e", "f"]
+    assert got[1]["event"] == "audit-lost" and got[1]["events"] == 3  # a, b, c

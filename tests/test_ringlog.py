@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.history import ringformat, ringlog
+from bridge.history import ringformat, ringlog, ringwriter
 from bridge.history.ringlog import BLOCK_SIZE, LogRecord, RingLog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -718,9 +718,21 @@ def test_blocks_are_written_only_when_full_until_flush(tmp_path: Path) -> None:
         assert not ring.dirty
 
 
-def test_a_failing_disk_never_desynchronises_offsets(
+def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll `predicate` (the writer thread works on its own) until true, bounded."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_failing_disk_loses_nothing_it_recovers_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Page writes fail for a while: offsets stay in step, reads still see every byte (the
+    failed pages are kept), the fault is logged once, the pages are written again once the disk
+    works, and the file then holds everything."""
+    monkeypatch.setattr(ringwriter, "RETRY_INTERVAL", 0.01)
     clock = Clock()
     path = tmp_path / "p.log"
     rnd = random.Random(2)
@@ -735,29 +747,52 @@ def test_a_failing_disk_never_desynchronises_offsets(
 
     monkeypatch.setattr(ring._writer, "write_page", broken)
     ring.append(ref[10_000:20_000])  # two blocks fill and fail to be written
+    ring.flush()  # the partial block's write fails too, and the sync is not reached
     assert ring.next_offset == 20_000
-    assert ring.wait_idle(10)
-    assert ring.stats.errors >= 2
-    assert "block write failed" in caplog.text
-    ring.flush()  # hands the partial block to the writer thread, where its write fails...
-    assert ring.wait_idle(10)
-    assert ring.dirty  # ...so it is to be written again
+    wait_until(lambda: ring.stats.errors >= 4)  # ...and they are being retried
+    assert held(ring) == (0, ref[:20_000])  # kept in memory meanwhile
+    assert not ring.health.ok and "Input/output error" in str(ring.health.error)
+    assert caplog.text.count("ring log") == 1  # reported once
     monkeypatch.setattr(ring._writer, "write_page", original)
-    with pytest.raises(OSError, match="Input/output error"):
-        ring.flush()  # the next flush() raises the error, and writes the block again
+    wait_until(lambda: ring.health.ok)
+    assert ring._writer.retrying == 0 and ring.stats.retried == 3
+    assert "writes work again" in caplog.text
+    ring.append(ref[20_000:])
+    ring.close()
+    ring2, have = recovered(path, clock, Run(ref, []), size=32 * BLOCK_SIZE)
+    assert ring2.next_offset == len(ref) and all(have)
+    ring2.close()
+
+
+def test_a_disk_failing_too_long_loses_the_oldest_kept_pages_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond RETRY_PAGES failed pages the oldest is dropped: a hole in reads (which a reader
+    is told about as a gap), offsets in step, everything else kept."""
+    monkeypatch.setattr(ringwriter, "RETRY_PAGES", 2)
+    monkeypatch.setattr(ringwriter, "RETRY_INTERVAL", 0.01)
+    clock = Clock()
+    path = tmp_path / "p.log"
+    ref = random.Random(3).randbytes(30_000)
+    ring = open_ring(path, clock, size=32 * BLOCK_SIZE)
+    original = ring._writer.write_page
+
+    def broken(position: int, page: bytes | memoryview) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ring._writer, "write_page", broken)
+    ring.append(ref[:20_000])  # four full blocks: two kept, the two oldest dropped
     assert ring.wait_idle(10)
-    ring.flush()  # raised once
-    assert not ring.dirty
-    p = ring._pend
-    assert p is not None
-    at = p.seq % 32 * BLOCK_SIZE
-    assert path.read_bytes()[at : at + p.used] == p.page[: p.used]
+    assert ring.stats.lost_pages == 2 and ring._writer.retrying == 2
+    start, data = ring.read(0, 100)
+    assert start > 8000 and data == ref[start : start + 100]  # the first blocks: a hole
+    monkeypatch.setattr(ring._writer, "write_page", original)
+    wait_until(lambda: ring.health.ok)
     ring.append(ref[20_000:])
     ring.close()
     ring2, have = recovered(path, clock, Run(ref, []), size=32 * BLOCK_SIZE)
     assert ring2.next_offset == len(ref)
-    assert all(have[:8000]) and all(have[24_000:])  # only the failed blocks are missing
-    assert not all(have[10_000:20_000])
+    assert not any(have[:8000]) and all(have[start:])
     ring2.close()
 
 
@@ -901,27 +936,33 @@ def test_kill_9_with_a_full_writer_queue_reuses_no_offset(
     ring2.close()
 
 
-def test_a_sync_error_is_raised_by_the_next_flush_and_by_close(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_sync_error_is_reported_and_retried_until_it_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    monkeypatch.setattr(ringwriter, "RETRY_INTERVAL", 0.01)
     clock = Clock()
     ring = RingLog.open(tmp_path / "p.log", SIZE, clock=clock)
+    real = os.fdatasync
+    failing = True
 
-    def failing(fd: int) -> None:
-        raise OSError(28, "No space left on device")
+    def fdatasync(fd: int) -> None:
+        if failing:
+            raise OSError(28, "No space left on device")
+        real(fd)
 
-    monkeypatch.setattr(ringlog.os, "fdatasync", failing)
+    monkeypatch.setattr(ringwriter.os, "fdatasync", fdatasync)
     ring.append(b"one")
-    ring.flush()  # does not wait for the device
-    assert ring.wait_idle(10) and ring.stats.errors == 1
+    ring.flush()  # does not wait for the device, nor raise its error
+    wait_until(lambda: ring.stats.errors >= 3)  # retried
+    assert ring.health.status()["error"] == "fdatasync failed: No space left on device"
     ring.append(b"two")
-    with pytest.raises(OSError, match="No space left"):
-        ring.flush()
-    with pytest.raises(OSError, match="No space left"):
-        ring.close()  # the second flush's sync failed too: close() reports it, and closes
+    ring.flush()
+    assert caplog.text.count("fdatasync failed") == 1
+    failing = False
+    wait_until(lambda: ring.health.ok)
+    ring.close()
     with pytest.raises(ValueError, match="closed"):
         ring.append(b"late")
-    monkeypatch.undo()
     with RingLog.open(tmp_path / "p.log", SIZE, clock=clock) as ring:
         assert held(ring) == (0, b"onetwo")
 

@@ -7,7 +7,10 @@ the user is deleted and re-added (a new record draws a new random value, so a re
 inherits the old one's sessions; deletion also removes the user's tokens).
 
 Files are replaced atomically (write, fsync, rename) and re-read when they change on disk, so
-`serial-bridge user ...` run beside the daemon takes effect at once.
+`serial-bridge user ...` run beside the daemon takes effect at once. A change that cannot be
+saved (EIO, a full or read-only disk) raises OSError and leaves the file as it was. The one write
+a login makes, the TOTP step just used, does not fail a login on such a disk: it is kept in
+memory (a code still works once) and the fault is reported through `health`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from bridge.access.policy import ROLES
 from bridge.access.sshkeys import SshKey, parse_key
+from bridge.history.health import DISK_ERRORS, WriteHealth
 from bridge.history.statedir import open_private, private_dir, replace_private
 
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -122,13 +126,23 @@ class UserStore:
         self.state_dir = state_dir
         self._users = _JsonFile(state_dir / "users.json")
         self._tokens = _JsonFile(state_dir / "tokens.json")
+        self.health = WriteHealth(f"users and tokens files in {state_dir}")
+        self._used_steps: dict[str, int] = {}  # TOTP steps used while the disk refused them
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Serialise read-modify-write of the files between the daemon and `serial-bridge user`
-        commands (an exclusive flock on `state_dir/.users.lock`)."""
+        commands (an exclusive flock on `state_dir/.users.lock`). On a disk that cannot be
+        written at all the lock file cannot be opened either: then nobody can write, and the
+        caller goes on unlocked to find that out for itself."""
         private_dir(self.state_dir, top=True)
-        fd = open_private(self.state_dir / ".users.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fd = open_private(self.state_dir / ".users.lock", os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -182,10 +196,21 @@ class UserStore:
         with self._locked():
             data = dict(self._users.load())
             raw = data.get(name)
-            if raw is None or int(raw.get("totp_last_step", 0)) >= step:
+            last = max(
+                int(raw.get("totp_last_step", 0)) if raw else 0, self._used_steps.get(name, 0)
+            )
+            if raw is None or last >= step:
                 return False
             data[name] = {**raw, "totp_last_step": step}
-            self._users.save(data)
+            self._used_steps[name] = step
+            try:
+                self._users.save(data)
+            except OSError as exc:
+                if exc.errno not in DISK_ERRORS:
+                    raise
+                self.health.failed(exc, "saving the TOTP step just used (kept in memory)")
+            else:
+                self.health.recovered()
             return True
 
     def add(self, name: str, role: str, password_hash: str, ports: list[str] | None) -> User:

@@ -13,6 +13,12 @@ seconds). Several processes (the daemon and a ``serial-bridge user`` command) ma
 directory: writes and rotation hold an ``flock`` on the directory. Once written, an event is
 handed to the ``sinks`` (the system journal, a syslog collector: bridge.history.shipping).
 
+A disk that refuses the write (EIO, ENOSPC, EDQUOT, EROFS) never makes :meth:`AuditLog.record`
+fail: the line waits in memory (at most BACKLOG lines; beyond that the oldest are dropped and
+counted, and an ``audit-lost`` line says how many), is written before the next one and retried
+every RETRY seconds, and the fault is reported once through ``health``
+(bridge.history.health). The sinks get the event at once either way.
+
 Never a secret: :meth:`AuditLog.record` raises ``ValueError`` (a programming error) for a field
 named password, token, secret, totp, code, cookie or keystrokes, or ending in ``_<that>``, at any
 depth. Name what was changed instead (``name="ci-bot"`` for a token, never its value).
@@ -43,22 +49,29 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
   read-only RFC 2217 client that were dropped), or ``total: true`` with the count when it left
 - ``port-enabled`` / ``port-disabled`` — ``port``, ``by`` (``"config-reload"``): a reload
   changed the port's ``enabled``
+- ``unclean-stop`` — ``port``, ``from``, ``to``: the port's console log was not closed cleanly
+  (a crash or power cut); output after ``from`` may be lost, offsets continue at ``to``
+- ``audit-lost`` — ``events``: how many audit lines a long disk fault made this log drop
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from bridge.history.churn import CONNECTION_EVENTS, CONNECTIONS_FILE, Coalescer
+from bridge.history.health import DISK_ERRORS, WriteHealth
 from bridge.history.shipping import Sink
 from bridge.history.statedir import open_private, private_dir
 
@@ -72,8 +85,10 @@ EVENTS = (
     "login", "logout", "attach", "detach", "takeover", "break", "sysrq", "nmi", "reset", "power",
     "user-add", "user-set", "user-del", "user-passwd", "user-totp", "user-key", "token-create",
     "token-revoke", "config-reload", "line-settings", "line-restored", "control-lines",
-    "write-dropped", "port-enabled", "port-disabled", "forward",
+    "write-dropped", "port-enabled", "port-disabled", "forward", "unclean-stop", "audit-lost",
 )  # fmt: skip
+BACKLOG = 10_000  # audit lines kept in memory while the disk refuses them
+RETRY = 5.0  # seconds between attempts to write them
 
 
 def _check_fields(fields: dict[str, Any], path: str = "") -> None:
@@ -117,6 +132,7 @@ class _Trail:
     def __init__(self, directory: Path, name: str, max_bytes: int, keep: int) -> None:
         self.directory, self.name, self.max_bytes, self.keep = directory, name, max_bytes, keep
         self.path = directory / name
+        self._torn = False  # the last write was cut short: the file ends mid-line
 
     def append(self, line: bytes) -> None:
         """Write one line, rotating first when it would not fit (the caller holds the lock)."""
@@ -128,7 +144,10 @@ class _Trail:
             self._rotate()
         fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            os.write(fd, line)
+            data = b"\n" + line if self._torn else line  # end a line cut short on its own
+            self._torn = os.write(fd, data) != len(data)
+            if self._torn:  # a full disk took part of it
+                raise OSError(errno.ENOSPC, "No space left on device (a short write)")
         finally:
             os.close(fd)
 
@@ -208,6 +227,10 @@ class AuditLog:
         self._connections = _Trail(self.directory, CONNECTIONS_FILE, max_bytes, keep)
         self._coalescer = Coalescer(clock)
         self.path = self._events.path
+        self.health = WriteHealth(f"audit log {self.directory}")
+        self._backlog: deque[tuple[_Trail, bytes]] = deque()  # lines the disk refused, in order
+        self.dropped = 0  # lines dropped from a full backlog, not yet recorded as such
+        self._retry: asyncio.TimerHandle | None = None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -232,13 +255,52 @@ class AuditLog:
             entry["repeated"] = repeated
         line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
         trail = self._connections if event in CONNECTION_EVENTS else self._events
-        with self._locked():
-            trail.append(line)
+        self._backlog.append((trail, line))
+        if len(self._backlog) > BACKLOG:
+            self._backlog.popleft()
+            self.dropped += 1
+        self._write_backlog()
         for sink in self.sinks:
             try:
                 sink.ship(entry)
             except Exception:  # a copy failing must never lose or stop the record
                 log.exception("audit: shipping to %s failed", sink.name)
+
+    def _write_backlog(self) -> None:
+        """Write the waiting lines, oldest first; on a disk error keep the rest for later."""
+        try:
+            with self._locked():
+                if self.dropped:
+                    entry = {"time": iso_time(self._clock()), "event": "audit-lost"}
+                    lost = json.dumps({**entry, "events": self.dropped}) + "\n"
+                    self._events.append(lost.encode())
+                    self.dropped = 0
+                while self._backlog:
+                    trail, line = self._backlog[0]
+                    trail.append(line)
+                    self._backlog.popleft()
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            self.health.failed(exc)
+            self._retry_later()
+            return
+        self.health.recovered()
+
+    def _retry_later(self) -> None:
+        """Try the backlog again in RETRY seconds (when an event loop runs this)."""
+        if self._retry is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a command-line process: the next record() tries again
+        self._retry = loop.call_later(RETRY, self._retried)
+
+    def _retried(self) -> None:
+        self._retry = None
+        if self._backlog or self.dropped:
+            self._write_backlog()
 
     def files(self) -> list[Path]:
         """Existing files of the security events, newest first."""

@@ -15,8 +15,9 @@ over but not yet written stays readable from memory. Reads of blocks already wri
 file on the calling thread (from the page cache as a rule), as do open() (recovery scan,
 preallocation) and close() (it waits for the writer's queue and last sync).
 
-Errors: a failed page write is logged and counted in ``stats.errors``, never raised by append();
-the error of a flush's write or sync is raised (OSError) by the next flush() or by close().
+Errors: a failed page write or sync never reaches the caller: the writer keeps the page, writes
+it again until the disk works (reads see it meanwhile) and reports the fault once through
+``health`` (bridge.history.health, bridge.history.ringwriter); ``stats`` counts them.
 
 Crash semantics: what a kill -9 loses is the block being filled plus the pages still queued (at
 most QUEUE_PAGES + 1 pages); a power cut loses at most the last ``flush_interval`` of output plus
@@ -33,6 +34,7 @@ copied into a new file of the new size (the two files coexist during the copy) t
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -108,6 +110,7 @@ class RingLog:
         self._cache: tuple[int, bytes, list[Rec]] | None = None
         self._writer = PageWriter(fd, path, durable)
         self.stats: WriteStats = self._writer.stats
+        self.health = self._writer.health
 
     # ------------------------------------------------------------------ open / recovery
     @classmethod
@@ -186,6 +189,9 @@ class RingLog:
                     kind, data = KIND_MARKER, json.dumps(rec.marker, separators=(",", ":")).encode()
                 new._put(kind, data, rec.offset, rec.time, coalesce=False)
             new._next = max(new._next, old.next_offset)
+        if not new.health.ok:  # the copy is incomplete: keep the old file
+            tmp.unlink(missing_ok=True)
+            raise OSError(errno.EIO, f"{new.health.what}: resizing failed: {new.health.error}")
         os.replace(tmp, path)
 
     @property
@@ -202,15 +208,13 @@ class RingLog:
     def dirty(self) -> bool:
         """True when flush() has something to write or sync."""
         p = self._pend
-        if p is not None and self._writer.must_rewrite(p.seq):
-            return True
         return self._unsynced or (p is not None and p.used > p.written)
 
     # ------------------------------------------------------------------ writing
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Add console bytes; a block is handed to the writer thread when it fills (4 KiB). Never
         waits for the device unless the writer queue is full (see the module docstring); a
-        failed block write is logged and counted in ``stats.errors``, not raised."""
+        failed block write is retried and reported by the writer, never raised."""
         if data:
             self._put(KIND_DATA, data, self._next, self._clock(), coalesce=True)
 
@@ -308,16 +312,12 @@ class RingLog:
 
     def flush(self) -> None:
         """Hand the partial block to the writer and have written blocks made durable; no I/O if
-        nothing is pending. Does not wait for the device: raises (OSError) an error of an
-        earlier flush's write or sync instead."""
+        nothing is pending. Does not wait for the device (nor raise its errors: see `health`)."""
         self._check_open()
         self._flush_submit()
-        self._raise_error()
 
     def _flush_submit(self) -> None:
         p = self._pend
-        if p is not None and p.seq in self._writer.take_rewrites():
-            p.written = 0  # its last write failed: write it again
         if p is not None and p.used > p.written:
             self._seal(p)
             self._write(p, flush=True)
@@ -325,13 +325,9 @@ class RingLog:
             self._writer.submit(SYNC)
             self._unsynced = False
 
-    def _raise_error(self) -> None:
-        if (exc := self._writer.take_error()) is not None:
-            raise OSError(exc.errno, f"ring log {self.path}: write failed: {exc.strerror}")
-
     def close(self) -> None:
-        """Record a clean shutdown, flush, wait for the writer and close the file; further calls
-        do nothing. Raises (OSError) an error of a flush's write or sync not raised before."""
+        """Record a clean shutdown, flush, wait for the writer (one last try of failed writes)
+        and close the file; further calls do nothing."""
         if self._closed:
             return
         try:
@@ -348,7 +344,6 @@ class RingLog:
                 self._closed = True
                 os.close(self._fd)
                 self._buf.close()
-        self._raise_error()
 
     def __enter__(self) -> RingLog:
         return self

@@ -19,12 +19,14 @@ one page reaches the device per page written, whatever the page cache's folio si
 with large ext4 folios a buffered 4 KiB write can dirty, and write back, 64 KiB or more); if the
 file system refuses O_DIRECT writes after all (EINVAL), they fall back to the buffered descriptor.
 
-Errors: a page write that fails is logged and counted in ``stats.errors`` (the caller that handed
-it over never sees it; the block is lost from disk and reads of it see a hole once it has left the
-queue); if it was written for a flush, or an fdatasync fails, the error is also kept for
-`take_error` (the ring raises it from its next flush() or from close(), like an error of a deferred
-write on close(2)), and a block whose flush write failed is listed by `take_rewrites` so the next
-flush writes it again if it is still being filled.
+Errors: a page write or fdatasync that fails is counted in ``stats.errors`` and reported to
+the ring's `WriteHealth` (bridge.history.health: one log line per outage, a status for the
+API), never raised to the caller. The page is kept and written again, every RETRY_INTERVAL while
+the writer has nothing else to do (its newest image: a later page for the same position replaces
+it), and stays readable from memory meanwhile, so a disk that fails for a while loses nothing;
+at most RETRY_PAGES pages (1 MiB) are kept so, beyond that the oldest is dropped (counted in
+``stats.lost_pages``; reads then see a hole there). A failed fdatasync is retried the same way.
+The health recovers once every kept page is written and a sync has worked.
 
 Crash semantics: the writer drains its queue as fast as the device allows, so what a kill -9 loses
 is the ring's block being filled plus the pages still queued (at most QUEUE_PAGES + 1 pages).
@@ -43,12 +45,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.history.health import WriteHealth
 from bridge.history.ringformat import BLOCK_SIZE, Rec
 
 log = logging.getLogger(__name__)
 
 QUEUE_PAGES = 256  # pages handed to the writer and not yet written: at most 1 MiB
 RUN_PAGES = 64  # consecutive pages written by one pwrite (256 KiB)
+RETRY_PAGES = 256  # pages whose write failed, kept to be written again: at most 1 MiB
+RETRY_INTERVAL = 1.0  # seconds between attempts to write them while writes fail
 
 
 SYNC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -88,6 +93,8 @@ class WriteStats:
     bytes_written: int = 0
     syncs: int = 0
     errors: int = 0  # page writes and syncs that failed (append() does not raise for them)
+    retried: int = 0  # pages written by a retry after their first write failed
+    lost_pages: int = 0  # failed pages dropped from a full retry buffer (a hole on disk)
     write_calls: int = 0  # pwrite() calls (a call writes up to RUN_PAGES consecutive pages)
     queue_peak: int = 0  # most pages waiting for the writer at once (<= QUEUE_PAGES)
     stalls: int = 0  # times the caller waited for room in a full queue
@@ -104,7 +111,7 @@ class Job:
     page: bytes
     recs: list[Rec]  # the records of the page, for reads while it is in flight
     used: int
-    flush: bool  # written for a flush: a failure is kept for take_error()/take_rewrites()
+    flush: bool  # written for a flush (the partial block; SYNC follows)
 
 
 SYNC = Job(-1, 0, b"", [], 0, True)
@@ -127,8 +134,9 @@ class PageWriter:
         self._busy = False  # the writer is performing a job
         self._stopping = False
         self._discard = False  # stop without writing what is queued (tests: a crash)
-        self._error: OSError | None = None  # for take_error()
-        self._rewrite: set[int] = set()  # blocks whose flush write failed: the next flush retries
+        self._retry: dict[int, Job] = {}  # position -> newest page whose write failed
+        self._sync_due = False  # an fdatasync failed: to be done again
+        self.health = WriteHealth(f"ring log {path}")
         self._thread: threading.Thread | None = None
 
     def open_direct(self) -> None:
@@ -175,23 +183,10 @@ class PageWriter:
         with self._cv:  # the writer removes a job only once its page is in the file
             return self._inflight.get(seq)
 
-    def must_rewrite(self, seq: int) -> bool:
-        """True when block ``seq``'s last flush write failed (it is to be written again)."""
-        return seq in self._rewrite
-
-    def take_rewrites(self) -> set[int]:
-        """The blocks whose flush write failed since the last call."""
-        if not self._rewrite:
-            return set()
-        with self._cv:
-            failed, self._rewrite = self._rewrite, set()
-        return failed
-
-    def take_error(self) -> OSError | None:
-        """The first error of a flush write or sync since the last call."""
-        with self._cv:
-            exc, self._error = self._error, None
-        return exc
+    @property
+    def retrying(self) -> int:
+        """Pages whose write failed, kept to be written again."""
+        return len(self._retry)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every page and sync handed over is done (False on timeout)."""
@@ -217,23 +212,29 @@ class PageWriter:
     # ---- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """Perform the jobs in order, merging consecutive pages."""
+        """Perform the jobs in order, merging consecutive pages; retry failed ones when idle."""
         cv = self._cv
         # page-aligned, as O_DIRECT wants (freed with the thread: slices may outlive a write)
         view = memoryview(mmap.mmap(-1, RUN_PAGES * BLOCK_SIZE))
         while True:
             with cv:
                 while not self._jobs and not self._stopping:
-                    cv.wait()
-                if self._discard or not self._jobs:
+                    if not (self._retry or self._sync_due):
+                        cv.wait()
+                    elif not cv.wait(RETRY_INTERVAL):
+                        break  # time to try the failed writes again
+                if self._discard:
                     self._jobs.clear()
                     self._inflight.clear()
                     self._queued = 0
                     cv.notify_all()
                     return
-                batch = [self._jobs.popleft()]
+                batch: list[Job] = []
+                if self._jobs:
+                    batch.append(self._jobs.popleft())
                 while (
-                    batch[0].seq >= 0
+                    batch
+                    and batch[0].seq >= 0
                     and len(batch) < RUN_PAGES
                     and self._jobs
                     and self._jobs[0].seq >= 0
@@ -242,7 +243,9 @@ class PageWriter:
                     batch.append(self._jobs.popleft())
                 self._busy = True
             try:
-                if batch[0].seq < 0:
+                if not batch:
+                    self._retry_failed(view)
+                elif batch[0].seq < 0:
                     self._sync()
                 else:
                     self._write_run(batch, view)
@@ -252,34 +255,83 @@ class PageWriter:
                 for job in batch:
                     if job.seq >= 0:
                         self._queued -= 1
-                        if self._inflight.get(job.seq) is job:
+                        kept = self._retry.get(job.position) is job
+                        if self._inflight.get(job.seq) is job and not kept:
                             del self._inflight[job.seq]
                 self._busy = False
                 cv.notify_all()
+                if self._stopping and not self._jobs and not batch:
+                    return  # the last retry was made
 
     def _write_run(self, batch: list[Job], view: memoryview) -> None:
         for i, job in enumerate(batch):
             view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = job.page
         try:
             self.write_page(batch[0].position, view[: len(batch) * BLOCK_SIZE])
-            return
         except OSError as exc:
             if len(batch) == 1:
                 self._failed(batch[0], exc)
                 return
-        for i, job in enumerate(batch):  # find the pages that cannot be written
-            try:
-                self.write_page(job.position, view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
-            except OSError as exc:
-                self._failed(job, exc)
+            for i, job in enumerate(batch):  # find the pages that cannot be written
+                try:
+                    self.write_page(job.position, view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+                except OSError as exc:
+                    self._failed(job, exc)
+                else:
+                    self._written(job)
+            return
+        for job in batch:
+            self._written(job)
+
+    def _written(self, job: Job) -> None:
+        """`job`'s page is in the file: an older failed page for its position is obsolete."""
+        if self._retry:
+            self._keep(job.position, None)
+        self._check_recovered()
 
     def _failed(self, job: Job, exc: OSError) -> None:
         self.stats.errors += 1
-        log.error("ring log %s: block write failed, %d bytes lost: %s", self.path, job.used, exc)
-        if job.flush:
-            with self._cv:
-                self._error = self._error or exc
-                self._rewrite.add(job.seq)
+        self.health.failed(exc, f"writing block {job.seq} ({job.used} bytes)")
+        self._keep(job.position, job)
+
+    def _keep(self, position: int, job: Job | None) -> None:
+        """Keep `job` (None: nothing) as the page to write again at `position`; beyond
+        RETRY_PAGES the oldest kept page is dropped (lost from disk and from reads)."""
+        with self._cv:
+            old = self._retry.pop(position, None)
+            if old is not None and old is not job and self._inflight.get(old.seq) is old:
+                del self._inflight[old.seq]
+            if job is None:
+                return
+            self._retry[position] = job
+            self._inflight.setdefault(job.seq, job)
+            if len(self._retry) > RETRY_PAGES:
+                oldest = min(self._retry.values(), key=lambda j: j.seq)
+                del self._retry[oldest.position]
+                if self._inflight.get(oldest.seq) is oldest:
+                    del self._inflight[oldest.seq]
+                self.stats.lost_pages += 1
+
+    def _retry_failed(self, view: memoryview) -> None:
+        """Write the kept pages again, oldest first, stopping at the first that fails; then a
+        failed sync."""
+        for job in sorted(self._retry.values(), key=lambda j: j.seq):
+            view[:BLOCK_SIZE] = job.page
+            try:
+                self.write_page(job.position, view[:BLOCK_SIZE])
+            except OSError as exc:
+                self.stats.errors += 1
+                self.health.failed(exc, f"writing block {job.seq} again")
+                return
+            self.stats.retried += 1
+            self._keep(job.position, None)
+        if self._sync_due:
+            self._sync()
+        self._check_recovered()
+
+    def _check_recovered(self) -> None:
+        if not self._retry and not self._sync_due:
+            self.health.recovered()
 
     def _sync(self) -> None:
         try:
@@ -289,11 +341,12 @@ class PageWriter:
                 self.stats.sync_times.observe(time.monotonic() - started)
         except OSError as exc:
             self.stats.errors += 1
-            log.error("ring log %s: fdatasync failed: %s", self.path, exc)
-            with self._cv:
-                self._error = self._error or exc
+            self.health.failed(exc, "fdatasync")
+            self._sync_due = True
             return
         self.stats.syncs += 1
+        self._sync_due = False
+        self._check_recovered()
 
     def write_page(self, position: int, page: bytes | memoryview) -> None:
         """Write whole pages at a page-aligned position (on the writer thread)."""

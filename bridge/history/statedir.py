@@ -12,6 +12,8 @@ grow, truncate or chmod some other file. So:
   in the place of a state file is an error (ELOOP), never followed.
 - `replace_private(path, data)`: write a fresh temporary (random name, O_EXCL + O_NOFOLLOW, 0600),
   fsync it and rename it over `path` (a rename replaces a symlink, it never writes through one).
+  A failure (EIO, a full or read-only disk) leaves `path` as it was and no temporary behind; the
+  OSError names `path`.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def replace_private(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # name the file it was about, not the temporary
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -100,6 +100,9 @@ def run_user(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"serial-bridge: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a disk fault: the file is left as it was (statedir)
+        print(f"serial-bridge: could not save {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -203,6 +206,9 @@ def run_token(args: argparse.Namespace) -> int:
             print(f"revoked token {token.name} ({token.id}) of {token.user}")
     except StoreError as exc:
         print(f"serial-bridge: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a disk fault: the file is left as it was (statedir)
+        print(f"serial-bridge: could not save {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
 

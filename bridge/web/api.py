@@ -142,8 +142,25 @@ def port_summary(port: Port) -> dict[str, Any]:
 async def list_ports(request: web.Request) -> web.Response:
     identity = authorise(request, Permission.READ)
     ports = request.app[STATE].ports
+    admin = allowed(identity, Permission.ADMIN)
+    listed = []
+    for name, port in sorted(ports.items()):
+        if identity.may_see_port(name):
+            listed.append(summary := port_summary(port))
+            if admin and port.ringlog is not None:  # a disk fault names paths: admins only
+                summary["log"] = port.ringlog.health.status()
+    return web.json_response(listed)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Admins: whether every store under state_dir can be written (bridge.history.health)."""
+    authorise(request, Permission.ADMIN)
+    stores = request.app[STATE].storage()
     return web.json_response(
-        [port_summary(p) for name, p in sorted(ports.items()) if identity.may_see_port(name)]
+        {
+            "ok": all(h.ok for h in stores.values()),
+            "storage": {name: h.status() for name, h in stores.items()},
+        }
     )
 
 
@@ -255,3 +272,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/ports/{name}/reset", reset)
     app.router.add_post("/api/ports/{name}/power", power)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/health", health)

@@ -26,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from bridge.access.gate import AUTH_METHODS, AUTH_RESULTS, Gate
 from bridge.access.policy import Permission
 from bridge.console.port import Port
+from bridge.history.health import WriteHealth
 from bridge.history.shipping import Sink
 from bridge.web.authn import authorise
 from bridge.web.state import STATE
@@ -136,6 +137,30 @@ class AuditCollector:
         yield from (sent, dropped)
 
 
+class StorageCollector:
+    """Write health of the stores under state_dir (bridge.history.health): ring logs, audit,
+    users/tokens files."""
+
+    def __init__(self, stores: dict[str, WriteHealth]) -> None:
+        self.stores = stores
+
+    def collect(self) -> Iterator[Metric]:
+        ok = GaugeMetricFamily(
+            f"{PREFIX}_storage_ok",
+            "1 while writes of the store work; 0 during a disk fault (log:PORT, audit, users)",
+            labels=["store"],
+        )
+        failures = CounterMetricFamily(
+            f"{PREFIX}_storage_write_failures",
+            "Writes (and syncs, renames) of the store that failed",
+            labels=["store"],
+        )
+        for name, health in self.stores.items():
+            ok.add_metric([name], int(health.ok))
+            failures.add_metric([name], health.failures)
+        yield from (ok, failures)
+
+
 class AuthCollector:
     """Authentications by method and result, as the gate counted them (every door's)."""
 
@@ -162,6 +187,8 @@ async def metrics(request: web.Request) -> web.Response:
     registry = CollectorRegistry(auto_describe=False)
     visible = [p for name, p in sorted(state.ports.items()) if identity.may_see_port(name)]
     registry.register(PortCollector(visible))
+    stores = state.storage(bridge=identity.ports is None)
+    registry.register(StorageCollector({k: v for k, v in stores.items() if _visible(k, visible)}))
     if identity.ports is None:
         registry.register(AuthCollector(state.gate))
         registry.register(AuditCollector(state.audit_sinks))
@@ -169,6 +196,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
+
+
+def _visible(store: str, ports: list[Port]) -> bool:
+    """A port's ring log only to who may see the port; the other stores were filtered above."""
+    return not store.startswith("log:") or any(store == f"log:{p.name}" for p in ports)
 
 
 def add_routes(app: web.Application) -> None:

@@ -20,6 +20,7 @@ from bridge.access.store import UserStore
 from bridge.config import Config
 from bridge.console.port import Port, PortError
 from bridge.history.audit import Auditor, NullAudit
+from bridge.history.health import WriteHealth
 from bridge.history.shipping import Sink
 
 
@@ -37,6 +38,20 @@ class AppState:
     fingerprint: str = ""
     audit_sinks: tuple[Sink, ...] = ()  # where audit copies go (metrics count them)
     started: float = field(default_factory=time.time)
+
+    def storage(self, ports: bool = True, bridge: bool = True) -> dict[str, WriteHealth]:
+        """The write health of the stores under state_dir (bridge.history.health) by name:
+        `log:PORT` for each ring log (`ports`), `audit` and `users` (`bridge`)."""
+        found: dict[str, WriteHealth] = {}
+        audit = getattr(self.audit, "health", None)
+        if bridge:
+            found["users"] = self.users.health
+            if isinstance(audit, WriteHealth):
+                found["audit"] = audit
+        for name, port in sorted(self.ports.items()) if ports else ():
+            if port.ringlog is not None:
+                found[f"log:{name}"] = port.ringlog.health
+        return found
 
     def allowed_hosts(self) -> set[str]:
         """Host names/addresses (lower case, no port) this bridge answers to."""
