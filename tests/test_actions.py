@@ -67,6 +67,9 @@ class RecordingTransport:
         await asyncio.sleep(duration)
         self.recorder.note(Event(time.monotonic(), "break-end"))
 
+    def break_unsupported(self) -> str | None:
+        return None
+
     async def close(self) -> None:
         self.sink = None
 

@@ -15,7 +15,7 @@ import time
 from asyncio.subprocess import Process
 from pathlib import Path
 
-from tests.conftest import Bridge, PtyDevice
+from tests.conftest import Bridge, BridgeFactory, PtyDevice, wait_for
 
 CLI = [sys.executable, "-m", "bridge"]
 
@@ -363,8 +363,11 @@ async def cli(*args: str, env: dict[str, str], stdin: bytes = b"") -> tuple[int,
 
 
 async def test_without_a_terminal_a_first_seen_bridge_needs_a_pin_or_explicit_trust(
-    bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
+    bridge_factory: BridgeFactory, tmp_path: Path
 ) -> None:
+    bridge = await bridge_factory(ports={"lab": {"device": "virtual:shell"}})  # takes a BREAK
+    port = bridge.daemon.state.ports["lab"]
+    await wait_for(lambda: port.online)
     env = {"SERIAL_BRIDGE_TOKEN": bridge.tokens["operator"], "XDG_CONFIG_HOME": str(tmp_path)}
     url = f"{bridge.base}/lab"
     code, out, err = await cli("sysrq", url, "h", env=env)
@@ -372,7 +375,7 @@ async def test_without_a_terminal_a_first_seen_bridge_needs_a_pin_or_explicit_tr
     assert b"no terminal to ask" in err
     assert f"--fingerprint {bridge.daemon.fingerprint}".encode() in err
     assert not (tmp_path / "serial-bridge" / "known_hosts").exists()
-    assert pty_device.drain_input() == b""  # nothing reached the target
+    assert port.transport.events == []  # nothing reached the target
 
     code, out, err = await cli("sysrq", url, "h", "--trust-on-first-use", env=env)
     assert code == 0, err
@@ -380,7 +383,7 @@ async def test_without_a_terminal_a_first_seen_bridge_needs_a_pin_or_explicit_tr
         rb"lab: SysRq h sent \(BREAK 250 ms \+ key\) by operator at [\d:]{8}\n", out
     )
     assert b"--trust-on-first-use" in err
-    await pty_device.read_until(lambda b: b"h" in b)
+    assert ("sysrq", "h") in port.transport.events
     # remembered: the next run needs neither, and prints JSON when asked
     code, out, err = await cli("sysrq", url, "h", "--json", env=env)
     assert code == 0, err

@@ -50,6 +50,9 @@ class Sink:
 
     async def send_break(self, duration: float) -> None: ...
 
+    def break_unsupported(self) -> str | None:
+        return None
+
     async def close(self) -> None: ...
 
 

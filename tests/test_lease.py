@@ -37,6 +37,9 @@ class LineRecorder:
         await asyncio.sleep(duration)
         self.line.append(("break-end", b""))
 
+    def break_unsupported(self) -> str | None:
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -258,10 +258,19 @@ class Actions:
 
     # ---- BREAK and SysRq --------------------------------------------------------------------
 
-    async def _break_then(self, key: bytes) -> None:
-        name, transport = self._target.name, self._target.transport
+    def _breakable(self) -> ConsoleTransport:
+        """The transport, if it can send a BREAK: PortOffline, or UnsupportedAction saying why
+        not (a pseudo-terminal), before anything reaches the line."""
+        transport = self._target.transport
         if transport is None:
-            raise PortOffline(f"port {name} is offline")
+            raise PortOffline(f"port {self._target.name} is offline")
+        reason = transport.break_unsupported()
+        if reason:
+            raise UnsupportedAction(f"port {self._target.name}: {reason}")
+        return transport
+
+    async def _break_then(self, key: bytes) -> None:
+        name, transport = self._target.name, self._breakable()
         async with self._step:
             self._quiet.clear()
             window = self._window_until  # a BREAK without its key leaves the window open
@@ -282,6 +291,7 @@ class Actions:
 
     async def send_break(self, user: str) -> ActionResult:
         with self._counted("break"):
+            self._breakable()
             async with self._exclusive(Running("break", user)):
                 await self._break_then(b"")
         result = {"action": "break", "duration_ms": round(self._target.cfg.break_duration * 1000)}
@@ -312,6 +322,7 @@ class Actions:
         cancelled, pre-empted or when `valid()` turns false (ActionCancelled)."""
         keys, interval = self.check_sysrq(keys, interval)
         with self._counted("sysrq"):
+            self._breakable()  # refused as a whole, not after a first key sent as plain text
             await self._sequence(Running("sysrq", user, keys), interval, valid)
         return self._done(
             {

@@ -67,7 +67,13 @@ class ConsoleTransport(Protocol):
 
     async def send_break(self, duration: float) -> None:
         """Hold the line in the break condition for `duration` seconds (or the transport's
-        equivalent: telnet IAC BRK, QMP chardev-send-break)."""
+        equivalent: telnet IAC BRK, QMP chardev-send-break). Raises UnsupportedAction when the
+        device turns out not to carry one (its driver refuses the request)."""
+
+    def break_unsupported(self) -> str | None:
+        """None when this open transport can send a BREAK; else why it cannot, in words for the
+        user ("... is a pseudo-terminal, which cannot carry a BREAK"). The hub asks before every
+        BREAK and SysRq, so they are refused instead of reaching the target as plain keys."""
 
     async def configure(
         self, settings: LineSettings | None = None, dtr: bool | None = None, rts: bool | None = None

@@ -235,6 +235,9 @@ class TelnetTransport:
         await self.drain()
         await asyncio.sleep(duration)
 
+    def break_unsupported(self) -> str | None:
+        return None  # IAC BRK: the server (ser2net, QEMU) turns it into a BREAK
+
     async def configure(
         self, settings: LineSettings | None = None, dtr: bool | None = None, rts: bool | None = None
     ) -> None:

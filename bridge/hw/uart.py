@@ -14,6 +14,12 @@ tty buffer is full, so a 1 MiB paste reaches the target complete and in order wi
 loop. BREAK is the break condition held for a duration we time ourselves (pyserial's
 `send_break(duration)` ignores the duration on Linux).
 
+Which devices cannot carry a BREAK (`break_unsupported`): a pseudo-terminal (a pty has no line to
+hold in the break condition: the kernel accepts the request and nothing happens, so a SysRq key
+would reach the target as a plain character), pyserial's `socket://` and `loop://` (pyserial
+ignores it), and an adapter whose driver refuses the request (newer kernels report an error where
+older ones silently did nothing; see firmware-notes/sysrq-nmi.md).
+
 Line errors: `line_errors()` reads the driver's interrupt counters (TIOCGICOUNT: overruns, framing
 and parity errors, BREAKs received, buffer overruns) where the driver keeps them (8250, most USB
 adapters' drivers); a pty or a pyserial URL has none.
@@ -103,6 +109,28 @@ class LinePacer:
         return max(0.0, (min(n, self.burst) - self.tokens) / self.rate)
 
 
+PTY_MAJORS = range(136, 144)  # Unix98 pty slaves (/dev/pts/N)
+NO_BREAK_URLS = ("socket://", "loop://")  # pyserial URLs that ignore the break condition
+NO_BREAK_ERRNOS = {errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
+
+
+def is_pty(fd: int) -> bool:
+    """True when `fd` is a pseudo-terminal (it cannot carry a BREAK)."""
+    return os.major(os.fstat(fd).st_rdev) in PTY_MAJORS
+
+
+def break_problem(device: str, fd: int) -> str | None:
+    """Why a device opened as `fd` (-1: a pyserial URL) cannot carry a BREAK, or None."""
+    if fd >= 0 and is_pty(fd):
+        return (
+            f"{device} is a pseudo-terminal, which cannot carry a BREAK (so no SysRq either): "
+            "use a serial adapter or a telnet console"
+        )
+    if device.startswith(NO_BREAK_URLS):
+        return f"{device.split('://')[0]}:// connections carry no BREAK"
+    return None
+
+
 class UartTransport:
     """A serial device opened exclusively with the port's baud, framing and flow control."""
 
@@ -118,6 +146,7 @@ class UartTransport:
         self._url_reader: asyncio.Task[None] | None = None
         self._closed = False
         self._gathered: bytearray | None = None
+        self._no_break: str | None = None
 
     def _make_serial(self) -> Any:
         cfg = self.cfg
@@ -148,6 +177,10 @@ class UartTransport:
             loop.add_reader(fd, self._on_readable)
         else:
             self._url_reader = asyncio.create_task(self._read_url())
+        self._no_break = break_problem(self.cfg.device, self._fd)
+
+    def break_unsupported(self) -> str | None:
+        return self._no_break
 
     def _read(self, ready: bool) -> bytes | None:
         """One non-blocking read: data, or None (nothing now, or the device is gone). A tty with
@@ -279,7 +312,13 @@ class UartTransport:
             raise DeviceUnavailable(f"{self.cfg.device}: not open")
         async with self._write_lock:
             try:
-                self._serial.break_condition = True
+                try:
+                    self._serial.break_condition = True
+                except OSError as exc:
+                    if exc.errno not in NO_BREAK_ERRNOS:
+                        raise
+                    self._no_break = f"{self.cfg.device}: its driver cannot send a BREAK ({exc})"
+                    raise UnsupportedAction(self._no_break) from exc
                 await asyncio.sleep(duration)
             finally:
                 with contextlib.suppress(OSError, serial.SerialException):

@@ -151,6 +151,9 @@ class VirtualShellTransport:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
+    def break_unsupported(self) -> str | None:
+        return None  # the demo shell takes a BREAK + key as SysRq, as a kernel would
+
     async def configure(
         self, settings: LineSettings | None = None, dtr: bool | None = None, rts: bool | None = None
     ) -> None:

@@ -11,8 +11,9 @@ Checks, each printed as one `PASS` / `FAIL` / `SKIP` line; exit status 0 only if
 - BREAK: the line is held in the break condition for 250 ms; the receive side must report it.
   With IGNBRK and BRKINT off and PARMRK on (set for this check only), Linux delivers a received
   break as the three bytes FF 00 00, which no data byte can produce (a data FF arrives doubled
-  as FF FF). Drivers that do not report breaks (and every pseudo-terminal) fail this check; the
-  bridge can still send breaks through them, but this test cannot prove it.
+  as FF FF). Drivers that do not report received breaks fail this check although the bridge may
+  still send breaks through them; a pseudo-terminal cannot carry a break at all (the bridge
+  refuses BREAK and SysRq on one: `bridge.hw.uart.break_problem`).
 - lines (`--lines`): each configured output line of the config's ports is driven active a few
   times, slowly, for a meter or an LED on the optocoupler output; power_sense is read.
 """
@@ -35,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import ConfigError, LineConfig, LinesConfig, load_config
+from bridge.hw.uart import is_pty
 from bridge.service.cli import add_config_arg, config_path
 
 BAUD_RATES = (9600, 115200, 921600)
 OPTIONAL_BAUD_RATES = (3000000,)
 BREAK_SECONDS = 0.25
-_PTY_MAJORS = range(136, 144)  # Unix98 pty slaves (/dev/pts/N)
 _HEADER_PIN = {  # BCM GPIO -> physical pin of the Pi's 40-pin header
     0: 27, 1: 28, 2: 3, 3: 5, 4: 7, 5: 29, 6: 31, 7: 26, 8: 24, 9: 21, 10: 19, 11: 23, 12: 32,
     13: 33, 14: 8, 15: 10, 16: 36, 17: 11, 18: 12, 19: 35, 20: 38, 21: 40, 22: 15, 23: 16,
@@ -128,10 +129,6 @@ def classify_break(data: bytes) -> tuple[str, str]:
     return "FAIL", "nothing arrived: the receive side did not report the break"
 
 
-def _is_pty(fd: int) -> bool:
-    return os.major(os.fstat(fd).st_rdev) in _PTY_MAJORS
-
-
 @contextlib.contextmanager
 def _break_reporting(fd: int) -> Iterator[None]:
     """Breaks delivered as FF 00 00 while inside; the previous termios settings restored after."""
@@ -198,7 +195,7 @@ def break_check(ser: Any, report: Report) -> None:
             ser.break_condition = False
         data = _read_for(ser, 4096, 0.5)
     status, detail = classify_break(data)
-    if status == "FAIL" and _is_pty(fd):
+    if status == "FAIL" and is_pty(fd):
         detail += " (this is a pseudo-terminal: a pty never carries a break)"
     report.result(status, check, detail)
 
