@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,11 @@ def askpass(tmp_path: Path, password: str, code: str = "") -> dict[str, str]:
     }
 
 
+def _controlling_terminal() -> None:
+    """In the child, after setsid: its standard input (the pty) becomes its /dev/tty."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class SshTerminal:
     """`ssh -tt` in a pseudo-terminal: the test is the user at the keyboard and the screen."""
 
@@ -178,6 +185,7 @@ class SshTerminal:
             stderr=self.slave,
             env={**os.environ, "TERM": "xterm", **(env or {})},
             start_new_session=True,
+            preexec_fn=_controlling_terminal,  # ssh asks for passwords on /dev/tty
         )
 
     def _read(self) -> bool:

@@ -199,7 +199,8 @@ def test_two_ports_on_one_device_are_refused_also_through_a_link(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    "doc", ["README.md", "docs/config.md", "docs/install-pi.md", "hw/control-lines.md"]
+    "doc",
+    ["README.md", "docs/config.md", "docs/install-pi.md", "docs/ssh.md", "hw/control-lines.md"],
 )
 def test_the_example_configs_in_the_documents_are_valid(doc: str) -> None:
     """Every ```toml block of the user docs is a whole config that check-config accepts."""

@@ -79,6 +79,8 @@ def demo_config(
         "log": {"size": "4MiB", "flush_interval": "5s"},
         "gpio": {"pin_factory": "mock"},
         "audit": {"journal": False},  # a throwaway bridge: nothing in the system's journal
+        # the SSH door on a free port; the one-time password works there too
+        "ssh": {"listen": ["127.0.0.1:0"], "password_auth": True},
         "ports": {DEMO_PORT: {"device": device, "description": description, "lines": lines}},
     }
     return parse_config(data, "<demo>")
@@ -103,6 +105,20 @@ async def _start_guest(stack: contextlib.AsyncExitStack, state_dir: Path) -> Any
         print(f"serial-bridge demo --qemu: {exc}", file=sys.stderr)
         return None
     return guest
+
+
+def _ssh_line(daemon: Any, state_dir: Path) -> tuple[str, str]:
+    """The `ssh` command to paste, with a known_hosts file in the demo's state that already
+    holds its (new, throwaway) host key: no prompt, no stale entry left in ~/.ssh."""
+    from bridge.ssh.hostkey import host_key_paths
+
+    host, port = daemon.ssh.addresses[0]
+    known = state_dir / "ssh" / "known_hosts"
+    kind, key = host_key_paths(state_dir)[1].read_text().split()[:2]
+    known.write_text(f"[{host}]:{port} {kind} {key}\n")
+    known_opt = shlex.quote(f"UserKnownHostsFile={known}")
+    line = f"ssh -p {port} -o {known_opt} admin:{DEMO_PORT}@{host}"
+    return line, daemon.ssh.fingerprint
 
 
 async def _wait_online(daemon: Any, name: str, within: float) -> bool:
@@ -155,6 +171,7 @@ async def run_demo_async(args: argparse.Namespace) -> int:
                     return 1
             target = f"{url}/{DEMO_PORT}"
             fp = daemon.fingerprint
+            ssh_line, ssh_fp = _ssh_line(daemon, state_dir)
             cmd = cli_command()
             extra = ""
             if guest is not None:
@@ -172,6 +189,8 @@ async def run_demo_async(args: argparse.Namespace) -> int:
                 f"  password:     {password}   (one-time, for this run only)\n"
                 f"  fingerprint:  {fp}\n\n"
                 f"  terminal:     {cmd} connect {target} --user admin --fingerprint {fp}\n"
+                f"  ssh:          {ssh_line}\n"
+                f"                (the same password; host key {ssh_fp})\n"
                 f"{extra}\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
