@@ -38,11 +38,13 @@ from typing import Any, Protocol
 from bridge.config import PortConfig
 from bridge.console.errors import (
     ActionBusy,
+    ActionCancelled,
     LinesFailed,
     NotAllowed,
-    PortDisabled,
     PortError,
     PortOffline,
+    SysrqDenied,
+    result_of,
 )
 from bridge.console.sysrq import SYSRQ_KEYS, validate_keys
 from bridge.hw.interfaces import ActionResult, ConsoleTransport, ControlLines, UnsupportedAction
@@ -55,30 +57,10 @@ SYSRQ_WINDOW = 5.0  # Linux serial_core: a character within 5 s of a BREAK is a 
 CHECK_EVERY = 0.5  # how often a waiting sequence asks whether its credential still holds
 CREDENTIAL_ENDED = "stopped because its credential ended"
 
+__all__ = ["ActionCancelled", "Actions", "SysrqDenied", "outcome"]  # what front doors take
+
 Marker = Callable[[str, dict[str, Any]], None]
 Validity = Callable[[], bool]
-
-
-class ActionCancelled(PortError):
-    """A SysRq sequence stopped before its end: cancelled, pre-empted, or its credential ended."""
-
-    status = 409
-
-    def __init__(self, message: str, sent: str) -> None:
-        super().__init__(message)
-        self.sent = sent  # the keys that did reach the target
-
-
-class SysrqDenied(PortError):
-    """A keystroke that the kernel would take as a SysRq key in `sysrq_deny`."""
-
-    status = 403
-
-
-def result_of(exc: Exception) -> str:
-    """How an action that raised `exc` is counted (metrics): busy, cancelled, offline, disabled,
-    unsupported, failed or error."""
-    return next((r for cls, r in RESULTS.items() if isinstance(exc, cls)), "error")
 
 
 def outcome(failure: BaseException | None) -> dict[str, str]:
@@ -95,16 +77,6 @@ def outcome(failure: BaseException | None) -> dict[str, str]:
     if isinstance(failure, asyncio.CancelledError):
         return {"result": "interrupted"}
     return {"result": f"failed: {type(failure).__name__}"}
-
-
-RESULTS: dict[type[Exception], str] = {
-    ActionBusy: "busy",
-    ActionCancelled: "cancelled",
-    PortOffline: "offline",
-    PortDisabled: "disabled",
-    UnsupportedAction: "unsupported",
-    LinesFailed: "failed",
-}
 
 
 class ActionTarget(Protocol):
