@@ -8,6 +8,8 @@ grow, truncate or chmod some other file. So:
   directory (only the top `state_dir` may be reached through a symlink), owned by this user or by
   root; group and other bits are removed from one this user owns (logged), and one that another
   user owns and others may write is refused (`UnsafeStateDir`, an OSError naming the fix).
+- `check_writable(path)`: refuse a state directory the daemon cannot write (a read-only card)
+  up front, with one error naming it, rather than at whichever file it happens to write first.
 - `open_private(path, flags)`: `os.open` with O_NOFOLLOW and O_CLOEXEC, new files 0600: a symlink
   in the place of a state file is an error (ELOOP), never followed.
 - `replace_private(path, data)`: write a fresh temporary (random name, O_EXCL + O_NOFOLLOW, 0600),
@@ -55,6 +57,17 @@ def private_dir(path: Path, top: bool = False) -> None:
             f"owned by uid {st.st_uid} (mode {mode:04o}), who could redirect this user's "
             f"(uid {me}) files: run as that user (sudo -u), or chown it to uid {me}, mode 0700",
         )
+
+
+def check_writable(path: Path) -> None:
+    """Raise OSError naming `path` unless a file can be created in it (a read-only card)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.")
+    except OSError as exc:
+        why = f"{exc.strerror} (the bridge writes its console logs, audit trail and TLS key there)"
+        raise OSError(exc.errno, why, str(path)) from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def open_private(path: Path, flags: int) -> int:

@@ -31,7 +31,7 @@ from bridge.console.port import Port
 from bridge.history.audit import AuditLog
 from bridge.history.ringlog import RingLog
 from bridge.history.shipping import sinks_for
-from bridge.history.statedir import private_dir
+from bridge.history.statedir import check_writable, private_dir
 from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
 from bridge.hw.lines import LineSetupError
@@ -78,8 +78,10 @@ class AccessLog(AbstractAccessLogger):
 
 
 def prepare_state_dir(state_dir: Path) -> None:
-    """state_dir and its logs/ made private (0700, ours), or refused (bridge.history.statedir)."""
+    """state_dir and its logs/ made private (0700, ours) and writable, or refused
+    (bridge.history.statedir)."""
     private_dir(state_dir, top=True)
+    check_writable(state_dir)
     private_dir(state_dir / "logs")
 
 
