@@ -4,7 +4,6 @@ does; and start-up on a read-only state directory."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
