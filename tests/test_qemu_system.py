@@ -7,7 +7,8 @@ command, SysRq `h` (websocket) and `t` (HTTP) and `h` again (CLI), NMI, reset an
 SysRq `o` (power off) and power on (a third boot), the lab tools (tests/qemu_lab.py: pyserial's
 rfc2217:// client, the example lab test under the pytest plugin with a fourth boot, the pexpect
 console across a dropped link), and then the same story in the port's
-history (`/log` as text and as jsonl with event markers).
+history (`/log` as text and as jsonl with event markers). Plain OpenSSH is one of the users: through
+the SSH door, `~B` then `h` is a SysRq.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pytest
 from tests.conftest import Bridge, BridgeFactory, WsReader
 from tests.qemu_guest import BOOT_MARKER, PROMPT, QemuGuest, require_qemu
 from tests.qemu_lab import example_test_step, lab_env, resume_step, rfc2217_step
+from tests.ssh_helpers import keygen, require_openssh, ssh_target, user_keys
 from tests.tmux import TmuxPane, require_tmux
 
 BOOT_TIMEOUT = 30.0
@@ -106,6 +108,7 @@ async def test_real_kernel_through_the_bridge(
             }
         },
         log={"enabled": True, "size": "1MiB", "flush_interval": "1s"},
+        ssh={"listen": ["127.0.0.1:0"]},
     )
     timings: dict[str, float] = {}
     async with (
@@ -184,6 +187,15 @@ async def test_real_kernel_through_the_bridge(
         at = await connect_in_a_terminal(bridge, env, screen, at, tmp_path / "tmux")
         await ws.send_str(json.dumps({"type": "takeover"}))  # connect took the lease
         await reader.message("status", event="takeover")
+
+        # Plain OpenSSH through the SSH door: take the lease at the escape prompt, Enter, then
+        # ~B (an RFC 4335 break request) and h: the kernel takes the h as SysRq.
+        sent = time.monotonic()
+        at = await ssh_in_a_terminal(bridge, screen, at, tmp_path / "ssh")
+        timings["ssh ~B h -> HELP"] = time.monotonic() - sent
+        seen = len(reader.messages)
+        await ws.send_str(json.dumps({"type": "takeover"}))  # the ssh session had the lease
+        await reader.until(lambda r: any(m.get("mode") == "rw" for m in r.messages[seen:]))
 
         # NMI through the HTTP API: the kernel reports an NMI nobody claimed.
         sent = time.monotonic()
@@ -273,6 +285,33 @@ async def test_real_kernel_through_the_bridge(
     assert raw_from + raw.index(b"NMI received") < reset_at
     assert raw_from + raw.rindex(b"Linux version") >= reset_at
     print("timings:", {k: f"{v * 1000:.0f} ms" for k, v in timings.items()})
+
+
+async def ssh_in_a_terminal(bridge: Bridge, screen: Screen, at: int, workdir: Path) -> int:
+    require_openssh()
+    workdir.mkdir()
+    key = keygen(workdir / "id_operator")
+    user_keys(bridge, {"operator": key})
+    door = await ssh_target(bridge, workdir)
+    term = await door.terminal(key, f"operator:{PORT}")
+    try:
+        seen = await term.until(b"read-only: operator is writing")  # the websocket's lease
+        term.type(b"\x1d" + b"takeover\r")  # Ctrl-]: the bridge's command prompt
+        seen = await term.until(b"[y/N] ", seen)
+        term.type(b"y\r")
+        seen = await term.until(b"you have the write lease", seen)
+        term.type(b"\r")
+        at = await screen.wait_for(PROMPT, at)
+        term.type(b"~B")  # after Enter, as every OpenSSH escape
+        term.type(b"h")
+        at = await screen.wait_for("sysrq: HELP", at)
+        await term.until(b"sysrq: HELP", seen)
+        term.type(b"\r~.")
+        await term.wait()
+    finally:
+        await term.close()
+    assert b"~B" not in bytes(screen.reader.data), "the escape reached the shell as text"
+    return at
 
 
 async def connect_in_a_terminal(

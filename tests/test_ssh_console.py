@@ -180,3 +180,24 @@ async def test_a_second_login_gets_the_same_bytes_as_a_websocket_client(
             await ws.close()
             await first.close()
             await second.close()
+
+
+async def test_a_takeover_between_two_sessions_of_one_user_is_told_to_both(
+    door: SshTarget, keys: dict[str, Path]
+) -> None:
+    first = await door.terminal(keys["operator"], "operator:lab")
+    await first.until(b"lab: read-write")
+    second = await door.terminal(keys["operator"], "operator:lab")
+    try:
+        at = await second.until(b"read-only: operator is writing")
+        second.type(ESC + b"takeover\r")
+        at = await second.until(b"[y/N] ", at)
+        second.type(b"y\r")
+        await second.until(b"you have the write lease", at)
+        await first.until(b"operator has the write lease; you are read-only")
+        for term in (first, second):
+            term.type(b"\r~.")
+            await term.wait()
+    finally:
+        await first.close()
+        await second.close()

@@ -61,6 +61,7 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
         self._task: asyncio.Task[None] | None = None
         self._quit = False
         self._writer: str | None = None
+        self._mode = "ro"
         self._told_read_only = False
 
     # ---- asyncssh callbacks ------------------------------------------------------------------
@@ -282,7 +283,7 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
             return 1
         self.port = port
         self.door.consoles.add(self)
-        self._writer = port.status()["writer"]
+        self._writer, self._mode = port.status()["writer"], port.mode_of(self.att)
         term.say(self._hello(port, may_write))
         while not self._quit:
             item = await term.read_chunk()
@@ -408,15 +409,24 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
             term.say(f"the port closed: {message.get('reason', '')}", held=True)
             self._quit = True
             term.feed_eof()
-        if writer != self._writer:
-            self._writer = writer
-            self._told_read_only = False
+        text = None
+        if mode != self._mode:  # this session's own lease changed (names may be the same)
             if mode == "rw":
                 text = "you have the write lease"
             elif writer:
                 text = f"{writer} has the write lease; you are read-only"
             elif event == "idle-release":
+                text = "your write lease expired (idle); you are read-only"
+            else:
+                text = "you released the write lease; you are read-only"
+        elif writer != self._writer:  # someone else's
+            if writer:
+                text = f"{writer} has the write lease"
+            elif event == "idle-release":
                 text = f"the write lease of {actor} expired (idle); nobody is writing"
             else:
                 text = f"{actor or 'the writer'} released the write lease; nobody is writing"
+        self._mode, self._writer = str(mode), writer
+        if text is not None:
+            self._told_read_only = False
             term.say(text, held=True)
