@@ -60,8 +60,10 @@ def test_user_key_add_list_del(config_file: Path, tmp_path: Path) -> None:
     gone = cli(config_file, "user", "key", "del", "alice", "alice@laptop")  # by comment
     assert gone.returncode == 0 and fp in gone.stdout
     assert cli(config_file, "user", "key", "list", "alice").stdout == ""
+    as_args = cli(config_file, "user", "key", "add", "alice", *line.split())  # the key itself
+    assert as_args.returncode == 0 and fp in as_args.stdout, as_args.stderr
     audit = (tmp_path / "state" / "audit" / "audit.jsonl").read_text()
-    assert audit.count('"user-key"') == 2 and "ssh-ed25519 AAAA" not in audit
+    assert audit.count('"user-key"') == 3 and "ssh-ed25519 AAAA" not in audit
 
 
 def test_key_lines_are_checked() -> None:

@@ -201,3 +201,61 @@ async def test_a_takeover_between_two_sessions_of_one_user_is_told_to_both(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_window_size_is_typed_only_on_request(
+    door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
+) -> None:
+    import fcntl
+    import signal
+    import struct
+    import termios
+
+    term = await door.terminal(keys["operator"], "operator:lab")
+
+    def resize(rows: int, cols: int) -> None:
+        fcntl.ioctl(term.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        assert term.proc is not None
+        term.proc.send_signal(signal.SIGWINCH)
+
+    try:
+        resize(30, 100)
+        at = await term.until(b"lab: read-write")
+        term.type(ESC + b"stty\r")
+        await pty_device.read_until(lambda b: b"stty rows 30 cols 100\r" in b)
+        resize(50, 132)  # a window-change request: remembered, nothing typed
+        term.type(ESC + b"who\r")
+        at = await term.until(b"operator", at)
+        term.type(ESC + b"stty\r")
+        got = await pty_device.read_until(lambda b: b"stty rows 50 cols 132\r" in b)
+        assert got.count(b"stty") == 1
+        term.type(b"\r~.")
+        await term.wait()
+    finally:
+        await term.close()
+
+
+async def test_sftp_and_scp_are_refused(
+    door: SshTarget, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    import asyncio
+
+    status, _out, err = await door.run(keys["admin"], "admin:lab", "sftp", extra=("-s",))
+    assert status != 0 and "subsystem request failed" in err
+    payload = tmp_path / "payload"
+    payload.write_text("not for the bridge\n")
+    ssh_args = door.args(keys["admin"])
+    assert ssh_args[3] == "-p"
+    opts = ssh_args[1:3] + ssh_args[5:]  # scp takes ssh's -F, -o and -i, and -P for the port
+    copied = tmp_path / "copied"
+    target = f"127.0.0.1:{copied}"  # the user name goes in -o User: scp splits at its colon
+    opts += ["-o", "User=admin:lab"]
+    # the SFTP protocol (scp's default), then the old scp protocol (an exec of `scp -t`)
+    for legacy, said in (([], b"subsystem request failed"), (["-O"], b"unknown command 'scp'")):
+        proc = await asyncio.create_subprocess_exec(
+            "scp", *legacy, "-P", str(door.port), *opts, str(payload), target,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _out, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode != 0 and said in err_bytes, (legacy, err_bytes)
+    assert not copied.exists()
