@@ -1,6 +1,7 @@
-"""`connect`'s screen filter (bridge.client.screen, on bridge.termseq): a hostile target's clipboard
-writes and type-back requests never reach the operator's terminal; what full-screen programs use
-does, unchanged; sequences split across reads are handled and held bytes are bounded."""
+"""`connect`'s screen filter (bridge.client.screen, on bridge.common.termseq): a hostile
+target's clipboard writes and type-back requests never reach the operator's terminal; what
+full-screen programs use does, unchanged; sequences split across reads are handled and held
+bytes are bounded."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.client.screen import ScreenFilter, csi_allowed, osc_allowed
-from bridge.termseq import Kind, Splitter
+from bridge.common.termseq import Kind, Splitter
 from tests.conftest import Bridge, PtyDevice
 from tests.test_cli import PtyScreen
 
@@ -133,7 +134,7 @@ FRAGMENTS = st.one_of(
 
 
 def dangerous(output: bytes) -> list[bytes]:
-    """What a terminal that parses like bridge.termseq would find unsafe in `output`."""
+    """What a terminal that parses like bridge.common.termseq would find unsafe in `output`."""
     splitter = Splitter(max_sequence=1 << 30)
     safe = {
         Kind.STRING: lambda piece: False,

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge import strictjson
 from bridge.access.store import UserStore
+from bridge.common import strictjson
 from bridge.config import ConfigError
 from bridge.console import actions
 from tests.conftest import Bridge, WsReader, make_config, wait_for

@@ -15,7 +15,7 @@ position, device attributes, mode and status reports), which line editors and fu
 programs ask. Dropped whole: DCS, APC, PM and SOS strings, every OSC not on the allow list, and
 the UTF-8 form of a C1 control (`C2 80`-`C2 9F`), which some terminals read as CSI, OSC or ST.
 
-It works on the stream as it arrives (bridge.termseq): a sequence split across reads is held
+It works on the stream as it arrives (bridge.common.termseq): a sequence split across reads is held
 until complete, at most `MAX_SEQUENCE` bytes; what is longer is dropped. Output with nothing to
 look at (no ESC, ENQ or C2 byte) passes through untouched.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from bridge.termseq import Kind, Splitter
+from bridge.common.termseq import Kind, Splitter
 
 MAX_SEQUENCE = 4096
 # ENQ (answer-back); C1 controls in UTF-8, and a C2 byte that does not start a valid character,

@@ -8,7 +8,7 @@ lone ``\\r``, the other C0 controls except ``\\n`` and ``\\t``, and DEL are show
 as harmless text such as ``\\x1b]0;title\\x07``.
 
 The readable mode (``strip=True``; ``format=text&strip=1``, ``serial-bridge log --strip``) drops
-instead of showing: escape sequences vanish whole (CSI, OSC, DCS, ... as bridge.termseq finds
+instead of showing: escape sequences vanish whole (CSI, OSC, DCS, ... as bridge.common.termseq finds
 them), and so do the controls the default mode shows as escapes, a lone ``\\r`` included — what
 is left is the text a person reads. It is just as safe for a terminal.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import codecs
 
-from bridge.termseq import Kind, Splitter
+from bridge.common.termseq import Kind, Splitter
 
 
 def _escape_table() -> dict[int, str]:

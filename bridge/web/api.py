@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import strictjson
 from bridge.access import totp
 from bridge.access.gate import Denied
 from bridge.access.policy import Permission, allowed
+from bridge.common import strictjson
 from bridge.config import parse_duration
 from bridge.console.actions import outcome
 from bridge.console.port import Port, PortError

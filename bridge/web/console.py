@@ -23,8 +23,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from bridge import strictjson
 from bridge.access.policy import Identity, Permission, allowed
+from bridge.common import strictjson
 from bridge.config import parse_duration
 from bridge.console.actions import outcome
 from bridge.console.fanout import Chunk
