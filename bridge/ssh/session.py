@@ -32,11 +32,12 @@ from bridge.console.errors import NotWriter
 from bridge.console.port import Attachment, Port, PortError
 from bridge.ssh import commands
 from bridge.ssh.context import Door, Login
+from bridge.ssh.menu import choose_port
+from bridge.ssh.notices import Notices
 from bridge.ssh.terminal import Break, Terminal
 
 log = logging.getLogger(__name__)
 CODE_TRIES = 3
-MENU_TRIES = 5
 
 
 def key_name(key: bytes) -> str:
@@ -60,8 +61,7 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
         self.att: Attachment | None = None
         self._task: asyncio.Task[None] | None = None
         self._quit = False
-        self._writer: str | None = None
-        self._mode = "ro"
+        self._notices: Notices | None = None  # set on attach
         self._told_read_only = False
 
     # ---- asyncssh callbacks ------------------------------------------------------------------
@@ -180,7 +180,7 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
             return await self._exec(term, identity, self.command)
         name = self.login.port
         if name is None:
-            name = await self._menu(term, identity)
+            name = await choose_port(term, self.door, identity)
             if name is None:
                 return 0
         try:
@@ -241,30 +241,6 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
         )
         return await commands.run(inv, command, term.error)
 
-    async def _menu(self, term: Terminal, identity: Identity) -> str | None:
-        ports = self.door.visible_ports(identity.ports)
-        if not ports:
-            term.error("there is no port you may use")
-            return None
-        lines = [f"ports for {identity.user}:"]
-        for i, port in enumerate(ports, 1):
-            writer = port.status()["writer"]
-            state = "online " if port.online else "offline"
-            who = f"writer: {writer}" if writer else "no writer"
-            lines.append(f"  {i:>2}  {port.name:<16} {state}  {who:<20} {port.cfg.description}")
-        term.show("\n".join(lines))
-        for _ in range(MENU_TRIES):
-            answer = await term.read_line("port (number or name, q to quit): ")
-            if not isinstance(answer, str) or answer.strip().lower() in ("q", "quit"):
-                return None
-            choice = answer.strip()
-            if choice.isdigit() and 1 <= int(choice) <= len(ports):
-                return ports[int(choice) - 1].name
-            if any(p.name == choice for p in ports):
-                return choice
-            term.show(f"no port {choice!r} here")
-        return None
-
     # ---- the console -------------------------------------------------------------------------
 
     async def _console(self, term: Terminal, identity: Identity, port: Port) -> int:
@@ -283,7 +259,7 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
             return 1
         self.port = port
         self.door.consoles.add(self)
-        self._writer, self._mode = port.status()["writer"], port.mode_of(self.att)
+        self._notices = Notices(port.mode_of(self.att), port.status()["writer"])
         term.say(self._hello(port, may_write))
         while not self._quit:
             item = await term.read_chunk()
@@ -304,7 +280,7 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
         elif not may_write:
             mode = f"read-only (your role is {self.identity.role})"
         else:
-            mode = f"read-only: {self._writer} is writing ({escape} takeover)"
+            mode = f"read-only: {self._writer()} is writing ({escape} takeover)"
         return f"{port.name}{state}: {mode}; {escape} opens the command prompt ({escape} help)"
 
     async def _keys(self, term: Terminal, data: bytes) -> None:
@@ -327,10 +303,14 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
         try:
             await self.port.write(self.att, data)
         except NotWriter:
-            who = f"{self._writer} is writing" if self._writer else "nobody is writing"
+            writer = self._writer()
+            who = f"{writer} is writing" if writer else "nobody is writing"
             self._tell_read_only(f"read-only: {who}; {escape} takeover to type")
         except PortError as exc:
             self.term.say(f"keystrokes refused: {exc}")
+
+    def _writer(self) -> str | None:
+        return self._notices.writer if self._notices is not None else None
 
     def _tell_read_only(self, text: str) -> None:
         if not self._told_read_only and self.term is not None:
@@ -387,46 +367,15 @@ class ConsoleChannel(asyncssh.SSHServerSession[bytes]):
         )
 
     def _status(self, message: dict[str, Any]) -> None:
-        """A hub message for this client -> a `[serial-bridge]` line, in order with output."""
+        """A hub message for this client -> `[serial-bridge]` lines, in order with output."""
         term = self.term
-        if term is None:
+        if term is None or self._notices is None:
             return
-        if message.get("type") == "error":
-            term.say(str(message.get("message", "")), held=True)
-            return
-        if message.get("type") != "status":
-            return
-        event, mode, writer = message.get("event"), message.get("mode"), message.get("writer")
-        actor = message.get("actor")
-        if event == "online":
-            term.say("the port is online", held=True)
-        elif event == "offline":
-            term.say(f"the port is offline ({message.get('reason', 'device gone')})", held=True)
-        elif event in ("line-settings", "line-restored"):
-            by = f" (by {actor})" if actor and event == "line-settings" else ""
-            term.say(f"line settings now {message.get('line')}{by}", held=True)
-        elif event == "closed":
-            term.say(f"the port closed: {message.get('reason', '')}", held=True)
+        notice = self._notices.read(message)
+        for line in notice.lines:
+            term.say(line, held=True)
+        if notice.lease_changed:
+            self._told_read_only = False
+        if notice.closed:
             self._quit = True
             term.feed_eof()
-        text = None
-        if mode != self._mode:  # this session's own lease changed (names may be the same)
-            if mode == "rw":
-                text = "you have the write lease"
-            elif writer:
-                text = f"{writer} has the write lease; you are read-only"
-            elif event == "idle-release":
-                text = "your write lease expired (idle); you are read-only"
-            else:
-                text = "you released the write lease; you are read-only"
-        elif writer != self._writer:  # someone else's
-            if writer:
-                text = f"{writer} has the write lease"
-            elif event == "idle-release":
-                text = f"the write lease of {actor} expired (idle); nobody is writing"
-            else:
-                text = f"{actor or 'the writer'} released the write lease; nobody is writing"
-        self._mode, self._writer = str(mode), writer
-        if text is not None:
-            self._told_read_only = False
-            term.say(text, held=True)
