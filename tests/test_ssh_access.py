@@ -151,3 +151,24 @@ async def test_an_ended_credential_closes_the_ssh_console(
         await term.close()
         await other.close()
     assert os.path.exists(door.known_hosts)
+
+
+async def test_a_reload_applies_ssh_settings_to_new_connections(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    """password_auth, CAs, escape, replay and limits apply to the next connection; the listener
+    and the login grace time (asyncssh options) after a restart, as the reload says."""
+    from dataclasses import replace
+
+    from tests.conftest import PASSWORDS
+    from tests.ssh_helpers import PASSWORD_ONLY, askpass
+
+    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path)
+    old = bridge.daemon.config
+    assert old.ssh is not None and old.ssh.password_auth is False
+    new_ssh = replace(old.ssh, password_auth=True, login_grace=10.0)
+    changes = await bridge.daemon.reload(replace(old, ssh=new_ssh))
+    assert changes == ["ssh.login_grace changed: takes effect after a restart"], changes
+    env = askpass(tmp_path, PASSWORDS["viewer"])
+    status, out, err = await door.run(None, "viewer:lab", "who", extra=PASSWORD_ONLY, env=env)
+    assert status == 0 and out.startswith("lab: online"), err

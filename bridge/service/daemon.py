@@ -239,10 +239,12 @@ class Daemon:
         for key in ("listen", "state_dir", "tls_cert", "tls_key", "client_ca", "advertise"):
             if getattr(old.server, key) != getattr(new.server, key):
                 changes.append(f"server.{key} changed: takes effect after a restart")
-        if (old.ssh is None) != (new.ssh is None) or (
-            old.ssh and new.ssh and old.ssh.listen != new.ssh.listen
-        ):
-            changes.append("[ssh] listener changed: takes effect after a restart")
+        if (old.ssh is None) != (new.ssh is None):
+            changes.append("[ssh] added or removed: takes effect after a restart")
+        elif old.ssh and new.ssh:  # the rest of [ssh] applies to the next connection
+            for key in ("listen", "login_grace"):
+                if getattr(old.ssh, key) != getattr(new.ssh, key):
+                    changes.append(f"ssh.{key} changed: takes effect after a restart")
         if old.oidc != new.oidc:  # signed-in sessions keep what they were granted
             if state.gate.oidc is not None:
                 await state.gate.oidc.close()
