@@ -56,6 +56,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("port-enabled", {"port": "lab1", "by": "config-reload"}),
     ("unclean-stop", {"port": "lab1", "from": 1000, "to": 1000 + 2**21}),
     ("audit-lost", {"events": 12}),
+    ("clock-step", {"by": 86400.5, "to": "2026-11-30T04:00:00+00:00"}),
 ]
 
 
@@ -161,7 +162,7 @@ def test_connection_churn_cannot_rotate_security_events_away(tmp_path: Path) -> 
     used to rotate the whole trail away (#18.8): attach/detach are kept apart and coalesced,
     throttled refusals coalesced, so the security events stay."""
     clock = Clock(1_790_000_000.0)
-    audit = AuditLog(tmp_path, max_bytes=20_000, keep=2, clock=clock)
+    audit = AuditLog(tmp_path, max_bytes=20_000, keep=2, clock=clock, monotonic=clock)
     audit.record("login", user="alice", peer="192.0.2.1", ok=True)
     audit.record("sysrq", user="alice", port="lab1", keys="s", result="ok")
     churn = {"user": "mallory", "port": "lab1", "mode": "ro", "peer": "198.51.100.9"}

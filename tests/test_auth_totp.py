@@ -81,6 +81,27 @@ def test_malformed_or_long_input_refused_before_any_work(
     assert totp.verify(totp.new_secret(), code, 0) is None
 
 
+def test_a_clock_stepped_back_locks_nobody_out_and_no_code_works_twice(tmp_path: Path) -> None:
+    """A login under a clock that ran an hour ahead left a step an hour ahead: once the clock is
+    stepped back, codes of the right time work at once (not an hour later), each once only."""
+    store = UserStore(tmp_path)
+    store.add("alice", "operator", "x", None)
+    secret = totp.new_secret()
+    store.set_totp("alice", secret)
+    now = 1_790_000_000.0
+    ahead = totp.step_of(now + 3600)
+    assert store.use_totp_step("alice", ahead, now=now + 3600)
+    user = store.get("alice")
+    assert user is not None
+    code = totp.code_at(secret, now)
+    step = totp.verify(secret, code, user.totp_last_step, now, used=user.totp_used)
+    assert step == totp.step_of(now)  # the clock is right again: today's code is fresh
+    assert store.use_totp_step("alice", step, now=now)
+    assert not store.use_totp_step("alice", step, now=now)  # once only
+    assert not store.use_totp_step("alice", step - 1, now=now)  # older than the last: refused
+    assert not store.use_totp_step("alice", ahead, now=now + 3600)  # and the early one too
+
+
 def test_used_step_is_stored_atomically_across_writers(tmp_path: Path) -> None:
     store = UserStore(tmp_path)
     store.add("alice", "operator", "x", None)

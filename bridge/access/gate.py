@@ -221,7 +221,7 @@ class Gate:
             user = self.users.get(username)
             step = None
             if user is not None and user.totp_secret and totp.well_formed(code):
-                step = totp.verify(user.totp_secret, code, user.totp_last_step)
+                step = totp.verify(user.totp_secret, code, user.totp_last_step, used=user.totp_used)
             if user is None or step is None or not self.users.use_totp_step(user.name, step):
                 if first is not None:  # the end of a password login
                     self.auth_counts["password", "failure"] += 1
@@ -289,7 +289,11 @@ class Gate:
         if user.totp_secret and code_next:
             return user, ""
         if user.totp_secret:
-            step = totp.verify(user.totp_secret, code, user.totp_last_step) if code else None
+            step = (
+                totp.verify(user.totp_secret, code, user.totp_last_step, used=user.totp_used)
+                if code
+                else None
+            )
             if step is None or not self.users.use_totp_step(user.name, step):
                 return None, "wrong, reused or missing TOTP code"
         elif self.config().server.require_totp:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.access import totp
 from bridge.access.policy import ROLES
 from bridge.access.sshkeys import SshKey, parse_key
 from bridge.history.health import DISK_ERRORS, WriteHealth
@@ -69,6 +70,7 @@ class User:
     ports: list[str] | None = None
     totp_secret: str | None = None
     totp_last_step: int = 0
+    totp_used: list[int] = field(default_factory=list)  # the last steps used (access.totp)
     created: float = field(default_factory=time.time)
     generation: int = field(default_factory=new_generation)  # new on credential change
     ssh_keys: list[str] = field(default_factory=list)  # OpenSSH public key lines (access.sshkeys)
@@ -127,7 +129,7 @@ class UserStore:
         self._users = _JsonFile(state_dir / "users.json")
         self._tokens = _JsonFile(state_dir / "tokens.json")
         self.health = WriteHealth(f"users and tokens files in {state_dir}")
-        self._used_steps: dict[str, int] = {}  # TOTP steps used while the disk refused them
+        self._unsaved: dict[str, tuple[int, list[int]]] = {}  # TOTP steps the disk refused
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -177,7 +179,9 @@ class UserStore:
     def set_totp(self, name: str, secret: str | None) -> None:
         """Enroll (or with None remove) a TOTP secret; the used-step memory starts afresh and the
         user's sessions end (they were made with the old second factor, or without one)."""
-        self._change(name, totp_secret=secret, totp_last_step=0, generation=new_generation())
+        self._change(
+            name, totp_secret=secret, totp_last_step=0, totp_used=[], generation=new_generation()
+        )
 
     def set_role(self, name: str, role: str) -> User:
         """A new role. Sessions stay (each request is judged with the new role); the daemon's
@@ -190,19 +194,26 @@ class UserStore:
         """A new port list (None: every port); like `set_role` for sessions and consoles."""
         return self._change(name, ports=ports)
 
-    def use_totp_step(self, name: str, step: int) -> bool:
-        """Record that the code of `step` was used; False (nothing written) if that step or a
-        later one was used already. Atomic across processes, so a code works exactly once."""
+    def use_totp_step(self, name: str, step: int, now: float | None = None) -> bool:
+        """Record that the code of `step` was used; False (nothing written) if it may not be
+        (`totp.fresh`: used already, or older than the last one). Atomic across processes, so
+        a code works exactly once. On a disk that refuses the write the step is kept in memory
+        (and still counts) until a later one can be saved."""
+        now_step = totp.step_of(time.time() if now is None else now)
         with self._locked():
             data = dict(self._users.load())
             raw = data.get(name)
-            last = max(
-                int(raw.get("totp_last_step", 0)) if raw else 0, self._used_steps.get(name, 0)
-            )
-            if raw is None or last >= step:
+            if raw is None:
                 return False
-            data[name] = {**raw, "totp_last_step": step}
-            self._used_steps[name] = step
+            last, used = int(raw.get("totp_last_step", 0)), list(raw.get("totp_used", []))
+            if name in self._unsaved:
+                last, kept = self._unsaved[name]
+                used = sorted({*used, *kept})
+            if not totp.fresh(step, last, used, now_step):
+                return False
+            used = [*used, step][-totp.USED_KEPT :]
+            data[name] = {**raw, "totp_last_step": step, "totp_used": used}
+            self._unsaved[name] = (step, used)
             try:
                 self._users.save(data)
             except OSError as exc:
@@ -210,6 +221,7 @@ class UserStore:
                     raise
                 self.health.failed(exc, "saving the TOTP step just used (kept in memory)")
             else:
+                del self._unsaved[name]
                 self.health.recovered()
             return True
 

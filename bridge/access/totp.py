@@ -3,6 +3,10 @@
 A secret is 160 random bits, stored base32 in the user's record. A code is good for the current
 step and the steps just before and after; the step that was used is remembered (the store writes
 it atomically) and no code of that step or an earlier one is accepted again, so a code works once.
+Steps follow the wall clock, which a bridge without a real-time clock may have had wrong: when the
+last step used lies ahead of now (the clock ran ahead then and was stepped back since), codes of
+the current window are accepted again, except the last USED_KEPT steps actually used, so a jump
+neither locks everyone out until the clock catches up nor lets a code work twice.
 Input longer than `MAX_INPUT` characters is refused before any work is done.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from collections.abc import Sequence
 from urllib.parse import quote, urlencode
 
 from cryptography.hazmat.primitives.hashes import SHA1
@@ -20,6 +25,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 DIGITS = 6
 STEP = 30
 SLACK = 1  # steps either side of now
+USED_KEPT = 8  # steps used, remembered beside the last one (see the module docstring)
 MAX_INPUT = 10
 SECRET_BYTES = 20  # 160 bits (RFC 4226 recommends at least 128, ideally 160)
 ISSUER = "serial-bridge"
@@ -62,9 +68,17 @@ def well_formed(code: object) -> bool:
     return isinstance(code, str) and len(code) <= MAX_INPUT and code.isascii() and code.isdigit()
 
 
-def verify(secret: str, code: object, last_step: int, now: float | None = None) -> int | None:
-    """The step `code` belongs to if it is valid now (+-1 step) and newer than `last_step`;
-    None otherwise. The caller must store the returned step before accepting the login."""
+def fresh(step: int, last_step: int, used: Sequence[int], now_step: int) -> bool:
+    """Whether a code of `step` may still be accepted: never a step in `used`; none up to
+    `last_step` either, unless `last_step` lies ahead of `now_step` (a clock stepped back)."""
+    return step not in used and (step > last_step or last_step > now_step + SLACK)
+
+
+def verify(
+    secret: str, code: object, last_step: int, now: float | None = None, used: Sequence[int] = ()
+) -> int | None:
+    """The step `code` belongs to if it is valid now (+-1 step) and `fresh`; None otherwise.
+    The caller must store the returned step before accepting the login."""
     if not well_formed(code) or len(str(code)) != DIGITS:
         return None
     when = time.time() if now is None else now
@@ -76,6 +90,6 @@ def verify(secret: str, code: object, last_step: int, now: float | None = None) 
             totp.verify(str(code).encode(), step * STEP)
         except InvalidToken:
             continue
-        if step > last_step and found is None:
+        if found is None and fresh(step, last_step, used, step_of(when)):
             found = step
     return found

@@ -52,6 +52,8 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
 - ``unclean-stop`` — ``port``, ``from``, ``to``: the port's console log was not closed cleanly
   (a crash or power cut); output after ``from`` may be lost, offsets continue at ``to``
 - ``audit-lost`` — ``events``: how many audit lines a long disk fault made this log drop
+- ``clock-step`` — ``by`` (seconds, signed), ``to`` (the new time): the wall clock was stepped
+  (NTP on a bridge without a real-time clock); events before it are dated by the old clock
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ EVENTS = (
     "user-add", "user-set", "user-del", "user-passwd", "user-totp", "user-key", "token-create",
     "token-revoke", "config-reload", "line-settings", "line-restored", "control-lines",
     "write-dropped", "port-enabled", "port-disabled", "forward", "unclean-stop", "audit-lost",
+    "clock-step",
 )  # fmt: skip
 BACKLOG = 10_000  # audit lines kept in memory while the disk refuses them
 RETRY = 5.0  # seconds between attempts to write them
@@ -214,7 +217,10 @@ class AuditLog:
         keep: int = 5,
         clock: Callable[[], float] = time.time,
         sinks: Sequence[Sink] = (),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` dates the events; `monotonic` times the churn windows (a wall clock that is
+        stepped, as on a bridge without a real-time clock, must not stretch or cut them)."""
         if max_bytes <= 0 or keep < 1:
             raise ValueError("max_bytes must be positive and keep at least 1")
         self.directory = Path(directory)
@@ -225,7 +231,7 @@ class AuditLog:
         private_dir(self.directory)
         self._events = _Trail(self.directory, FILE_NAME, max_bytes, keep)
         self._connections = _Trail(self.directory, CONNECTIONS_FILE, max_bytes, keep)
-        self._coalescer = Coalescer(clock)
+        self._coalescer = Coalescer(monotonic)
         self.path = self._events.path
         self.health = WriteHealth(f"audit log {self.directory}")
         self._backlog: deque[tuple[_Trail, bytes]] = deque()  # lines the disk refused, in order

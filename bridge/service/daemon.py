@@ -38,6 +38,7 @@ from bridge.hw.lines import LineSetupError
 from bridge.rfc2217.server import EndpointError, Rfc2217Server
 from bridge.service import sdnotify
 from bridge.service.advertise import Advertiser
+from bridge.service.clockwatch import watch_clock
 from bridge.service.listener import BoundedTLSSite
 from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
@@ -101,6 +102,7 @@ class Daemon:
         self.ssh: SshListener | None = None
         self.advertiser: Advertiser | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._clock_watch: asyncio.Task[None] | None = None
         self.rfc2217: Rfc2217Server | None = None
 
     async def _make_port(self, cfg: PortConfig, audit: AuditLog, config: Config) -> Port:
@@ -191,6 +193,9 @@ class Daemon:
         for port in ports.values():
             port.start()
         self._watcher = asyncio.get_running_loop().create_task(consoles.watch())
+        self._clock_watch = asyncio.get_running_loop().create_task(
+            watch_clock(lambda: self.state.ports if self.state else {}, audit)
+        )
         app = create_app(self.state)
         self.runner = web.AppRunner(
             app,
@@ -298,11 +303,12 @@ class Daemon:
         if self.advertiser is not None:  # first: nobody should find a bridge that is going
             await self.advertiser.stop()
             self.advertiser = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._clock_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._clock_watch = None
         if self.rfc2217 is not None:
             await self.rfc2217.stop()
         if self.state is not None:

@@ -1,8 +1,11 @@
 """TLS for every listener: the server certificate (configured, or generated once) and the contexts.
 
 A generated certificate is ECDSA P-256, self-signed, valid 10 years, with SANs for the host name,
-`localhost` and the listen addresses; the key file is mode 0600 in `state_dir/tls/`. Clients pin it
-by its SHA-256 fingerprint (`SHA256:` + hex, colon-free), which `serial-bridge cert show` prints.
+`localhost` and the listen addresses; the key file is mode 0600 in `state_dir/tls/`. Made on a
+bridge whose clock is still wrong (no real-time clock, before NTP: a date before
+NOT_BEFORE_SANE), it is valid from then until 10 years after NOT_BEFORE_SANE, so it has not
+expired by the time the clock is set. Clients pin it by its SHA-256 fingerprint (`SHA256:` + hex,
+colon-free), which `serial-bridge cert show` prints.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from bridge.history.statedir import private_dir, replace_private
 
+NOT_BEFORE_SANE = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)  # older: a clock not yet set
 # Mozilla "intermediate" TLS 1.2 suites (TLS 1.3 suites are fixed by OpenSSL and all strong).
 TLS12_CIPHERS = ":".join(
     [
@@ -63,7 +67,7 @@ def generate_self_signed(cert_path: Path, key_path: Path, names: list[str]) -> N
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
+        .not_valid_after(max(now, NOT_BEFORE_SANE) + datetime.timedelta(days=3650))
         .add_extension(x509.SubjectAlternativeName(_san_entries(wanted)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
