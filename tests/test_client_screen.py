@@ -1,4 +1,4 @@
-"""`connect`'s screen filter (bridge.client.screen, on bridge.common.termseq): a hostile
+"""`connect`'s screen filter (bridge.common.screen, on bridge.common.termseq): a hostile
 target's clipboard writes and type-back requests never reach the operator's terminal; what
 full-screen programs use does, unchanged; sequences split across reads are handled and held
 bytes are bounded."""
@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.client.screen import ScreenFilter, csi_allowed, osc_allowed
+from bridge.common.screen import ScreenFilter, csi_allowed, osc_allowed
 from bridge.common.termseq import Kind, Splitter
 from tests.conftest import Bridge, PtyDevice
 from tests.test_cli import PtyScreen

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.common.screen import ScreenFilter
 from tests.conftest import BridgeFactory, PtyDevice, WsReader, wait_for
 from tests.ssh_helpers import SshTarget, keygen, require_openssh, ssh_bridge, user_keys
 
@@ -55,6 +56,25 @@ async def test_key_login_to_user_port_carries_bytes_both_ways(
     logins = [json.loads(line) for line in audit if '"login"' in line]
     assert logins[-1]["user"] == "operator" and logins[-1]["method"] == "publickey"
     assert logins[-1]["key"].startswith("SHA256:") and logins[-1]["via"] == "ssh"
+
+
+async def test_a_hostile_targets_clipboard_writes_and_type_back_requests_are_filtered(
+    door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
+) -> None:
+    """The same screen filter as `connect`'s (bridge.common.screen): OSC 52 and a title report
+    never reach the operator's terminal over SSH; colours and cursor movement do, unchanged."""
+    term = await door.terminal(keys["operator"], "operator:lab")
+    try:
+        at = await term.until(b"lab: read-write")
+        pty_device.write(
+            b"A\x1b]52;c;ZWNobyBwd25lZA==\x07B\x1b[21tC\x1b[31mred\x1b[0m\x1b[2;5HD\r\n"
+        )
+        at = await term.until(b"D\r\n", at)
+        shown = bytes(term.seen)
+        assert b"AB" in shown and b"C\x1b[31mred\x1b[0m\x1b[2;5HD" in shown
+        assert b"]52;" not in shown and b"\x1b[21t" not in shown
+    finally:
+        await term.close()
 
 
 async def test_the_menu_lists_the_ports_and_attaches_the_chosen_one(
@@ -157,6 +177,8 @@ async def test_takeover_through_the_escape_prompt(
 async def test_a_second_login_gets_the_same_bytes_as_a_websocket_client(
     door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
 ) -> None:
+    """Every byte value, UTF-8 and colours: both SSH sessions see the same, which is what the
+    websocket client sees put through the screen filter."""
     bridge = door.bridge
     async with bridge.session("viewer") as http:
         ws = await bridge.ws(http, "lab", mode="ro")
@@ -175,7 +197,10 @@ async def test_a_second_login_gets_the_same_bytes_as_a_websocket_client(
             for term, start in ((first, starts[0]), (second, starts[1])):
                 end = await term.until(b"<END>", start)
                 got.append(bytes(term.seen[start : end - len(b"<END>")]))
-            assert got[0] == got[1] == bytes(reader.data).split(b"<END>")[0] == payload
+            assert bytes(reader.data).split(b"<END>")[0] == payload  # the websocket: raw bytes
+            # ssh sessions: the same bytes through the screen filter (ENQ, C1 and the bytes that
+            # could form one dropped), identical for both
+            assert got[0] == got[1] == ScreenFilter().feed(payload)
         finally:
             await ws.close()
             await first.close()

@@ -4,7 +4,6 @@
 - `trust`: a first-seen bridge's fingerprint, shown and confirmed on the terminal.
 - `connect`: the interactive terminal (`serial-bridge connect`): raw mode, replay, resume.
 - `keys`: connect's keyboard: escapes, typed keys told from the terminal's own answers.
-- `screen`: connect's output filter: what a target's output may do to the operator's terminal.
 - `remote`: the remote commands (`connect`, `log`, `sysrq`, `nmi`, `power`).
 - `results`: one human line for an action's answer.
 """

@@ -5,7 +5,7 @@ signal, exception). Escapes are recognised after a newline, as in ssh: `~.` disc
 BREAK, `~?` help, `~~` a literal tilde; answers the terminal types by itself (the cursor position
 report a busybox prompt asks for, say) do not count as typing (bridge.client.keys). The target's
 output passes a filter that keeps it from reaching beyond the screen (clipboard writes, requests
-that make the terminal type back; bridge.client.screen). On attach the last few KiB of output are
+that make the terminal type back; bridge.common.screen). On attach the last few KiB of output are
 replayed from a line start, then live output. A dropped link reconnects by itself and resumes from
 the last offset received, so nothing the target printed meanwhile is missed or shown twice.
 """
@@ -28,7 +28,7 @@ import aiohttp
 
 from bridge.client.http import ApiError, BridgeClient, ClientError
 from bridge.client.keys import EscapeParser
-from bridge.client.screen import ScreenFilter
+from bridge.common.screen import ScreenFilter
 
 HELP = (
     "\r\nSupported escapes (after a newline):\r\n"

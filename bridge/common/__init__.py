@@ -2,5 +2,7 @@
 
 - `termseq`: terminal output split into text and escape sequences (for `connect`'s screen filter
   and the log's readable text).
+- `screen`: the filter that keeps a target's output from reaching beyond an operator's screen
+  (clipboard writes, requests that make the terminal type back), used by `connect` and the SSH door.
 - `strictjson`: JSON from the network, parsed strictly (no NaN/Infinity, bounded nesting).
 """

@@ -1,7 +1,7 @@
 """Terminal output split into text and control sequences, incrementally and with bounded memory.
 
 Used wherever a target's output is inspected on its way to a person: `connect`'s screen filter
-(bridge.client.screen) and the log's readable text (bridge.history.textexport). The splitter only
+(bridge.common.screen) and the log's readable text (bridge.history.textexport). The splitter only
 finds where sequences begin and end — ECMA-48 / xterm grammar, 7-bit introducers:
 
 - CSI `ESC [` parameters (0x30-0x3F), intermediates (0x20-0x2F), a final byte (0x40-0x7E);

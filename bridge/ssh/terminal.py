@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncssh
 
+from bridge.common.screen import ScreenFilter
 from bridge.console.fanout import Chunk
 
 INPUT_HIGH = 64 * 1024
@@ -55,6 +56,7 @@ class Terminal:
     def __init__(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
         self.newline = b"\r\n"
+        self.screen = ScreenFilter()  # the target's output may not reach beyond the screen
         self.closed = False
         self.on_message: Callable[[dict[str, Any]], None] = lambda message: None
         self._items: deque[Input] = deque()
@@ -247,12 +249,13 @@ class Terminal:
     # ---- the hub's Outlet and Viewer for this client (bridge.console.fanout / port) ---------
 
     def send_chunk(self, chunk: Chunk) -> None:
-        self.write(chunk.data)
+        self.write(self.screen.feed(chunk.data))
 
     def send_history(self, offset: int, data: bytes) -> None:
-        self.write(data)
+        self.write(self.screen.feed(data))
 
     def send_gap(self, start: int, end: int) -> None:
+        self.screen.reset()  # a sequence cut by the gap is not completed by what follows it
         self.say(f"{end - start} bytes of output are lost here (this connection fell behind)", True)
 
     def send_message(self, message: dict[str, Any]) -> None:

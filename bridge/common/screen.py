@@ -1,4 +1,4 @@
-"""`connect`'s screen filter: a hostile target's output may not drive the operator's terminal.
+"""The screen filter: a hostile target's output may not drive an operator's terminal.
 
 A target's console output goes to the operator's own terminal emulator, which obeys escape
 sequences. Some sequences reach beyond the screen: OSC 52 writes (or reads) the operator's
