@@ -12,7 +12,8 @@ Writes: paced at the line rate (baud / bits per character) by a token bucket tha
 burst (a keystroke, a line) through at once, and wait for `add_writer` readiness when the kernel's
 tty buffer is full, so a 1 MiB paste reaches the target complete and in order without blocking the
 loop. BREAK is the break condition held for a duration we time ourselves (pyserial's
-`send_break(duration)` ignores the duration on Linux).
+`send_break(duration)` ignores the duration on Linux); a device that goes away meanwhile fails
+it (DeviceUnavailable), rather than it being reported as sent.
 
 Which devices cannot carry a BREAK (`break_unsupported`): a pseudo-terminal (a pty has no line to
 hold in the break condition: the kernel accepts the request and nothing happens, so a SysRq key
@@ -308,22 +309,27 @@ class UartTransport:
             await asyncio.sleep(0.005)
 
     async def send_break(self, duration: float) -> None:
-        if self._serial is None:
+        """Hold the break condition for `duration`. DeviceUnavailable if the device is not
+        open, fails, or goes away meanwhile (a USB adapter unplugged during the BREAK)."""
+        ser = self._serial
+        if ser is None:
             raise DeviceUnavailable(f"{self.cfg.device}: not open")
         async with self._write_lock:
             try:
                 try:
-                    self._serial.break_condition = True
+                    ser.break_condition = True
                 except OSError as exc:
                     if exc.errno not in NO_BREAK_ERRNOS:
-                        raise
+                        raise DeviceUnavailable(f"{self.cfg.device}: {exc}") from exc
                     self._no_break = f"{self.cfg.device}: its driver cannot send a BREAK ({exc})"
                     raise UnsupportedAction(self._no_break) from exc
                 await asyncio.sleep(duration)
+                if self._serial is not ser:
+                    raise DeviceUnavailable(f"{self.cfg.device}: gone during the BREAK")
             finally:
                 with contextlib.suppress(OSError, serial.SerialException):
-                    if self._serial is not None:
-                        self._serial.break_condition = False
+                    if self._serial is ser:
+                        ser.break_condition = False
 
     async def configure(
         self, settings: LineSettings | None = None, dtr: bool | None = None, rts: bool | None = None
