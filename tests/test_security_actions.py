@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from bridge.config import ConfigError
 from bridge.console import actions
 from tests.conftest import Bridge, WsReader, make_config, wait_for
 from tests.conftest import pin_states as states
+from tests.served import CLI
 from tests.test_actions import (
     EPS,
     NMI,
@@ -152,6 +154,33 @@ async def test_an_admin_cancels_a_running_sequence_and_both_are_audited(
     assert status == 200
     status, answer = await call(bridge, "admin", "lab/cancel")
     assert status == 409 and "no SysRq sequence" in answer["error"]
+
+
+async def test_the_cli_cancels_a_running_sequence(start_bridge: StartBridge) -> None:
+    """`serial-bridge cancel URL`: one human line naming what it stopped."""
+    recorder = Recorder()
+    bridge = await start_bridge({"lab": SLOW}, recorder)
+    sequence = asyncio.create_task(
+        call(bridge, "operator", "lab/sysrq", {"keys": "reisub", "interval": "10s"})
+    )
+    await recorder.wait(lambda events: any(e.data == b"r" for e in events))
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "cancel",
+        f"{bridge.base}/lab",
+        "--fingerprint",
+        bridge.daemon.fingerprint,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "SERIAL_BRIDGE_TOKEN": bridge.tokens["admin"]},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    assert out.decode().startswith("lab: cancelled operator's SysRq reisub"), out
+    async with asyncio.timeout(5):
+        status, answer = await sequence
+    assert status == 409 and "cancelled by admin" in answer["error"], answer
+    assert written(recorder) == [b"r"]
 
 
 async def test_a_sequence_is_cancelled_over_the_websocket(start_bridge: StartBridge) -> None:

@@ -5,6 +5,7 @@ their exit status — each audited like the web's actions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,3 +157,24 @@ async def test_exec_commands_and_their_exit_status(
     assert status == 1 and err == "serial-bridge: no port 'nope'\n"
     assert [e.data for e in recorder.events if e.kind == "write"] == [b"s"]
     assert audit(door, "sysrq")[-1]["via"] == "ssh"
+
+
+async def test_cancel_stops_a_running_sequence_from_another_ssh_session(
+    door: SshTarget, keys: dict[str, Path], recorder: Recorder
+) -> None:
+    """`cancel` (exec or at the prompt): an operator's long REISUB, started by one ssh command,
+    is stopped by an admin's `cancel` from another; a viewer may not; both audited."""
+    sequence = asyncio.create_task(
+        door.run(keys["operator"], "operator:lab", "sysrq", "reisub", "10s")
+    )
+    await recorder.wait(lambda events: any(e.data == b"r" for e in events))
+    status, _, err = await door.run(keys["viewer"], "viewer:lab", "cancel")
+    assert status == 1 and "may not do this" in err
+    status, out, err = await door.run(keys["admin"], "admin:lab", "cancel")
+    assert status == 0 and out.startswith("cancelled operator's SysRq reisub"), (out, err)
+    async with asyncio.timeout(10):  # not the 50 s the sequence would take
+        status, _, err = await sequence
+    assert status == 1 and "cancelled by admin" in err
+    assert [e.data for e in recorder.events if e.kind == "write"] == [b"r"]
+    assert audit(door, "cancel")[-1]["user"] == "admin"
+    assert audit(door, "sysrq")[-1]["result"].startswith("cancelled")

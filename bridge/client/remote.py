@@ -148,6 +148,11 @@ def run_nmi(args: argparse.Namespace) -> int:
     return _run(args, lambda c: _post(c, f"/api/ports/{name}/nmi", {}, args.json))
 
 
+def run_cancel(args: argparse.Namespace) -> int:
+    name = _port_name(args)
+    return _run(args, lambda c: _post(c, f"/api/ports/{name}/cancel", {}, args.json))
+
+
 def run_power(args: argparse.Namespace) -> int:
     name = _port_name(args)
     body = {"action": args.action}
@@ -269,6 +274,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _json_flag(p)
     p.set_defaults(func=run_sysrq)
+
+    p = sub.add_parser(
+        "cancel",
+        help="stop the port's running SysRq sequence before its next key (an admin: anyone's; "
+        "an operator: their own)",
+    )
+    _common(p)
+    _json_flag(p)
+    p.set_defaults(func=run_cancel)
 
     p = sub.add_parser("nmi", help="pulse the NMI line")
     _common(p)

@@ -35,6 +35,9 @@ def describe(result: dict[str, Any]) -> str:
     if action in ("status", "power") and "power" in result and "pulse_ms" not in result:
         qemu = f" (QEMU: {result['qemu_status']})" if result.get("qemu_status") else ""
         return f"{port}: power is {result['power']}{qemu}"
+    if action == "cancel":
+        what = result.get("cancelled", "the running sequence")
+        return f"{port}: cancelled {what}{_who_when(result)}"
     if action == "sysrq":
         keys = " ".join(str(result.get("keys", "")))
         how = f"BREAK {result.get('break_ms', '?')} ms + key"

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from bridge.access.gate import Denied
-from bridge.access.policy import Identity, Permission
+from bridge.access.policy import Identity, Permission, allowed
 from bridge.config import parse_duration
 from bridge.console.actions import outcome
 from bridge.console.port import Attachment, Port, PortError
@@ -91,6 +91,8 @@ def describe(result: dict[str, Any]) -> str:
     action, port = result.get("action", "?"), result.get("port", "?")
     if action == "sysrq":
         return f"sysrq {result['keys']} sent to {port} (BREAK {result['break_ms']} ms + key)"
+    if action == "cancel":
+        return f"cancelled {result.get('cancelled', 'the running sequence')} on {port}"
     if action == "break":
         return f"BREAK sent to {port} ({result['duration_ms']} ms)"
     if "power" in result:
@@ -172,6 +174,16 @@ async def _sysrq(inv: Invocation, args: list[str]) -> None:
             return
     user, valid = inv.identity.user, partial(inv.door.gate.granted_now, inv.identity, port.name)
     await inv.action("sysrq", port.sysrq(keys, interval, user, valid), keys=keys)
+
+
+async def _cancel(inv: Invocation, args: list[str]) -> None:
+    port = inv.authorise(Permission.WRITE)
+    any_user = allowed(inv.identity, Permission.ADMIN)
+
+    async def cancel() -> dict[str, Any]:
+        return port.cancel_action(inv.identity.user, any_user)
+
+    await inv.action("cancel", cancel())
 
 
 async def _break(inv: Invocation, args: list[str]) -> None:
@@ -261,6 +273,7 @@ COMMANDS: dict[str, Command] = {
         Command("release", "", "give the write lease up", _release, interactive=True),
         Command("ro", "", "the same: stay read-only", _release, interactive=True),
         Command("sysrq", "KEYS [INT]", "BREAK + key, per key (e.g. sysrq reisub 1s)", _sysrq),
+        Command("cancel", "", "stop the running SysRq sequence before its next key", _cancel),
         Command("break", "", "send a BREAK", _break),
         Command("nmi", "", "pulse the NMI line", _nmi),
         Command("reset", "", "press reset", _reset),
