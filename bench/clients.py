@@ -20,6 +20,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import socket
 import ssl
 import struct
@@ -558,9 +559,13 @@ def read_stalled_for_gap(sock: socket.socket, timeout: float) -> dict[str, Any]:
     return out
 
 
-def lean_echo(ep: Endpoint, count: int, warmup: int, limit: float) -> dict[str, Any]:
+def lean_echo(
+    ep: Endpoint, count: int, warmup: int, limit: float, interval: float = 0.0
+) -> dict[str, Any]:
     """Keystroke round trips from a minimal blocking client (no event loop, no aiohttp): the
-    same path through the server with as little client-side time in the figure as possible."""
+    same path through the server with as little client-side time in the figure as possible.
+    With `interval`, a pause of 0.5-1.5 x interval (random) between round trips, so keystrokes
+    land at random moments of whatever else the server is doing."""
     fd = -1
     sock: socket.socket | None = None
     if ep.kind == "pty":
@@ -598,6 +603,8 @@ def lean_echo(ep: Endpoint, count: int, warmup: int, limit: float) -> dict[str, 
                     break
             if i >= warmup:
                 lat.append((time.perf_counter_ns() - t0) / 1000)
+            if interval:
+                time.sleep(interval * random.uniform(0.5, 1.5))
     finally:
         if sock is not None:
             sock.close()

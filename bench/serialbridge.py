@@ -146,6 +146,7 @@ class SerialBridge:
         self.t_spawn = 0.0
         self.device = ""
         self.tls = True
+        self.extra_env: dict[str, str] = {}  # e.g. SERIAL_BRIDGE_LOOP=uvloop
 
     @property
     def pid(self) -> int:
@@ -197,7 +198,7 @@ class SerialBridge:
             stdout=log,
             stderr=log,
             cwd=_cwd(),
-            env=_env(),
+            env={**_env(), **self.extra_env},
         )
         log.close()
         if wait:
