@@ -161,6 +161,34 @@ async def test_a_second_client_is_read_only_its_writes_dropped_and_audited(
     assert dropped[-1]["total"] is True
 
 
+async def test_viewers_filling_the_port_do_not_lock_the_rfc2217_client_out(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice
+) -> None:
+    """The door is a writer's: its client may use the slots `reserved_clients` keeps free."""
+    b = await bridge_factory(
+        ports={
+            "lab": {
+                "device": str(pty_device.path),
+                "rfc2217": "127.0.0.1:0",
+                "max_clients": 2,
+                "reserved_clients": 1,
+            }
+        },
+    )
+    await wait_for(lambda: b.port.online)
+    async with b.session("viewer") as http:
+        ws = await b.ws(http, "lab", mode="ro")
+        await WsReader(ws).message("hello")  # the one slot a viewer may take
+        ser = await in_thread(open_serial, endpoint(b), 115200)
+        try:
+            assert sorted(b.port.mode_of(a) for a in b.port.attachments.values()) == ["ro", "rw"]
+            await in_thread(ser.write, b"typed")
+            assert await pty_device.read_until(lambda d: d.endswith(b"typed")) == b"typed"
+        finally:
+            await in_thread(ser.close)
+            await ws.close()
+
+
 async def test_with_rfc2217_takeover_a_new_client_takes_the_lease(
     bridge_factory: BridgeFactory, pty_device: PtyDevice
 ) -> None:

@@ -113,7 +113,13 @@ class Rfc2217Session(asyncio.Protocol):
         cfg = self.port.cfg
         try:
             self.att = self.port.attach(
-                self.viewer, USER, self.peer, "rw", cfg.rfc2217_takeover, self.port.offset
+                self.viewer,
+                USER,
+                self.peer,
+                "rw",
+                cfg.rfc2217_takeover,
+                self.port.offset,
+                privileged=True,  # a writer's door: it may use the slots kept free of viewers
             )
         except PortError as exc:
             log.warning("rfc2217 %s: %s refused: %s", self.port.name, self.peer, exc)
@@ -246,15 +252,16 @@ class Rfc2217Session(asyncio.Protocol):
             self._audit("break", via=via, result="refused: read-only")
             return False
         self._acting = True
+        result = "interrupted"  # audited whatever ends it (a device lost, the client gone)
         try:
             await self.port.send_break(USER)
+            result = "ok"
         except (PortError, UnsupportedAction) as exc:
-            self._audit("break", via=via, result=f"refused: {exc}")
-            return False
+            result = f"refused: {exc}"
         finally:
             self._acting = False
-        self._audit("break", via=via, result="ok")
-        return True
+            self._audit("break", via=via, result=result)
+        return result == "ok"
 
     def _audit(self, event: str, **fields: Any) -> None:
         self.audit.record(event, user=USER, port=self.port.name, peer=self.peer, **fields)
