@@ -1,6 +1,6 @@
 """Appliance scale: N ports streaming at 115200 baud, 2 TLS clients each, keystroke echo beside.
 
-    python -m bench.scale [--ports 1,8,24,48] [--with-12m] [--seconds 25] [--systems ...]
+    python -m bench.scale [--ports 1,8,24,48] [--with-12m] [--seconds 30] [--systems ...]
 
 For each port count N and each system, in one run (systems interleaved per N): N pty pairs stand
 in for N UARTs, each written at the 115200-baud line rate (11.25 KiB/s, in 62-byte packets at a
@@ -15,6 +15,8 @@ with port 0 at the 12-Mbaud line rate (1.14 MiB/s) among them.
 Systems: `serial-bridge` (TLS websocket, ring log on: the appliance's configuration),
 `serial-bridge+uvloop` (the same under uvloop, SERIAL_BRIDGE_LOOP=uvloop), `ser2net` (4.3, TLS,
 as shipped apart from max-connections) and `ser2net-nodelay` (64 KiB buffers, chardelay off).
+`serial-bridge@REV` (or `serial-bridge+uvloop@REV`) runs git revision REV's bridge/: before and
+after a change in one run, e.g. `--systems serial-bridge@main,serial-bridge,ser2net`.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from bench.common import (
 from bench.profile import Profiler, text
 from bench.scale_target import EchoTarget, StreamTargets
 from bench.ser2net import MAX_CONNECTIONS, VARIANTS, Ser2net
-from bench.serialbridge import SerialBridge, parse_token, use_snapshot
+from bench.serialbridge import SerialBridge, export_revision, parse_token, use_snapshot
 from bench.workloads import ClientGroup
 
 SYSTEMS = ("serial-bridge", "serial-bridge+uvloop", "ser2net", "ser2net-nodelay")
@@ -79,8 +81,11 @@ class ScaleBridge(SerialBridge):
         self.bauds: list[int] = []
         self.paths: list[str] = []
         self.echo_path = ""
-        if name.endswith("+uvloop"):
+        if "+uvloop" in name:
             self.extra_env = {"SERIAL_BRIDGE_LOOP": "uvloop"}
+        if "@" in name:  # serial-bridge@REV: that git revision's bridge/
+            rev = name.split("@", 1)[1]
+            self.code = export_revision(rev, workdir / "code")
 
     def configure(self, paths: list[str], bauds: list[int], echo_path: str) -> None:
         self.paths, self.bauds, self.echo_path = paths, bauds, echo_path
@@ -355,7 +360,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ports", default="1,8,24,48", help="port counts (default 1,8,24,48)")
     p.add_argument("--with-12m", action="store_true", help="also each N with one 12-Mbaud port")
     p.add_argument("--only-12m", action="store_true", help="only the rows with a 12-Mbaud port")
-    p.add_argument("--seconds", type=float, default=25.0, help="stream length per row (25)")
+    p.add_argument("--seconds", type=float, default=30.0, help="stream length per row (30)")
     p.add_argument("--cpu-seconds", type=float, default=8.0, help="CPU window, before the echo")
     p.add_argument("--echo-interval", type=float, default=0.01, help="mean pause between keys")
     p.add_argument("--systems", default="serial-bridge,ser2net", help=",".join(SYSTEMS))
@@ -370,7 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.port_counts = [int(x) for x in a.ports.split(",") if x]
     a.system_names = [s for s in a.systems.split(",") if s]
     for s in a.system_names:
-        if s not in SYSTEMS:
+        if s.split("@")[0] not in SYSTEMS:
             p.error(f"unknown system {s!r}")
     return a
 
@@ -466,12 +471,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         gaps = sum(r["clients_with_gaps"] + r["short"] for r in ok)
         intact = f"{sum(r['intact'] for r in ok)}/{sum(r['clients'] for r in ok)}"
         lines.append(
-            f"{label:>8} {system:<22} {m('cpu_pct'):>6} {m('rss_mib'):>8} {m('peak_rss_mib'):>6} "
+            f"{label:>8} {system:<22} {m('cpu_pct'):>6} {m('rss_end_mib'):>8} {m('peak_rss_mib'):>6} "
             f"{gaps:>5} {intact:>8} {m('echo_p50_us'):>11} {m('echo_p99_us'):>8} "
             f"{m('echo_max_us'):>8} {m('load_before'):>5}"
         )
     lines.append(
-        "CPU % of one core over the echo window; RSS at its end, peak since the stream began; "
+        "CPU % of one core over the CPU window (before the echo); RSS at the end of the stream, peak since it began; "
         "gaps = clients with gap frames or short streams; intact = clients with every byte "
         "(length and CRC32); echo on the extra idle port while the others stream; load = "
         "1-minute load average before the row."

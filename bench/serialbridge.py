@@ -56,6 +56,16 @@ def use_snapshot(directory: Path) -> dict[str, str]:
     }
 
 
+def export_revision(rev: str, directory: Path) -> Path:
+    """bridge/ as of git revision `rev`, extracted into `directory` (for before/after rows)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", rev, "bridge"], capture_output=True, check=True, cwd=REPO
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    return directory
+
+
 def command() -> list[str]:
     if _snapshot is not None:
         return [sys.executable, "-m", "bridge"]
@@ -147,6 +157,15 @@ class SerialBridge:
         self.device = ""
         self.tls = True
         self.extra_env: dict[str, str] = {}  # e.g. SERIAL_BRIDGE_LOOP=uvloop
+        self.code: Path | None = None  # run bridge/ from here (another revision) instead
+
+    def _cmd(self) -> list[str]:
+        return [sys.executable, "-m", "bridge"] if self.code is not None else command()
+
+    def _where(self) -> tuple[Path, dict[str, str]]:
+        if self.code is None:
+            return _cwd(), {**_env(), **self.extra_env}
+        return self.code, {**os.environ, "PYTHONPATH": str(self.code), **self.extra_env}
 
     @property
     def pid(self) -> int:
@@ -159,14 +178,15 @@ class SerialBridge:
         return Endpoint(kind="ws", port=self.port, path=path, token=self.token)
 
     def _run(self, args: list[str], stdin: str | None = None) -> str:
+        cwd, env = self._where()
         out = subprocess.run(
-            [*command(), *args, "--config", str(self.cfg)],
+            [*self._cmd(), *args, "--config", str(self.cfg)],
             input=stdin,
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=_cwd(),
-            env=_env(),
+            cwd=cwd,
+            env=env,
         )
         if out.returncode != 0:
             raise RuntimeError(
@@ -192,13 +212,14 @@ class SerialBridge:
             self.setup(device)
         log = (self.workdir / "serve.log").open("ab")
         self.t_spawn = time.monotonic()
+        cwd, env = self._where()
         self.proc = subprocess.Popen(
-            [*command(), "serve", "--config", str(self.cfg)],
+            [*self._cmd(), "serve", "--config", str(self.cfg)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            cwd=_cwd(),
-            env={**_env(), **self.extra_env},
+            cwd=cwd,
+            env=env,
         )
         log.close()
         if wait:
