@@ -1005,3 +1005,27 @@ def test_reads_stay_coherent_while_the_writer_runs(
     with open_ring(path, clock, size=16 * BLOCK_SIZE) as ring:
         start, data = held(ring)
         assert data == ref[start:] and start < len(ref) - 14 * (BLOCK_SIZE - 48)
+
+
+def test_the_newest_pages_kept_are_read_without_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keep` makes the ring the port's in-memory history: its newest pages (the images built
+    for the writer, also after they are written) are read from memory, older ones from the file."""
+    ring = open_ring(tmp_path / "r.log", Clock(), size=64 * BLOCK_SIZE)
+    ring.keep(4 * BLOCK_SIZE)
+    data = random.Random(7).randbytes(20 * BLOCK_SIZE)
+    for i in range(0, len(data), 1000):
+        ring.append(data[i : i + 1000])
+    ring.flush()
+    assert ring.wait_idle(10)
+    preads: list[int] = []
+    real = ringlog.ringread.read_block
+    monkeypatch.setattr(ringlog.ringread, "read_block", lambda *a: preads.append(a[2]) or real(*a))
+    tail = ring.start_of_last(3 * BLOCK_SIZE)
+    assert tail is not None
+    assert ring.read(tail, 1 << 20) == (tail, data[tail:])
+    assert preads == []
+    assert ring.read(0, 1 << 30) == (0, data)  # older pages: from the file
+    assert preads
+    ring.close()

@@ -111,7 +111,11 @@ def _sysrq_deny(value: Any) -> frozenset[str]:
     return frozenset(k.lower() for k in keys)
 
 
-def _port(name: str, t: Table) -> PortConfig:
+SCROLLBACK = 1024 * 1024  # in memory per port when it keeps no ring log: all its history
+SCROLLBACK_WITH_LOG = 256 * 1024  # the ring log's newest pages kept in memory: the rest is on flash
+
+
+def _port(name: str, t: Table, log: LogConfig) -> PortConfig:
     if not _PORT_NAME.fullmatch(name):
         t.problems.append(
             f"{t.where}: {t.path}: port names use letters, digits, '_', '-', '.' (max 64)"
@@ -134,7 +138,9 @@ def _port(name: str, t: Table) -> PortConfig:
         break_duration=t.get("break_duration", 0.25, parse_duration),
         sysrq_deny=t.get("sysrq_deny", frozenset(), _sysrq_deny),
         client_buffer=t.get("client_buffer", 1024 * 1024, parse_size),
-        scrollback=t.get("scrollback", 1024 * 1024, parse_size),
+        scrollback=t.get(
+            "scrollback", SCROLLBACK_WITH_LOG if log.enabled else SCROLLBACK, parse_size
+        ),
         max_clients=t.get("max_clients", 256, positive_int),
         reserved_clients=t.get("reserved_clients", 2, count),
         on_release=t.get("on_release", b"", escaped_bytes),
@@ -271,7 +277,7 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
     if (t := root.table("ports")) is not None:
         for name in t.data:
             if (pt := t.table(name)) is not None:
-                ports[name] = _port(name, pt)
+                ports[name] = _port(name, pt, log)
         t.done()
     root.done()
     check_listen(server.listen, where, problems)

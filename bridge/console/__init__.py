@@ -9,6 +9,7 @@
   keystrokes held during BREAK+key and checked against `sysrq_deny` after a BREAK.
 - `errors`: what the console refuses, each with the HTTP status that fits.
 - `fanout`: cursor-based subscribers: live clients share one chunk, slow ones catch up from history.
-- `scrollback`: the in-memory tail of recent output.
+- `scrollback`: the in-memory tail of recent output, for a port that keeps no ring log.
+- `replay`: reads over a port's one history store, and where a replay starts.
 - `sysrq`: the kernel's SysRq keys, validation and descriptions.
 """

@@ -4,7 +4,7 @@ Each client is a `Subscriber` with a cursor (the offset of the next byte it gets
 up it is *live*: every chunk is handed to its `Outlet` as soon as it is read, and all live clients
 share one encoded frame per chunk (`Chunk.encoded`), so per-client work is O(1) per chunk. When a
 client's outlet holds more than its budget (it is not reading), it leaves the live set and a small
-task catches it up from the hub's history (scrollback, then ring log) as fast as it drains; if
+task catches it up from the hub's history (bridge.console.replay) as fast as it drains; if
 the bytes it missed are no longer held, it gets a `gap(from, to)` and continues from the oldest
 byte still held. The reader and the other clients never wait for a slow one.
 """

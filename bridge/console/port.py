@@ -2,7 +2,8 @@
 
 One `Port` per configured target. It opens the transport (retrying while the device is missing),
 numbers every output byte with a monotonically increasing offset (a stream's small reads gathered
-by bridge.console.coalesce), keeps the scrollback and the ring log, and fans chunks out to
+by bridge.console.coalesce), keeps its history (the ring log, or without one the in-memory
+scrollback: bridge.console.replay), and fans chunks out to
 subscribers (bridge.console.fanout). It composes the writer lease (bridge.console.lease) and the
 actions (bridge.console.actions) and is the one object front doors call: attach/detach, write,
 take over, release, BREAK, SysRq, NMI/reset/power, cancel, status and history. It never touches
@@ -62,7 +63,11 @@ class Port:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._on_event = on_event
         start = ringlog.next_offset if ringlog is not None else 0
-        self.scrollback = Scrollback(cfg.scrollback, start)
+        # history in one place: the ring log (its newest `scrollback` bytes stay in memory), or
+        # without one, the in-memory scrollback
+        self.scrollback = Scrollback(cfg.scrollback, start) if ringlog is None else None
+        if ringlog is not None:
+            ringlog.keep(cfg.scrollback)
         self.offset = start
         self.online = False
         self.error: str | None = None
@@ -166,7 +171,9 @@ class Port:
         self.cfg, self.lines = cfg, lines
         self.lease.on_release = cfg.on_release
         self.line.reconfigured(cfg)
-        if cfg.scrollback != self.scrollback.capacity:
+        if self.ringlog is not None:
+            self.ringlog.keep(cfg.scrollback)
+        elif self.scrollback is not None and cfg.scrollback != self.scrollback.capacity:
             kept = self.scrollback.read(self.offset - cfg.scrollback, cfg.scrollback)
             self.scrollback = Scrollback(cfg.scrollback, kept[0])
             self.scrollback.append(kept[1])
@@ -211,7 +218,8 @@ class Port:
         chunk = Chunk(data, self.offset)
         self.offset += len(data)
         self.bytes_in += len(data)
-        self.scrollback.append(data)
+        if self.scrollback is not None:
+            self.scrollback.append(data)
         if self.ringlog is not None:
             self.ringlog.append(data)
             if self._flush_handle is None:
@@ -249,10 +257,12 @@ class Port:
                 log.error("port %s: ring log write failed: %s", self.name, exc)
 
     def _history(self) -> History:
-        return History(self.scrollback, self.ringlog, self.offset)
+        store = self.ringlog if self.ringlog is not None else self.scrollback
+        assert store is not None
+        return History(store, self.offset)
 
     def read(self, offset: int, max_bytes: int) -> tuple[int, bytes]:
-        """History from `offset`: scrollback when it holds it, else the ring log."""
+        """History from `offset` (the ring log's newest pages and the scrollback: memory)."""
         return self._history().read(offset, max_bytes)
 
     @property

@@ -1,44 +1,45 @@
-"""A port's past output: read from the scrollback or the ring log, and where a replay starts.
+"""A port's past output: read from the port's one history store, and where a replay starts.
 
-The hub keeps the newest output in memory (bridge.console.scrollback) and as much as the ring log
-holds on flash (bridge.history.ringlog). `History` answers from whichever holds the bytes asked
-for, so a front door sees one history whatever its age; the hub hands it the scrollback and ring
-log it has now (a reload may replace the scrollback) and the offset of the next byte.
+A port keeps its history in one place: the ring log (bridge.history.ringlog; its newest pages stay
+in memory, older ones are read from flash) or, when it keeps no log, the in-memory scrollback
+(bridge.console.scrollback). `History` answers over either, so a front door sees one history
+whatever its age; the hub hands it the store it has now (a reload may replace the scrollback) and
+the offset of the next byte.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from bridge.console.scrollback import Scrollback
-from bridge.history.ringlog import RingLog
+from typing import Protocol
 
 REPLAY_SEARCH = 64 * 1024  # how far into a replay a line start is looked for
 
 
+class Store(Protocol):
+    """What History reads: a Scrollback or a RingLog."""
+
+    @property
+    def oldest_offset(self) -> int: ...
+
+    def read(self, offset: int, max_bytes: int) -> tuple[int, bytes]: ...
+
+    def start_of_last(self, nbytes: int) -> int | None: ...
+
+
 @dataclass
 class History:
-    """Reads over one port's scrollback and ring log (`end`: the offset of the next byte)."""
+    """Reads over one port's history store (`end`: the offset of the next byte)."""
 
-    scrollback: Scrollback
-    ringlog: RingLog | None
+    store: Store
     end: int
 
     def read(self, offset: int, max_bytes: int) -> tuple[int, bytes]:
-        """History from `offset`: scrollback when it holds it, else the ring log."""
-        scrollback, ringlog = self.scrollback, self.ringlog
-        if offset >= scrollback.start or ringlog is None:
-            return scrollback.read(offset, max_bytes)
-        start, data = ringlog.read(offset, min(max_bytes, scrollback.start - offset))
-        if not data:
-            return scrollback.read(offset, max_bytes)
-        return start, data
+        """Up to `max_bytes` from `offset` (clamped up to the oldest byte held)."""
+        return self.store.read(offset, max_bytes)
 
     @property
     def oldest(self) -> int:
-        if self.ringlog is not None:
-            return min(self.ringlog.oldest_offset, self.scrollback.start)
-        return self.scrollback.start
+        return self.store.oldest_offset
 
     def resolve_from(self, value: int | None) -> int:
         """A `from` parameter -> the first offset to send, always a byte held (or the live end):
@@ -52,13 +53,9 @@ class History:
         return at if data else self.end
 
     def _start_of_last(self, nbytes: int) -> int:
-        """Where the last `nbytes` bytes held start: the scrollback's (contiguous), then the ring
-        log's before it."""
-        start, in_memory = self.scrollback.start, self.end - self.scrollback.start
-        if nbytes <= in_memory or self.ringlog is None:
-            return max(self.end - nbytes, start)
-        older = self.ringlog.start_of_last(nbytes - in_memory, start)
-        return start if older is None else older
+        """Where the last `nbytes` bytes held start (a hole counts for nothing)."""
+        start = self.store.start_of_last(nbytes)
+        return self.end if start is None else start
 
     def replay_start(self, nbytes: int) -> int:
         """Where "the last `nbytes`" start, moved forward to the first line start among them so a

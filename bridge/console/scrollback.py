@@ -1,7 +1,9 @@
 """In-memory scrollback: the newest N bytes of a port's output, addressed by console offset.
 
-A fixed bytearray used as a ring: appending is one or two slice copies per chunk, reading by
-offset is the same; no per-chunk objects are kept, so small chunks cost no extra memory.
+A port's history when it keeps no ring log (with one, the ring log's newest pages stay in memory
+instead: bridge.history.ringlog `keep`). A fixed bytearray used as a ring: appending is one or two
+slice copies per chunk, reading by offset is the same; no per-chunk objects are kept, so small
+chunks cost no extra memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ class Scrollback:
     @property
     def start(self) -> int:
         return max(self._base, self.end - self.capacity)
+
+    oldest_offset = start  # the name bridge.console.replay reads (as a RingLog has it)
+
+    def start_of_last(self, nbytes: int) -> int:
+        """Where the last `nbytes` bytes held start (the oldest held if fewer are)."""
+        return max(self.end - nbytes, self.start)
 
     def append(self, data: bytes) -> None:
         n = len(data)

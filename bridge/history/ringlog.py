@@ -11,9 +11,9 @@ Writes are whole, page-aligned 4 KiB pages at page-aligned positions: a block is
 fills, and by flush() (which rewrites the partial block in place, then fdatasync). A silent
 console causes no I/O at all. append()/add_marker()/flush() only build page images in memory and
 hand a copy of each to the writer thread (O_DIRECT with ``durable``, the default); a page handed
-over but not yet written stays readable from memory. Reads of blocks already written pread() the
-file on the calling thread (from the page cache as a rule), as do open() (recovery scan,
-preallocation) and close() (it waits for the writer's queue and last sync).
+over but not yet written, and the newest pages `keep` asks for, are read from memory; reads of
+older blocks pread() the file on the calling thread, as do open() (recovery scan, preallocation)
+and close() (it waits for the writer's queue and last sync).
 
 Errors: a failed page write or sync never reaches the caller: the writer keeps the page, writes
 it again until the disk works (reads see it meanwhile) and reports the fault once through
@@ -39,6 +39,7 @@ import json
 import mmap
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,7 @@ class RingLog:
         self._clean = False  # the newest record is a close record: nothing new since
         self.crash_gap: tuple[int, int] | None = None  # offsets skipped by recovery after a crash
         self._cache: tuple[int, bytes, list[Rec]] | None = None
+        self._recent: deque[Job] = deque(maxlen=1)  # newest page images handed over (see keep)
         self._writer = PageWriter(fd, path, durable)
         self.stats: WriteStats = self._writer.stats
         self.health = self._writer.health
@@ -210,6 +212,12 @@ class RingLog:
         p = self._pend
         return self._unsynced or (p is not None and p.used > p.written)
 
+    def keep(self, nbytes: int) -> None:
+        """Keep the page images of the newest ``nbytes`` (whole pages) in memory once written:
+        recent history (replays, clients catching up) is read without the file. They are the
+        images built for the writer, so this is the port's only in-memory copy of its output."""
+        self._recent = deque(self._recent, maxlen=max(1, -(-nbytes // BLOCK_SIZE)))
+
     # ------------------------------------------------------------------ writing
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Add console bytes; a block is handed to the writer thread when it fills (4 KiB). Never
@@ -301,8 +309,12 @@ class RingLog:
         """Hand a copy of the block's page to the writer (rewritten in place on flush)."""
         if p.used <= p.written:
             return
-        position = (p.seq % self._n) * BLOCK_SIZE
-        self._writer.submit(Job(p.seq, position, bytes(p.page), p.recs, p.used, flush))
+        job = Job(p.seq, (p.seq % self._n) * BLOCK_SIZE, bytes(p.page), p.recs, p.used, flush)
+        if self._recent and self._recent[-1].seq == p.seq:
+            self._recent[-1] = job  # a newer image of the partial block a flush wrote
+        else:
+            self._recent.append(job)
+        self._writer.submit(job)
         p.written = p.used
         self._unsynced = True
 
@@ -360,6 +372,9 @@ class RingLog:
         p = self._pend
         if p is not None and p.seq == b.seq:
             return p.page, p.recs
+        i = b.seq - self._recent[0].seq if self._recent else -1
+        if 0 <= i < len(self._recent) and (kept := self._recent[i]).seq == b.seq:
+            return kept.page, kept.recs
         if (job := self._writer.in_flight(b.seq)) is not None:
             return job.page, job.recs
         if self._cache is None or self._cache[0] != b.seq:

@@ -1,7 +1,7 @@
 """The console history API: `GET /api/ports/{name}/log` and the admins' `GET /api/audit`.
 
 `/log?from=OFFSET&since=ISO8601&format=text|raw|jsonl&follow=0|1&strip=0|1` streams (chunked)
-from the scrollback and the ring log; `from=-N` is the last N bytes held (a hole, such as the
+from the port's history; `from=-N` is the last N bytes held (a hole, such as the
 offsets skipped after a crash, counts for nothing); an offset older than what is held starts at
 the oldest byte held, one in a hole after it, and `X-Log-From` says where it really started. A
 hole crossed while reading is a `gap` line in `jsonl` and a notice line in `text` (`raw` carries
