@@ -471,12 +471,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         gaps = sum(r["clients_with_gaps"] + r["short"] for r in ok)
         intact = f"{sum(r['intact'] for r in ok)}/{sum(r['clients'] for r in ok)}"
         lines.append(
-            f"{label:>8} {system:<22} {m('cpu_pct'):>6} {m('rss_end_mib'):>8} {m('peak_rss_mib'):>6} "
-            f"{gaps:>5} {intact:>8} {m('echo_p50_us'):>11} {m('echo_p99_us'):>8} "
-            f"{m('echo_max_us'):>8} {m('load_before'):>5}"
+            f"{label:>8} {system:<22} {m('cpu_pct'):>6} {m('rss_end_mib'):>8} "
+            f"{m('peak_rss_mib'):>6} {gaps:>5} {intact:>8} {m('echo_p50_us'):>11} "
+            f"{m('echo_p99_us'):>8} {m('echo_max_us'):>8} {m('load_before'):>5}"
         )
     lines.append(
-        "CPU % of one core over the CPU window (before the echo); RSS at the end of the stream, peak since it began; "
+        "CPU % of one core over the CPU window (before the echo); RSS at the end of the "
+        "stream, peak since it began; "
         "gaps = clients with gap frames or short streams; intact = clients with every byte "
         "(length and CRC32); echo on the extra idle port while the others stream; load = "
         "1-minute load average before the row."
