@@ -137,6 +137,13 @@ class Served:
                 await asyncio.sleep(0.05)
 
 
+def nofile_wrapper(limit: int) -> list[str]:
+    """`prlimit` (util-linux): run with `ulimit -n` at `limit`."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) not installed")
+    return ["prlimit", f"--nofile={limit}:{limit}", "--"]
+
+
 def fiu_wrapper(prefix: Path) -> list[str]:
     """`fiu-run` (Debian fiu-utils) with its POSIX failure points and remote control at
     `prefix`-PID: faults are switched on and off while the process runs (`fiu_ctrl`)."""

@@ -23,9 +23,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 REPORT_EVERY = 60.0  # seconds between two logged outages of one file at most
-# what a failing, full or read-only disk answers: retried or worked around, never fatal (any
-# other OSError, such as ELOOP for a planted symlink, stays an error)
-DISK_ERRORS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# what a failing, full or read-only disk answers, or a process out of file descriptors (ulimit
+# -n): retried or worked around, never fatal (any other OSError, such as ELOOP for a planted
+# symlink, stays an error)
+DISK_ERRORS = frozenset(
+    {errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
+)
 
 
 def _iso(when: float) -> str:

@@ -11,15 +11,25 @@ used in place of `web.TCPSite`) accepts plain TCP connections itself, and for ea
 
 A connection whose handshake is done no longer counts; what it may do from then on is bounded by
 the HTTP server's own limits (bridge.access.throttle.SERVER_LIMITS).
+
+Out of file descriptors (`ulimit -n` reached: EMFILE, or the system's ENFILE), a new connection
+cannot even be accepted, and left in the kernel's backlog it would hang until the client gives
+up. So each site keeps one descriptor in reserve (/dev/null): it is closed to accept the waiting
+connection and close it at once (the client sees the connection closed, not a hang), then taken
+again. Consoles already open carry on. The refusals are logged at most once a second, with how
+many there were since the last line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import socket
 import ssl
+import time
 from collections import Counter
 
 from aiohttp import web
@@ -28,7 +38,9 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 5.0  # seconds for a client to finish its TLS handshake
 MAX_PENDING_PER_SOURCE = 64  # handshakes under way from one address
-ACCEPT_RETRY_DELAY = 1.0  # after EMFILE/ENFILE, as asyncio's own server waits
+ACCEPT_RETRY_DELAY = 1.0  # after an accept error that shedding cannot help with
+REPORT_EVERY = 1.0  # seconds between two log lines about refused connections
+OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 
 
 class BoundedTLSSite(web.BaseSite):
@@ -48,6 +60,10 @@ class BoundedTLSSite(web.BaseSite):
         self.pending: Counter[str] = Counter()  # address -> handshakes under way
         self._accepting: list[asyncio.Task[None]] = []
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._reserve = -1  # a descriptor given up to refuse a connection when none are left
+        self.refused = 0  # connections refused for want of file descriptors
+        self._unreported = 0
+        self._reported = -REPORT_EVERY
 
     @property
     def name(self) -> str:
@@ -70,6 +86,7 @@ class BoundedTLSSite(web.BaseSite):
                 sock.close()
             self.sockets.clear()
             raise
+        self._reserve = _take_reserve()
         self._accepting = [loop.create_task(self._accept(sock)) for sock in self.sockets]
 
     async def _accept(self, listening: socket.socket) -> None:
@@ -77,18 +94,68 @@ class BoundedTLSSite(web.BaseSite):
         while True:
             try:
                 conn, address = await loop.sock_accept(listening)
-            except OSError as exc:  # out of file descriptors, say: let some close first
-                log.warning("accept on %s failed: %s", self.name, exc.strerror or exc)
-                await asyncio.sleep(ACCEPT_RETRY_DELAY)
+            except OSError as exc:
+                # EMFILE comes before the kernel even looks for a waiting connection
+                if exc.errno not in OUT_OF_FILES or not await self._with_reserve(listening, exc):
+                    log.warning("accept on %s failed: %s", self.name, exc.strerror or exc)
+                    await asyncio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            source = str(address[0])
-            if self.pending[source] >= MAX_PENDING_PER_SOURCE:
-                conn.close()  # too many half-open handshakes from there: no TLS state for it
-                continue
-            self.pending[source] += 1
-            task = loop.create_task(self._handshake(conn, source))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            self._take(conn, address)
+
+    def _take(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        source = str(address[0])
+        if self.pending[source] >= MAX_PENDING_PER_SOURCE:
+            conn.close()  # too many half-open handshakes from there: no TLS state for it
+            return
+        self.pending[source] += 1
+        task = asyncio.get_running_loop().create_task(self._handshake(conn, source))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _with_reserve(self, listening: socket.socket, exc: OSError) -> bool:
+        """Out of descriptors: wait for a connection, accept it with the reserve descriptor, and
+        keep it if a descriptor is to be had again, else close it at once. False when there is
+        no reserve (nor one to be had)."""
+        if self._reserve < 0 and (reserve := _take_reserve()) >= 0:
+            self._reserve = reserve
+        if self._reserve < 0:
+            return False
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(listening.fileno(), ready)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(listening.fileno())
+        os.close(self._reserve)
+        try:
+            conn, address = listening.accept()
+        except OSError:  # taken meanwhile, or gone
+            self._reserve = _take_reserve()
+            return True
+        self._reserve = _take_reserve()
+        if self._reserve >= 0:  # descriptors were freed meanwhile: a connection like any other
+            conn.setblocking(False)
+            self._take(conn, address)
+            return True
+        conn.close()  # refused: the client sees the connection closed, not a hang
+        self._reserve = _take_reserve()  # the descriptor it had
+        self.refused += 1
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._reported >= REPORT_EVERY:
+            host, port = listening.getsockname()[:2]
+            log.warning(
+                "%s:%s: refused %d new connection(s): %s (ulimit -n); open consoles carry on",
+                *(host, port, self._unreported, exc.strerror or exc),
+            )
+            self._unreported, self._reported = 0, now
+        return True
 
     async def _handshake(self, conn: socket.socket, source: str) -> None:
         server = self._runner.server
@@ -117,4 +184,15 @@ class BoundedTLSSite(web.BaseSite):
                 await task
         for sock in self.sockets:
             sock.close()
+        if self._reserve >= 0:
+            os.close(self._reserve)
+            self._reserve = -1
         await super().stop()
+
+
+def _take_reserve() -> int:
+    """A spare descriptor, or -1 when none is to be had."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
