@@ -57,6 +57,16 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("unclean-stop", {"port": "lab1", "from": 1000, "to": 1000 + 2**21}),
     ("audit-lost", {"events": 12}),
     ("clock-step", {"by": 86400.5, "to": "2026-11-30T04:00:00+00:00"}),
+    (
+        "alert",
+        {
+            "port": "lab1",
+            "rule": "kernel-panic",
+            "severity": "critical",
+            "at": 4096,
+            "line": "Kernel panic - not syncing: VFS",
+        },
+    ),
 ]
 
 

@@ -242,4 +242,4 @@ def test_docs_scrape_config_and_alert_rules_pass_promtool(tmp_path: Path) -> Non
             [promtool(), "check", what, str(path)], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 2 rules found" in result.stdout
+    assert "SUCCESS: 3 rules found" in result.stdout

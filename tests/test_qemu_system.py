@@ -5,10 +5,10 @@ real daemon: ttyS0 on QEMU's telnet chardev, the control lines through QMP. Ever
 through the bridge's public API (websocket, HTTP, the `serial-bridge` CLI): the boot log, a shell
 command, SysRq `h` (websocket) and `t` (HTTP) and `h` again (CLI), NMI, reset and the second boot,
 SysRq `o` (power off) and power on (a third boot), the lab tools (tests/qemu_lab.py: pyserial's
-rfc2217:// client, the example lab test under the pytest plugin with a fourth boot, the pexpect
-console across a dropped link), and then the same story in the port's
-history (`/log` as text and as jsonl with event markers). Plain OpenSSH is one of the users: through
-the SSH door, `~B` then `h` is a SysRq.
+rfc2217:// client, the example lab test under the pytest plugin with a fifth boot, the pexpect
+console across a dropped link) after a panic (SysRq c) that raises the kernel-panic alert, and
+then the same story in the port's history (`/log` as text and as jsonl with event markers). Plain
+OpenSSH is one of the users: through the SSH door, `~B` then `h` is a SysRq.
 """
 
 from __future__ import annotations
@@ -228,9 +228,18 @@ async def test_real_kernel_through_the_bridge(
         at = await screen.wait_for("Linux version", at, BOOT_TIMEOUT)
         at = await screen.wait_for(PROMPT, at, BOOT_TIMEOUT)
 
+        # A real panic (SysRq c): the shipped kernel-panic alert reaches the open console;
+        # panic=-1 reboots the guest (a fourth boot; the example lab test's reset is the fifth).
+        await post(operator, bridge, "sysrq", {"keys": "c"})
+        at = await screen.wait_for("Kernel panic - not syncing", at)
+        alert = await reader.message("event", event="alert", rule="kernel-panic")
+        assert alert["severity"] == "critical" and "sysrq triggered crash" in alert["line"]
+        at = await screen.wait_for("Linux version", at, BOOT_TIMEOUT)
+        at = await screen.wait_for(PROMPT, at, BOOT_TIMEOUT)
+
         # Lab tools (tests/qemu_lab.py): pyserial's rfc2217:// client types a command and sends
         # BREAK + h (it takes the lease over: rfc2217_takeover); the example lab test resets the
-        # guest through the pytest plugin (a fourth boot) and checks a command's answer; the
+        # guest through the pytest plugin (a fifth boot) and checks a command's answer; the
         # pexpect console reads on across a link the bridge drops.
         sent = time.monotonic()
         at = await rfc2217_step(bridge, PORT, screen, at)
@@ -248,7 +257,7 @@ async def test_real_kernel_through_the_bridge(
             assert resp.status == 200
             text = await resp.text()
         boots = [m.start() for m in re.finditer("Linux version", text)]
-        assert len(boots) == 4, "\n----\n".join(text[b - 300 : b + 200] for b in boots)
+        assert len(boots) == 5, "\n----\n".join(text[b - 300 : b + 200] for b in boots)
         for needle in ("RT42", "sysrq: HELP", "sysrq: Show State", "NMI received", "RT55"):
             assert needle in text, needle
         assert boots[0] < text.index("NMI received") < boots[1]
@@ -275,8 +284,11 @@ async def test_real_kernel_through_the_bridge(
         ("nmi", "admin", None),
         ("reset", "admin", None),
         ("sysrq", "operator", "o"),
+        ("sysrq", "operator", "c"),
         ("reset", "admin", None),  # the example lab test
     ]
+    (panic,) = [m for m in lines if m.get("event") == "alert" and m["rule"] == "kernel-panic"]
+    assert b"Kernel panic - not syncing" in raw[panic["at"] - raw_from : panic["offset"] - raw_from]
     assert markers[0][0] == "online"
     # The reset marker sits at the right place in the byte stream: after the NMI report, before
     # the second boot. (The NMI marker may follow its report: the kernel answers within

@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from bridge.config.alerts import DEFAULT_PLAYBOOKS_DIR, AlertsConfig, parse_alerts, parse_playbooks
 from bridge.config.check import check_listen, check_ports, check_rfc2217
 from bridge.config.depth import PROBLEM as NESTING_PROBLEM
 from bridge.config.depth import deepest_key, too_deep
@@ -279,6 +280,12 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
             if (pt := t.table(name)) is not None:
                 ports[name] = _port(name, pt, log)
         t.done()
+    alerts = AlertsConfig()
+    if (t := root.table("alerts")) is not None:
+        alerts = parse_alerts(t, set(ports))
+    playbooks = DEFAULT_PLAYBOOKS_DIR
+    if (t := root.table("playbooks")) is not None:
+        playbooks = parse_playbooks(t)
     root.done()
     check_listen(server.listen, where, problems)
     if ssh is not None:
@@ -288,7 +295,16 @@ def parse_config(data: dict[str, Any], where: str, path: Path | None = None) -> 
     if problems:
         raise ConfigError(problems)
     return Config(
-        path=path, server=server, log=log, gpio=gpio, ports=ports, ssh=ssh, audit=audit, oidc=oidc
+        path=path,
+        server=server,
+        log=log,
+        gpio=gpio,
+        ports=ports,
+        ssh=ssh,
+        audit=audit,
+        oidc=oidc,
+        alerts=alerts,
+        playbooks_dir=playbooks,
     )
 
 

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.config.alerts import DEFAULT_PLAYBOOKS_DIR, AlertsConfig
+
 DEFAULT_CONFIG_PATH = Path("/etc/serial-bridge/config.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/serial-bridge")
 
@@ -187,3 +189,5 @@ class Config:
     ssh: SshConfig | None = None  # None: no SSH listener
     audit: AuditConfig = field(default_factory=AuditConfig)
     oidc: OidcConfig | None = None  # None: no single sign-on
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # bridge.config.alerts
+    playbooks_dir: Path = DEFAULT_PLAYBOOKS_DIR  # site recovery playbooks ([playbooks] dir)

@@ -2,6 +2,8 @@
 
 - `port`: the hub (`Port`): owns a transport, numbers every byte with an offset, feeds the ring log
   and the subscribers, reopens a lost device.
+- `alerts`: output lines matched against alert rules (rate limits, boot timing).
+- `events`: what happened, recorded: ring log markers, `event` messages to clients, the audit.
 - `coalesce`: a stream's small reads gathered into fewer chunks; typing never delayed.
 - `lease`: who may type (one writer, the rest read-only), take-over, idle expiry, `on_release`,
   and the client slots kept for those who may write.

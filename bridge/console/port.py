@@ -21,8 +21,10 @@ from typing import Any
 
 from bridge.config import LogConfig, PortConfig
 from bridge.console.actions import Actions
+from bridge.console.alerts import AlertWatch
 from bridge.console.coalesce import Coalescer
 from bridge.console.errors import PortDisabled, PortError, PortOffline
+from bridge.console.events import EventSink, PortEvents
 from bridge.console.fanout import Chunk, Subscriber
 from bridge.console.lease import Attachment, Lease, Viewer
 from bridge.console.linesettings import LineControl
@@ -39,9 +41,6 @@ REOPEN_INTERVAL = 1.0
 DISABLED = "disabled by the administrator"
 
 
-EventSink = Callable[[str, dict[str, Any]], None]
-
-
 class Port:
     """The hub of one target machine."""
 
@@ -53,6 +52,7 @@ class Port:
         log_cfg: LogConfig | None = None,
         ringlog: RingLog | None = None,
         on_event: EventSink | None = None,
+        watch: AlertWatch | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -61,7 +61,8 @@ class Port:
         self.ringlog = ringlog
         self._flush_interval = log_cfg.flush_interval if log_cfg else 5.0
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._on_event = on_event
+        self.watch = watch or AlertWatch()  # console alerts (bridge.console.alerts)
+        self.events = PortEvents(self, on_event)
         start = ringlog.next_offset if ringlog is not None else 0
         # history in one place: the ring log (its newest `scrollback` bytes stay in memory), or
         # without one, the in-memory scrollback
@@ -216,12 +217,16 @@ class Port:
     def _publish(self, data: bytes) -> None:
         """Number the bytes, keep them (scrollback, ring log) and fan them out: the hot path."""
         chunk = Chunk(data, self.offset)
+        hits = self.watch.feed(data, self.offset) if self.watch.rules else None
         self.offset += len(data)
         self.bytes_in += len(data)
         if self.scrollback is not None:
             self.scrollback.append(data)
         if self.ringlog is not None:
-            self.ringlog.append(data)
+            if hits:
+                self.events.log(data, chunk.offset, hits)
+            else:
+                self.ringlog.append(data)
             if self._flush_handle is None:
                 self._flush_handle = asyncio.get_running_loop().call_later(
                     self._flush_interval, self._flush_log
@@ -235,6 +240,8 @@ class Port:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+        for hit in hits or ():  # marked in the log already: audited and announced after the line
+            self._event("alert", hit.fields(), mark=False)
 
     async def wait_for_output(self, offset: int, within: float) -> bool:
         """Wait until output beyond `offset` exists (for `follow` readers); False on timeout."""
@@ -398,13 +405,8 @@ class Port:
         self._event(kind, fields)
         self._broadcast_status(kind, actor=fields.get("user") or None)
 
-    def _event(self, kind: str, fields: dict[str, Any], audit: bool = True) -> None:
-        """A marker in the ring log (not for attach/detach) and, if `audit`, an audit event.
-        Actions are audited by the front door, which knows the peer and the outcome."""
-        if self.ringlog is not None and kind not in ("attach", "detach"):
-            try:
-                self.ringlog.add_marker({"event": kind, **fields})
-            except OSError as exc:
-                log.error("port %s: ring log marker failed: %s", self.name, exc)
-        if audit and self._on_event is not None:
-            self._on_event(kind, {"port": self.name, **fields})
+    def _event(
+        self, kind: str, fields: dict[str, Any], audit: bool = True, mark: bool = True
+    ) -> None:
+        """Marked, announced and audited: bridge.console.events."""
+        self.events.record(kind, fields, audit, mark)

@@ -54,6 +54,8 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
 - ``audit-lost`` — ``events``: how many audit lines a long disk fault made this log drop
 - ``clock-step`` — ``by`` (seconds, signed), ``to`` (the new time): the wall clock was stepped
   (NTP on a bridge without a real-time clock); events before it are dated by the old clock
+- ``alert`` — ``port``, ``rule``, ``severity``, ``at`` (offset of the line), ``line``, and
+  ``suppressed`` / ``boot_seconds`` when they apply (bridge.console.alerts)
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ EVENTS = (
     "user-add", "user-set", "user-del", "user-passwd", "user-totp", "user-key", "token-create",
     "token-revoke", "config-reload", "line-settings", "line-restored", "control-lines",
     "write-dropped", "port-enabled", "port-disabled", "forward", "unclean-stop", "audit-lost",
-    "clock-step",
+    "clock-step", "alert",
 )  # fmt: skip
 BACKLOG = 10_000  # audit lines kept in memory while the disk refuses them
 RETRY = 5.0  # seconds between attempts to write them

@@ -27,11 +27,13 @@ from bridge.access.sessions import SessionStore
 from bridge.access.store import UserStore
 from bridge.access.throttle import SERVER_LIMITS, LoginThrottle
 from bridge.config import Config, ConfigError, PortConfig, load_config
+from bridge.console.alerts import AlertWatch
 from bridge.console.port import Port
 from bridge.history.audit import AuditLog
 from bridge.history.ringlog import RingLog
 from bridge.history.shipping import sinks_for
 from bridge.history.statedir import check_writable, private_dir
+from bridge.history.webhook import Webhook
 from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
 from bridge.hw.lines import LineSetupError
@@ -139,7 +141,8 @@ class Daemon:
                 with contextlib.suppress(OSError):
                     ringlog.close()
             raise StartupError(exc.key, exc.cause) from exc
-        return Port(cfg, self.transport_factory, lines, config.log, ringlog, on_event)
+        watch = AlertWatch(config.alerts.rules_for(cfg.name))
+        return Port(cfg, self.transport_factory, lines, config.log, ringlog, on_event, watch)
 
     async def start(self) -> None:
         limit_tls_read_buffers()
@@ -163,6 +166,9 @@ class Daemon:
             audit = AuditLog(server.state_dir / "audit")
         with step("audit.syslog_ca", self.config.audit.syslog_ca):  # a missing or bad CA file
             audit.sinks = tuple(sinks_for(self.config.audit))
+        if (hook := self.config.alerts.webhook) is not None:  # posts alerts as they are audited
+            with step("alerts.webhook", hook.headers_file or hook.ca_file or "the receiver"):
+                audit.sinks += (Webhook.from_config(hook),)  # a bad headers_file: OSError
         for sink in audit.sinks:
             sink.start()
         ports: dict[str, Port] = {}
@@ -257,6 +263,10 @@ class Daemon:
             changes.append("[oidc] changed: applies to sign-ins and tokens from now on")
         if old.audit != new.audit:
             changes.append("[audit] changed: takes effect after a restart")
+        if old.alerts != new.alerts:  # the rules at once; a new webhook after a restart
+            changes.append("[alerts] changed: rules in force now, [alerts.webhook] after a restart")
+            for name, port in state.ports.items():
+                port.watch.set_rules(new.alerts.rules_for(name))
         if old.log != new.log:
             changes.append("[log] changed: applies to ports added from now on and after a restart")
         audit = cast(AuditLog, state.audit)

@@ -31,6 +31,9 @@ class Notices:
     def read(self, message: dict[str, Any]) -> Notice:
         if message.get("type") == "error":
             return Notice([str(message.get("message", ""))])
+        if message.get("type") == "event" and message.get("event") == "alert":
+            what = f"alert {message.get('rule')} ({message.get('severity')})"
+            return Notice([f"{what}: {message.get('line', '')}"])
         if message.get("type") != "status":
             return Notice([])
         event, actor = message.get("event"), message.get("actor")

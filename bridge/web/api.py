@@ -136,6 +136,7 @@ def port_summary(port: Port) -> dict[str, Any]:
         "power": port.lines.power_state(),
         "lines": sorted(port.lines.supported()),
         "offset": port.offset,
+        **port.watch.summary(),  # alerts per rule, boots, last_boot_seconds
     }
 
 

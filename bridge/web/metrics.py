@@ -60,6 +60,12 @@ class PortCollector:
             "actions", "Actions asked of the port, by kind and result", "action", "result"
         )
         uart = counter("uart_errors", "Line errors the UART driver counted (TIOCGICOUNT)", "kind")
+        alerts = counter("alerts", "Console lines that matched an alert rule", "rule", "severity")
+        suppressed = counter(
+            "alerts_suppressed", "Alert matches left out by the rule's rate", "rule"
+        )
+        boots = counter("boots", "Boots timed from a reset or power-on (or boot banner) to login")
+        last_boot = gauge("last_boot_seconds", "How long the last boot timed took")
         for port in self.ports:
             name = [port.name]
             enabled.add_metric(name, int(port.cfg.enabled))
@@ -77,8 +83,16 @@ class PortCollector:
             line_errors = transport.line_errors() if transport is not None else None
             for kind, n in sorted((line_errors or {}).items()):
                 uart.add_metric([port.name, kind], n)
+            watch = port.watch
+            for (rule, severity), n in sorted(watch.counts.items()):
+                alerts.add_metric([port.name, rule, severity], n)
+            for rule, n in sorted(watch.suppressed.items()):
+                suppressed.add_metric([port.name, rule], n)
+            boots.add_metric(name, watch.boots)
+            if watch.last_boot is not None:
+                last_boot.add_metric(name, watch.last_boot)
         yield from (enabled, online, clients, writer, bytes_in, bytes_out, reopens, gaps, breaks)
-        yield from (actions, uart)
+        yield from (actions, uart, alerts, suppressed, boots, last_boot)
         yield from self._ringlog()
 
     def _ringlog(self) -> Iterator[Metric]:

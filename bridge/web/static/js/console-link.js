@@ -18,7 +18,7 @@
   class ConsoleLink {
     constructor(port, handlers) {
       this.port = port;
-      this.handlers = handlers; // {state, hello, data, gap, status, result, error, ended}
+      this.handlers = handlers; // {state, hello, data, gap, status, result, error, event, ended}
       this.ws = null;
       this.next = null;
       this.wantWrite = false;
@@ -96,6 +96,7 @@
         case "status":
         case "result":
         case "error":
+        case "event":
           this.handlers[message.type](message);
           break;
         default:

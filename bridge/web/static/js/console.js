@@ -130,6 +130,16 @@
     if (!wasWriter && isWriter()) sendSize(true);
   }
 
+  // A marker the bridge recorded (an alert, an action, a boot...): alerts are shown at once.
+  function onEvent(message) {
+    if (message.event === "alert") {
+      const kind = message.severity === "info" ? "ok" : message.severity === "warning" ? "warn" : "error";
+      const boot = message.boot_seconds !== undefined ? ` (boot took ${message.boot_seconds} s)` : "";
+      notify(`Alert on ${port}: ${message.rule} (${message.severity})${boot}: ${message.line}`, kind);
+    }
+    if (window.SB.timeline) window.SB.timeline.add(message);
+  }
+
   // ---- input ----------------------------------------------------------------------------------
 
   function refuseTyping() {
@@ -321,6 +331,7 @@
       },
       status: (message) => applyStatus(message, false),
       result: (message) => notify(`${message.action} done on ${port}.`, "ok"),
+      event: (message) => onEvent(message),
       error: (message) => notify(message.message, "error"),
       refused: async () => {
         try {
