@@ -1,7 +1,8 @@
 """Resource limits (#14, faults 5): a real `serve` with a low `ulimit -n` refuses the connections
 it has no file descriptor for at once (logged at most once a second) while the consoles already
 open carry on, and takes new ones again once some close. (The TLS handshake bound, 5 s, is
-tested in test_security_listener.py; memory with many stalled clients is measured in bench/.)"""
+tested in test_security_listener.py; memory with 256 stalled clients is measured by
+`python -m bench.faults stalled`.) Clients that stopped reading share a port-wide budget."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import ssl
 import time
 from pathlib import Path
 
+from bridge.console.fanout import PORT_BUFFER, Budget, Chunk, Subscriber
 from tests.conftest import PtyDevice, WsReader, client_ssl_context
 from tests.served import Served, make_state, nofile_wrapper
 
@@ -75,3 +77,53 @@ async def test_out_of_file_descriptors_refuses_new_connections_only(
         for writer in held:
             writer.close()
         assert await served.stop() == 0
+
+
+class StalledOutlet:
+    """A client connection that stopped reading: `queued` bytes sit in its buffer."""
+
+    def __init__(self, queued: int) -> None:
+        self.queued = queued
+
+    def send_chunk(self, chunk: Chunk) -> None:
+        self.queued += len(chunk.data)
+
+    def send_history(self, offset: int, data: bytes) -> None:
+        self.queued += len(data)
+
+    def send_gap(self, start: int, end: int) -> None: ...
+
+    def backlog(self) -> int:
+        return self.queued
+
+    async def drained(self) -> None:
+        await asyncio.Event().wait()  # never: it does not read
+
+
+class Output:
+    offset = 0
+
+    def read(self, offset: int, max_bytes: int) -> tuple[int, bytes]:
+        return offset, b""
+
+
+async def test_stalled_clients_share_a_port_wide_budget() -> None:
+    """256 clients that stopped reading may queue 256 KiB each, not client_buffer (1 MiB):
+    together about PORT_BUFFER. With few clients each has its client_buffer again."""
+    budget = Budget(1 << 20)
+    outlets = [StalledOutlet(300 * 1024) for _ in range(256)]
+    subs = [Subscriber(o, Output(), budget, 0) for o in outlets]
+    assert budget.limit() == PORT_BUFFER // 256 == 256 * 1024
+    for sub in subs:
+        sub.on_chunk(Chunk(b"x" * 100, 0))
+    assert not any(s.live for s in subs)  # over their share: caught up later, not fed now
+    assert sum(o.queued for o in outlets) == 256 * 300 * 1024  # nothing more was queued
+    for sub in subs[8:]:
+        await sub.close()
+    assert budget.clients == 8 and budget.limit() == 1 << 20
+    fresh = Subscriber(StalledOutlet(300 * 1024), Output(), budget, 0)
+    fresh.on_chunk(Chunk(b"x" * 100, 0))
+    assert fresh.live  # 300 KiB is within a 1 MiB budget
+    for sub in [*subs[:8], fresh]:
+        await sub.close()
+    assert budget.clients == 0

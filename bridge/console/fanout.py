@@ -7,6 +7,12 @@ client's outlet holds more than its budget (it is not reading), it leaves the li
 task catches it up from the hub's history (bridge.console.replay) as fast as it drains; if
 the bytes it missed are no longer held, it gets a `gap(from, to)` and continues from the oldest
 byte still held. The reader and the other clients never wait for a slow one.
+
+A client's budget is the port's `client_buffer` (1 MiB), but no more than an equal share of
+PORT_BUFFER (64 MiB) among the port's clients (`Budget`; at least MIN_BUDGET): with 256 clients
+that stopped reading, each holds at most 256 KiB of queued output, so together they cannot hold
+much more than PORT_BUFFER of the daemon's memory. A smaller budget loses nothing: a client over
+it is caught up from the history.
 """
 
 from __future__ import annotations
@@ -17,6 +23,20 @@ from collections.abc import Callable
 from typing import Protocol
 
 CATCH_UP_PIECE = 256 * 1024
+PORT_BUFFER = 64 * 1024 * 1024  # queued output of all a port's clients, about (see Budget)
+MIN_BUDGET = 64 * 1024
+
+
+class Budget:
+    """How much output one of a port's clients may have queued before it is caught up from
+    history instead: `per_client`, or an equal share of PORT_BUFFER if that is less."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self.clients = 0  # subscribers counting on it
+
+    def limit(self) -> int:
+        return min(self.per_client, max(MIN_BUDGET, PORT_BUFFER // max(1, self.clients)))
 
 
 class Chunk:
@@ -68,10 +88,12 @@ class History(Protocol):
 class Subscriber:
     """A client's position in the output stream; live or catching up."""
 
-    def __init__(self, outlet: Outlet, history: History, budget: int, cursor: int) -> None:
+    def __init__(self, outlet: Outlet, history: History, budget: Budget | int, cursor: int) -> None:
         self.outlet = outlet
         self.history = history
-        self.budget = budget
+        self.budget = budget if isinstance(budget, Budget) else Budget(budget)
+        self.budget.clients += 1
+        self._counted = True
         self.cursor = cursor
         self.live = False
         self.gaps = 0
@@ -84,7 +106,7 @@ class Subscriber:
 
     def on_chunk(self, chunk: Chunk) -> None:
         """Hot path: called for every chunk while live."""
-        if self.outlet.backlog() > self.budget:
+        if self.outlet.backlog() > self.budget.limit():
             self.live = False
             self.cursor = chunk.offset
             self._start_catch_up()
@@ -112,6 +134,9 @@ class Subscriber:
     async def close(self) -> None:
         task, self._task = self._task, None
         self.live = False
+        if self._counted:
+            self._counted = False
+            self.budget.clients -= 1
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

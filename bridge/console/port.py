@@ -25,7 +25,7 @@ from bridge.console.alerts import AlertWatch
 from bridge.console.coalesce import Coalescer
 from bridge.console.errors import PortDisabled, PortError, PortOffline
 from bridge.console.events import EventSink, PortEvents
-from bridge.console.fanout import Chunk, Subscriber
+from bridge.console.fanout import Budget, Chunk, Subscriber
 from bridge.console.lease import Attachment, Lease, Viewer
 from bridge.console.linesettings import LineControl
 from bridge.console.replay import History
@@ -74,6 +74,7 @@ class Port:
         self.error: str | None = None
         self.transport: ConsoleTransport | None = None
         self.attachments: dict[int, Attachment] = {}
+        self.budget = Budget(cfg.client_buffer)  # what each may queue (bridge.console.fanout)
         self._ids = itertools.count(1)
         self._lost = asyncio.Event()
         self.actions = Actions(self, lambda kind, fields: self._event(kind, fields, audit=False))
@@ -178,8 +179,7 @@ class Port:
             kept = self.scrollback.read(self.offset - cfg.scrollback, cfg.scrollback)
             self.scrollback = Scrollback(cfg.scrollback, kept[0])
             self.scrollback.append(kept[1])
-        for att in self.attachments.values():
-            att.subscriber.budget = cfg.client_buffer
+        self.budget.per_client = cfg.client_buffer
         if cfg.enabled:
             self._broadcast_status("reconfigured")
         else:
@@ -305,7 +305,7 @@ class Port:
         `reserved_clients` keeps free of read-only clients."""
         self.lease.admit(len(self.attachments), self.cfg, privileged)
         self.check_enabled()
-        sub = Subscriber(viewer, self, self.cfg.client_buffer, start)
+        sub = Subscriber(viewer, self, self.budget, start)
         att = Attachment(next(self._ids), user, peer, viewer, sub, wants_write=mode == "rw")
         self.attachments[att.id] = att
         event = "join"

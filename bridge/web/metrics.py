@@ -11,6 +11,7 @@ ports' series; bridge-wide series (logins, the process) only an identity that ma
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 
 from aiohttp import web
@@ -175,6 +176,15 @@ class StorageCollector:
         yield from (ok, failures)
 
 
+class TaskCollector:
+    """The event loop's tasks: flat over hours of clients coming and going, or a leak."""
+
+    def collect(self) -> Iterator[Metric]:
+        tasks = GaugeMetricFamily(f"{PREFIX}_tasks", "asyncio tasks alive in the daemon")
+        tasks.add_metric([], len(asyncio.all_tasks()))
+        yield tasks
+
+
 class AuthCollector:
     """Authentications by method and result, as the gate counted them (every door's)."""
 
@@ -206,6 +216,7 @@ async def metrics(request: web.Request) -> web.Response:
     if identity.ports is None:
         registry.register(AuthCollector(state.gate))
         registry.register(AuditCollector(state.audit_sinks))
+        registry.register(TaskCollector())
         ProcessCollector(registry=registry)
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
