@@ -106,3 +106,44 @@ async def test_pyserial_socket_url_device() -> None:
             w.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_trickle_is_read_on_a_tick_and_a_write_brings_immediate_reads_back(
+    pty_device: PtyDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small reads in quick succession (USB packets of slow output) switch the transport to one
+    read per tick, which carries all that arrived meanwhile; a write switches back at once so
+    the echo is read as soon as it arrives; unplugging while ticking is still noticed."""
+    from bridge.hw import pacing
+
+    monkeypatch.setattr(pacing, "TRICKLE_GAP", 60.0)  # any two small reads count as a trickle
+    monkeypatch.setattr(pacing, "TYPING", 0.0)
+    cfg = PortConfig(name="t", device=str(pty_device.path), baud=115200)
+    uart, sink = UartTransport(cfg), Sink()
+    await uart.open(sink)
+    loop = asyncio.get_running_loop()
+    fd = uart._fd
+    try:
+        for i in range(2):
+            pty_device.write(b"p%d " % i)
+            await wait_for(lambda i=i: sink.data.endswith(b"p%d " % i))
+        assert uart._ticks.handle is not None, "not ticking after a trickle"
+        # asyncio's loop shows its readers (uvloop's does not): none while ticking
+        selector = getattr(loop, "_selector", None)
+        assert selector is None or selector.get_map().get(fd) is None
+        pty_device.write(b"a" * 62)
+        pty_device.write(b"b" * 62)
+        await wait_for(lambda: sink.data.endswith(b"a" * 62 + b"b" * 62), timeout=5)
+        assert uart._ticks.handle is not None
+        await uart.write(b"k")
+        assert uart._ticks.handle is None
+        assert selector is None or selector.get_map().get(fd) is not None
+        pty_device.write(b"echo")
+        await wait_for(lambda: sink.data.endswith(b"echo"))
+        pty_device.write(b"q1 ")
+        await wait_for(lambda: sink.data.endswith(b"q1 "))
+        assert uart._ticks.handle is not None
+        pty_device.unplug()
+        await wait_for(lambda: len(sink.lost) == 1)
+    finally:
+        await uart.close()

@@ -5,8 +5,9 @@ Reads: the device fd is registered with `loop.add_reader`; each wake-up does one
 data, or fails, means the device is gone: the sink's `connection_lost` is called. Small reads (a
 keystroke's echo, a line) go to the hub at once. A tty hands over at most ~4 KiB per read, so
 while reads come back large (bulk output) the transport gathers a few more, one event-loop turn
-apart, up to 64 KiB, before handing them on: fan-out then costs one frame per 64 KiB instead of
-per 4 KiB, and interactive traffic never waits.
+apart, up to 64 KiB, before handing them on (one frame per 64 KiB instead of per 4 KiB). While
+output trickles in as small packets and nobody types, it is read on a tick instead of at every
+packet (bridge.hw.pacing: why, and the overrun bound); a write makes reads immediate again.
 
 Writes: paced at the line rate (baud / bits per character) by a token bucket that lets a short
 burst (a keystroke, a line) through at once, and wait for `add_writer` readiness when the kernel's
@@ -51,9 +52,10 @@ from bridge.hw.interfaces import (
     TransportSink,
     UnsupportedAction,
 )
+from bridge.hw.pacing import SMALL_READ, LinePacer, ReadTicks
 
 READ_SIZE = 64 * 1024
-BULK_READ = 1024  # a read at least this large means output is streaming: gather more
+BULK_READ = SMALL_READ  # a read at least this large means output is streaming: gather more
 _PARITY = {
     "N": serial.PARITY_NONE,
     "E": serial.PARITY_EVEN,
@@ -88,28 +90,6 @@ def _pyserial_settings(settings: LineSettings) -> dict[str, Any]:
     )
 
 
-class LinePacer:
-    """Token bucket at the line rate: `allowance()` bytes may be written now."""
-
-    def __init__(self, bytes_per_second: float, burst_seconds: float = 0.02) -> None:
-        self.rate = bytes_per_second
-        self.burst = max(64.0, bytes_per_second * burst_seconds)
-        self.tokens = self.burst
-        self.stamp = 0.0
-
-    def allowance(self, now: float) -> int:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        return int(self.tokens)
-
-    def spend(self, n: int) -> None:
-        self.tokens -= n
-
-    def wait_for(self, n: int) -> float:
-        """Seconds until `n` bytes (at most a burst) may be written."""
-        return max(0.0, (min(n, self.burst) - self.tokens) / self.rate)
-
-
 PTY_MAJORS = range(136, 144)  # Unix98 pty slaves (/dev/pts/N)
 NO_BREAK_URLS = ("socket://", "loop://")  # pyserial URLs that ignore the break condition
 NO_BREAK_ERRNOS = {errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
@@ -142,6 +122,7 @@ class UartTransport:
         self._fd = -1
         self._sink: TransportSink | None = None
         self._pacer = LinePacer(cfg.baud / cfg.framing.bits_per_char)
+        self._ticks = ReadTicks(self._pacer.rate)  # immediate reads, or on a tick
         self._write_lock = asyncio.Lock()
         self._writable: asyncio.Future[None] | None = None
         self._url_reader: asyncio.Task[None] | None = None
@@ -217,9 +198,19 @@ class UartTransport:
         elif len(data) < BULK_READ:
             assert self._sink is not None
             self._sink.data_received(data)
+            self._ticks.started(len(data), asyncio.get_running_loop(), self._fd, self._on_tick)
         else:
             self._gathered = bytearray(data)
             asyncio.get_running_loop().call_soon(self._gather)
+
+    def _on_tick(self) -> None:
+        """A read on the tick: everything that arrived since (less than half the tty buffer)."""
+        data = self._read(ready=False) if self._fd >= 0 else None
+        if data is not None and self._sink is not None:
+            self._sink.data_received(data)
+        if self._fd >= 0:  # not closed, nor lost during the read
+            loop, n = asyncio.get_running_loop(), len(data or b"")
+            self._ticks.ticked(n, loop, self._fd, self._on_tick, self._on_readable)
 
     def _gather(self) -> None:
         """One loop turn after a large read: read again; keep gathering while reads are large."""
@@ -274,6 +265,7 @@ class UartTransport:
 
     async def write(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
+        self._ticks.wrote(loop, self._fd, self._on_readable)
         async with self._write_lock:
             view = memoryview(data)
             while view:
@@ -355,6 +347,7 @@ class UartTransport:
                         ser.apply_settings(old)
                     raise ValueError(f"{self.cfg.device}: {settings} refused: {exc}") from exc
                 self._pacer = LinePacer(settings.baud / settings.framing.bits_per_char)
+                self._ticks.tick = ReadTicks(self._pacer.rate).tick
                 self.description = f"{self.cfg.device} {settings}"
             try:
                 if dtr is not None and self._serial is not None:
@@ -389,6 +382,7 @@ class UartTransport:
 
     def _release(self) -> None:
         ser, self._serial, self._sink = self._serial, None, None
+        self._ticks.cancel()
         if self._fd >= 0:
             loop = asyncio.get_running_loop()
             loop.remove_reader(self._fd)
