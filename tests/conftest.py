@@ -24,6 +24,16 @@ from bridge.config import Config, parse_config
 from bridge.service.daemon import Daemon
 
 PASSWORDS = {"admin": "admin-pass-1", "operator": "operator-pass-1", "viewer": "viewer-pass-1"}
+
+if os.environ.get("SERIAL_BRIDGE_LOOP") == "uvloop":
+    # The suite under uvloop (the daemons it starts read the same variable): in-process tests run
+    # on a uvloop loop too. `SERIAL_BRIDGE_LOOP=uvloop pytest ...`
+    from bridge.service.eventloop import loop_factory
+
+    def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+        return {"uvloop": loop_factory("uvloop")}
+
+
 _HASHES: dict[str, str] = {}
 
 

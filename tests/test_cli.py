@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import os
 import re
@@ -107,8 +108,10 @@ def test_user_and_token_commands(tmp_path: Path) -> None:
     assert "alice" not in run("user", "list", "--config", cfg).stdout
 
 
-def own_terminal() -> None:  # in the child: the pty on stdout becomes its controlling terminal
-    fcntl.ioctl(1, termios.TIOCSCTTY, 0)
+def own_terminal(fd: int = 1) -> None:  # in the child: the pty `fd` becomes its controlling tty
+    if os.getsid(0) != os.getpid():  # uvloop runs preexec_fn before start_new_session's setsid
+        os.setsid()  # (and before stdin/stdout are the pty: hence `fd`, the pty itself)
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
 
 
 class PtyScreen:
@@ -147,7 +150,7 @@ class PtyScreen:
             stderr=self.slave,
             env=env,
             start_new_session=True,
-            preexec_fn=own_terminal,
+            preexec_fn=functools.partial(own_terminal, self.slave),
         )
 
     async def connect_to(
@@ -167,7 +170,7 @@ class PtyScreen:
             stderr=self.slave,
             env=env,
             start_new_session=True,
-            preexec_fn=own_terminal,
+            preexec_fn=functools.partial(own_terminal, self.slave),
         )
 
     def close(self) -> None:
@@ -411,7 +414,7 @@ async def test_connect_with_password_stdin_reads_keys_from_the_terminal(
         stdout=screen.slave,
         stderr=screen.slave,
         start_new_session=True,
-        preexec_fn=own_terminal,
+        preexec_fn=functools.partial(own_terminal, screen.slave),
     )
     assert proc.stdin is not None
     proc.stdin.write(password)

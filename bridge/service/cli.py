@@ -6,7 +6,6 @@ Each command module exposes `register(sub)`, which adds its subcommand and sets 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
@@ -64,6 +63,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from bridge.access.store import UserStore
+    from bridge.service import eventloop
     from bridge.service.daemon import serve
     from bridge.service.startup import StartupError, step
 
@@ -79,7 +79,10 @@ def run_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        return asyncio.run(serve(config))
+        return eventloop.run(serve(config))
+    except eventloop.LoopChoiceError as exc:
+        print(f"serial-bridge: cannot start: {exc}", file=sys.stderr)
+        return 1
     except StartupError as exc:  # one line naming the key; the traceback only when asked
         if args.verbose:
             traceback.print_exception(exc)
