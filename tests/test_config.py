@@ -241,3 +241,9 @@ def test_nesting_bombs_get_a_file_key_reason_line(
     assert reason == "values nested more than 16 levels deep (a config needs 4 at most)"
     assert where.startswith(f"{path}: {key or 'ports.lab.baud.a.a.a'}")
     assert len(line) < 300
+
+
+def test_low_latency_is_on_unless_turned_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).ports["lab1"].low_latency is True
+    off = GOOD.replace("baud = 115200\n", "baud = 115200\nlow_latency = false\n", 1)
+    assert load_config(write(tmp_path, off)).ports["lab1"].low_latency is False

@@ -152,6 +152,7 @@ def _port(name: str, t: Table, log: LogConfig) -> PortConfig:
             "rfc2217_insecure_network", False, typed(bool, "true or false")
         ),
         rfc2217_takeover=t.get("rfc2217_takeover", False, typed(bool, "true or false")),
+        low_latency=t.get("low_latency", True, typed(bool, "true or false")),
     )
     if port.rfc2217 and not is_loopback(port.rfc2217[0]) and not port.rfc2217_insecure_network:
         t.problem(

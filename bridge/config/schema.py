@@ -90,6 +90,7 @@ class PortConfig:
     rfc2217: tuple[str, int] | None = None
     rfc2217_insecure_network: bool = False
     rfc2217_takeover: bool = False
+    low_latency: bool = True  # ASYNC_LOW_LATENCY on open (FTDI: latency_timer 1 ms, not 16)
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,10 @@ class UartTransport:
         else:
             self._url_reader = asyncio.create_task(self._read_url())
         self._no_break = break_problem(self.cfg.device, self._fd)
+        if self.cfg.low_latency and self._fd >= 0 and not is_pty(self._fd):
+            with contextlib.suppress(ValueError, OSError):  # a driver without the flag
+                ser.set_low_latency_mode(True)  # ASYNC_LOW_LATENCY (hw/uart.md)
+                self.description += " low-latency"
 
     def break_unsupported(self) -> str | None:
         return self._no_break
