@@ -13,7 +13,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -39,15 +39,16 @@ from bridge.hw.interfaces import ConsoleTransport
 from bridge.hw.lines import LineSetupError
 from bridge.rfc2217.server import EndpointError, Rfc2217Server
 from bridge.service import sdnotify
-from bridge.service.advertise import Advertiser
 from bridge.service.clockwatch import watch_clock
 from bridge.service.listener import BoundedTLSSite
 from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
-from bridge.ssh.context import Door
-from bridge.ssh.server import SshListener
 from bridge.web.app import create_app, log_safe
 from bridge.web.state import AppState
+
+if TYPE_CHECKING:  # imported when configured: asyncssh and zeroconf cost ~9 MiB of memory
+    from bridge.service.advertise import Advertiser
+    from bridge.ssh.server import SshListener
 
 log = logging.getLogger(__name__)
 TransportFactory = Callable[[PortConfig], ConsoleTransport]
@@ -225,6 +226,9 @@ class Daemon:
         except EndpointError as exc:
             raise bind_error(exc.address, exc.cause, exc.key) from exc
         if self.config.ssh is not None:
+            from bridge.ssh.context import Door
+            from bridge.ssh.server import SshListener
+
             door = Door(lambda: self.config, gate, ports, audit, consoles, self._rfc2217_endpoints)
             self.ssh = SshListener(door, server.state_dir)
             with step("server.state_dir", server.state_dir / "ssh"):
@@ -235,6 +239,8 @@ class Daemon:
                 except OSError as exc:
                     raise bind_error(_hostport((host, port_number)), exc, "ssh.listen") from exc
         if server.advertise:
+            from bridge.service.advertise import Advertiser
+
             ssh = self.ssh.addresses if self.ssh is not None else []
             self.advertiser = Advertiser(self.addresses, self.fingerprint, ssh)
             with step("server.advertise", "mDNS"):
