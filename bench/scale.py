@@ -274,6 +274,7 @@ class PortClients(ClientGroup):
 def measure(
     ctx: Any, system: Any, streams: StreamTargets, n: int, fast: bool, seconds: float,
     cpu_seconds: float, echo_interval: float, procs: int, profile_to: Path | None = None,
+    packet: int = 62,
 ) -> dict[str, Any]:  # fmt: skip
     """N ports streaming to 2 clients each, echo on the idle port; returns the figures."""
     rates = [float(RATE_115200)] * n
@@ -281,10 +282,10 @@ def measure(
         rates[0] = float(RATE_12M)
     streams.flush()
     nonce = new_nonce()
-    streams.start(nonce, rates, seconds)
+    streams.start(nonce, rates, seconds, packet)
     eps = [(i, system.port_endpoint(i)) for i in range(n) for _ in range(CLIENTS_PER_PORT)]
     group = PortClients(ctx, eps, nonce, procs)
-    out: dict[str, Any] = {"ports": n, "fast_port": fast, "clients": len(eps)}
+    out: dict[str, Any] = {"ports": n, "fast_port": fast, "clients": len(eps), "packet": packet}
     try:
         try:
             ok, err = group.wait_connected(180)
@@ -362,6 +363,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only-12m", action="store_true", help="only the rows with a 12-Mbaud port")
     p.add_argument("--seconds", type=float, default=30.0, help="stream length per row (30)")
     p.add_argument("--cpu-seconds", type=float, default=8.0, help="CPU window, before the echo")
+    p.add_argument(
+        "--packet", type=int, default=62, help="bytes per write (62: FTDI; 12: 1 ms latency)"
+    )
     p.add_argument("--echo-interval", type=float, default=0.01, help="mean pause between keys")
     p.add_argument("--systems", default="serial-bridge,ser2net", help=",".join(SYSTEMS))
     p.add_argument("--runs", type=int, default=1, help="repetitions (systems interleaved)")
@@ -395,14 +399,15 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     t_start = time.monotonic()
     try:
-        for _run in range(a.runs):
+        for run in range(a.runs):
             for n in a.port_counts:
                 for fast in fast_cases:
                     for name in a.system_names:
+                        where = tmp / f"{name}-{n}{'-12m' if fast else ''}-{run}"
                         system: Any = (
-                            ScaleBridge(tmp / f"{name}-{n}", name)
+                            ScaleBridge(where, name)
                             if name.startswith("serial-bridge")
-                            else ScaleSer2net(tmp / f"{name}-{n}", name)
+                            else ScaleSer2net(where, name)
                         )
                         bauds = [115200] * n
                         if fast:
@@ -418,6 +423,7 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                                 tmp / f"profile-{name}-{n}.txt"
                                 if a.profile and name.startswith("serial-bridge")
                                 else None,
+                                a.packet,
                             )  # fmt: skip
                         except Exception as e:
                             row = {"ports": n, "fast_port": fast, "error": repr(e)}

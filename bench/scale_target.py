@@ -1,11 +1,11 @@
 """The appliance-scale target: N ptys streaming at line rates, and one more pty that echoes.
 
 `StreamTargets` runs one process owning the master sides of N pty pairs. Each port writes the
-deterministic payload paced at its own line rate in 62-byte packets (what an FTDI adapter hands
-the host at 115200 baud), its packets at a phase of its own so the ports do not all wake the
-bridge at the same instant, as independent targets would not. Before the payload every port
-writes sync tokens (clients count as attached once they see one) until the orchestrator says go,
-then a start marker.
+deterministic payload paced at its own line rate in packets of 62 bytes (what an FTDI adapter
+hands the host at 115200 baud; about 12 bytes a millisecond with its latency timer at 1 ms), at
+a phase of its own so the ports do not all wake the bridge at the same instant, as independent
+targets would not. Before the payload every port writes sync tokens (clients count as attached
+once they see one) until the orchestrator says go, then a start marker.
 
 `EchoTarget` runs another process owning one pty that writes back every byte it reads, at once
 (a blocking loop of its own, so its latency does not depend on the streaming process).
@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.common import payload, start_marker, sync_token
-from bench.pty_target import pace_tick
+from bench.pty_target import USB_PACKET
 
 CHUNK = 64 * 1024
 SYNC_INTERVAL = 0.05
@@ -76,7 +76,7 @@ def _streams_main(conn: Connection, n: int, size: int) -> None:
 
 def _stream(
     conn: Connection, masters: list[int], data: memoryview, nonce: str, rates: list[float],
-    seconds: float,
+    seconds: float, packet: int = USB_PACKET,
 ) -> dict[str, Any]:  # fmt: skip
     """Sync tokens until "go", then each port's start marker and paced payload for `seconds`."""
     token = sync_token(nonce)
@@ -101,7 +101,7 @@ def _stream(
             time.sleep(0.001)
     n = len(masters)
     t0 = time.monotonic()
-    ticks = [pace_tick(r) for r in rates]
+    ticks = [max(0.001, packet / r) for r in rates]
     starts = [t0 + ticks[i] * i / n for i in range(n)]  # each port at its own phase
     next_t = list(starts)
     offs = [0] * n
@@ -147,8 +147,9 @@ class StreamTargets:
         self.conn.send(("flush", {}))
         self._recv(30)
 
-    def start(self, nonce: str, rates: list[float], seconds: float) -> None:
-        self.conn.send(("stream", {"nonce": nonce, "rates": rates, "seconds": seconds}))
+    def start(self, nonce: str, rates: list[float], seconds: float, packet: int) -> None:
+        kw = {"nonce": nonce, "rates": rates, "seconds": seconds, "packet": packet}
+        self.conn.send(("stream", kw))
 
     def go(self) -> None:
         self.conn.send(("go", {}))
