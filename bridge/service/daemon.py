@@ -5,7 +5,6 @@ starts the listeners, and runs until told to stop. The only place real or fake h
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import contextlib
 import logging
 import os
@@ -40,7 +39,7 @@ from bridge.hw.lines import LineSetupError
 from bridge.rfc2217.server import EndpointError, Rfc2217Server
 from bridge.service import sdnotify
 from bridge.service.clockwatch import watch_clock
-from bridge.service.listener import BoundedTLSSite
+from bridge.service.listener import BoundedTLSSite, limit_tls_read_buffers
 from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
 from bridge.service.tls import ensure_certificate, fingerprint, server_context
 from bridge.web.app import create_app, log_safe
@@ -52,17 +51,6 @@ if TYPE_CHECKING:  # imported when configured: asyncssh and zeroconf cost ~9 MiB
 
 log = logging.getLogger(__name__)
 TransportFactory = Callable[[PortConfig], ConsoleTransport]
-
-
-# asyncio's TLS protocol gives every connection a 256 KiB read buffer (Python 3.11: 25 MiB for
-# 100 idle clients). What clients send is keystrokes and small control messages, and a TLS record
-# is at most 16 KiB, so 32 KiB loses nothing. A class attribute read when a connection is made.
-TLS_READ_BUFFER = 32 * 1024
-
-
-def limit_tls_read_buffers() -> None:
-    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
-        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class AccessLog(AbstractAccessLogger):

@@ -9,6 +9,8 @@ used in place of `web.TCPSite`) accepts plain TCP connections itself, and for ea
 - otherwise runs the handshake with `loop.connect_accepted_socket(..., ssl_handshake_timeout=)`
   (5 s), which then hands the connection to aiohttp's request handler like `TCPSite` would.
 
+`limit_tls_read_buffers` shrinks asyncio's per-connection TLS read buffer (256 KiB) to 32 KiB.
+
 A connection whose handshake is done no longer counts; what it may do from then on is bounded by
 the HTTP server's own limits (bridge.access.throttle.SERVER_LIMITS).
 
@@ -23,6 +25,7 @@ many there were since the last line.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import errno
 import logging
@@ -41,6 +44,17 @@ MAX_PENDING_PER_SOURCE = 64  # handshakes under way from one address
 ACCEPT_RETRY_DELAY = 1.0  # after an accept error that shedding cannot help with
 REPORT_EVERY = 1.0  # seconds between two log lines about refused connections
 OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
+
+
+# asyncio's TLS protocol gives every connection a 256 KiB read buffer (Python 3.11: 25 MiB for
+# 100 idle clients). What clients send is keystrokes and small control messages, and a TLS record
+# is at most 16 KiB, so 32 KiB loses nothing. A class attribute read when a connection is made.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def limit_tls_read_buffers() -> None:
+    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class BoundedTLSSite(web.BaseSite):
