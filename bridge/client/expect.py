@@ -122,11 +122,14 @@ class BridgeConsole(SpawnBase):
     async def _connect(self) -> None:
         start = self._start if self.offset < 0 else self.offset
         ws = await self.client.console(self.port, self.mode, self.takeover, start)
-        msg = await ws.receive(timeout=30)
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            await ws.close()
-            raise ClientError(f"{self.port}: the bridge closed the console ({ws.close_code})")
-        hello = json.loads(msg.data)
+        try:
+            msg = await ws.receive(timeout=30)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise ClientError(f"{self.port}: the bridge closed the console ({ws.close_code})")
+            hello = json.loads(msg.data)
+        except BaseException:
+            await ws.close()  # never leave a connection behind (a timeout, a cancel, a bad hello)
+            raise
         if self.offset >= 0 and hello["from"] > self.offset:
             self.gaps.append((self.offset, hello["from"]))
         self.offset, self.hello, self._ws = hello["from"], hello, ws
