@@ -265,11 +265,19 @@ class BridgeConsole(SpawnBase):
 
     async def _aclose(self) -> None:
         self._closing = True
+        sock = None
         if self._ws is not None:
+            sock = self._ws.get_extra_info("socket")
             await self._ws.close()
         if self._runner is not None:
             await asyncio.wrap_future(self._runner)
         await self.client.__aexit__(None, None, None)
+        # The websocket's TLS connection closes only after the bridge's close_notify comes back;
+        # stopping this private loop before that would leave its socket open (ResourceWarning).
+        # aiohttp has released that connection, so no event of its says when: poll, bounded.
+        deadline = time.monotonic() + 2.0
+        while sock is not None and sock.fileno() != -1 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     def close(self, force: bool = True) -> None:
         if self.closed:
