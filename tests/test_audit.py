@@ -58,6 +58,27 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("audit-lost", {"events": 12}),
     ("clock-step", {"by": 86400.5, "to": "2026-11-30T04:00:00+00:00"}),
     (
+        "playbook",
+        {
+            "port": "lab1",
+            "user": "alice",
+            "playbook": "grub-rescue",
+            "args": {"arg": "single"},
+            "result": "started",
+        },
+    ),
+    (
+        "playbook-step",
+        {
+            "port": "lab1",
+            "user": "alice",
+            "playbook": "grub-rescue",
+            "step": 1,
+            "of": 9,
+            "title": "restart the machine",
+        },
+    ),
+    (
         "alert",
         {
             "port": "lab1",

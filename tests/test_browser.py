@@ -97,7 +97,7 @@ async def pty_bridge(bridge_factory: BridgeFactory, device: PtyDevice) -> Bridge
     return b
 
 
-async def virtual_bridge(bridge_factory: BridgeFactory) -> Bridge:
+async def virtual_bridge(bridge_factory: BridgeFactory, **sections: Any) -> Bridge:
     mock_pin_factory().reset()
     b = await bridge_factory(
         ports={
@@ -112,6 +112,7 @@ async def virtual_bridge(bridge_factory: BridgeFactory) -> Bridge:
             }
         },
         gpio={"pin_factory": "mock"},
+        **sections,
     )
     await wait_for(lambda: b.port is not None and b.port.online)
     return b
@@ -517,6 +518,10 @@ async def test_every_page_and_dialog_passes_an_accessibility_audit(
     await page.locator("dialog.confirm").wait_for()
     await assert_accessible(page, "confirmation dialog")
     await page.locator("dialog.confirm").get_by_role("button", name="Cancel").click()
+    await page.click("#btn-rescue")
+    await page.locator("#rescue-params input").first.wait_for()
+    await assert_accessible(page, "recovery dialog")
+    await page.click("#rescue-close")
     await page.check("#opt-sr")
     await page.locator(".xterm-accessibility-tree").wait_for(state="attached")
     await assert_accessible(page, "console page in screen-reader mode")
@@ -687,3 +692,43 @@ async def test_single_sign_on_through_a_real_provider_lands_on_the_ports_page(
         assert "operator" in (await page.text_content("#me") or "")
     finally:
         provider.stop()
+
+
+async def test_a_recovery_playbook_runs_from_the_keyboard_and_everyone_sees_its_step(
+    bridge_factory: BridgeFactory, browsing: Browsing, tmp_path: Path
+) -> None:
+    site = tmp_path / "playbooks"
+    site.mkdir()
+    (site / "answer.toml").write_text(
+        'description = "Asks the shell a sum"\n'
+        '[params.n]\ndefault = "40"\npattern = \'[0-9]+\'\ndescription = "the first term"\n'
+        '[[steps]]\ntitle = "ask"\nsend = "echo RESCUE$((${n}+2))<enter>"\n'
+        '[[steps]]\ntitle = "hold on"\npause = "1s"\n'
+        '[[steps]]\ntitle = "read the answer"\nexpect = "RESCUE44"\n'
+    )
+    bridge = await virtual_bridge(bridge_factory, playbooks={"dir": str(site)})
+    page = await browsing.page(bridge)
+    await open_console(page, bridge.origin, "demo", "admin", PASSWORDS["admin"])
+    viewer = await browsing.page(bridge)
+    await open_console(viewer, bridge.origin, "demo", "viewer", PASSWORDS["viewer"])
+    assert await viewer.locator("#btn-rescue").count() == 0  # admins only
+
+    await page.focus("#btn-rescue")  # the keyboard only, from here
+    await page.keyboard.press("Enter")
+    book = page.locator("#rescue-book")
+    await book.wait_for()
+    assert await page.evaluate("() => document.activeElement.id") == "rescue-book"
+    await book.select_option("answer")
+    assert "Asks the shell a sum" in await page.inner_text("#rescue-desc")
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Control+A")
+    await page.keyboard.type("42")
+    await page.keyboard.press("Enter")  # submits the form
+    confirm = page.locator("dialog.confirm")
+    await confirm.wait_for()
+    await confirm.get_by_role("button", name="Run answer").press("Enter")
+    await viewer.locator("#st-playbook", has_text="playbook answer running, step 2/3").wait_for()
+    await page.locator("#notice", has_text="Playbook answer done on demo").wait_for()
+    await wait_for_screen(page, "RESCUE44")
+    await viewer.locator("#st-playbook").wait_for(state="hidden")
+    browsing.assert_clean()

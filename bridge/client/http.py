@@ -237,13 +237,19 @@ class BridgeClient:
         except aiohttp.ClientConnectionError as exc:
             raise ClientError(f"{self.target.base}: {exc}") from exc
 
-    async def stream(self, path: str, query: dict[str, str]) -> aiohttp.ClientResponse:
-        """A streaming GET (the caller reads `resp.content` and closes it)."""
+    async def stream(
+        self, path: str, query: dict[str, str], method: str = "GET", body: Any = None
+    ) -> aiohttp.ClientResponse:
+        """A streaming request (the caller reads `resp.content` and closes it)."""
         assert self.session is not None
         url = f"{self.target.base}{path}?{urlencode(query)}" if query else self.target.base + path
         try:
-            resp = await self.session.get(
-                url, headers=self._headers(), timeout=aiohttp.ClientTimeout(total=None)
+            resp = await self.session.request(
+                method,
+                url,
+                json=body,
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=None),
             )
         except aiohttp.ServerFingerprintMismatch as exc:
             raise PinMismatch(_mismatch(self.target.hostport, self.known_hosts.path)) from exc

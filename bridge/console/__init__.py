@@ -4,6 +4,8 @@
   and the subscribers, reopens a lost device.
 - `alerts`: output lines matched against alert rules (rate limits, boot timing).
 - `events`: what happened, recorded: ring log markers, `event` messages to clients, the audit.
+- `playbook`, `rescue`: recovery playbooks (TOML, shipped in `playbooks/` and the site's) and the
+  runner that plays one on the port, holding the writer lease pinned.
 - `coalesce`: a stream's small reads gathered into fewer chunks; typing never delayed.
 - `lease`: who may type (one writer, the rest read-only), take-over, idle expiry, `on_release`,
   and the client slots kept for those who may write.

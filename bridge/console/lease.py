@@ -3,6 +3,7 @@
 At most one attachment holds the lease (the writer); the others only read. A client that asks for
 read-write gets the lease when nobody holds it, or by taking it over. The lease ends on release,
 on detach, when another client takes it over, or after `writer_idle_timeout` without keystrokes.
+A running recovery playbook pins it: no take-over, no expiry, until the playbook ends.
 When a writer leaves or loses the lease, the port's `on_release` bytes (say "exit\\r") are sent,
 and the next writer's keystrokes wait until they are written, so the logout reaches the target
 first.
@@ -52,6 +53,7 @@ class Lease:
 
     def __init__(self, send_on_release: Callable[[bytes], Awaitable[None]]) -> None:
         self.writer: Attachment | None = None
+        self.pinned: Attachment | None = None  # a running playbook (bridge.console.rescue)
         self.on_release = b""  # the hub sets it from the port's config
         self._send = send_on_release
         self._released = asyncio.Event()
@@ -82,7 +84,10 @@ class Lease:
             )
 
     def grant(self, att: Attachment) -> Attachment | None:
-        """Give `att` the lease; returns the writer it was taken from, if any."""
+        """Give `att` the lease; returns the writer it was taken from, if any. NotWriter while
+        the lease is pinned to another (a playbook runs)."""
+        if self.pinned is not None and att is not self.pinned:
+            raise NotWriter("a recovery playbook holds the write lease; cancel it first")
         old = self.writer
         self.writer = att
         att.last_input = time.monotonic()
@@ -109,7 +114,11 @@ class Lease:
         while True:
             await asyncio.sleep(min(idle / 4, 5.0))
             att = self.writer
-            if att is not None and time.monotonic() - att.last_input > idle:
+            if (
+                att is not None
+                and att is not self.pinned
+                and time.monotonic() - att.last_input > idle
+            ):
                 self.writer = None
                 self._lost()
                 on_expired(att)

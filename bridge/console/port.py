@@ -29,6 +29,7 @@ from bridge.console.fanout import Budget, Chunk, Subscriber
 from bridge.console.lease import Attachment, Lease, Viewer
 from bridge.console.linesettings import LineControl
 from bridge.console.replay import History
+from bridge.console.rescue import Rescue
 from bridge.console.scrollback import Scrollback
 from bridge.history.ringlog import RingLog
 from bridge.hw.interfaces import ConsoleTransport, ControlLines
@@ -63,6 +64,7 @@ class Port:
         self._flush_handle: asyncio.TimerHandle | None = None
         self.watch = watch or AlertWatch()  # console alerts (bridge.console.alerts)
         self.events = PortEvents(self, on_event)
+        self.rescue = Rescue(self)  # recovery playbooks (bridge.console.rescue)
         start = ringlog.next_offset if ringlog is not None else 0
         # history in one place: the ring log (its newest `scrollback` bytes stay in memory), or
         # without one, the in-memory scrollback
@@ -309,7 +311,7 @@ class Port:
         att = Attachment(next(self._ids), user, peer, viewer, sub, wants_write=mode == "rw")
         self.attachments[att.id] = att
         event = "join"
-        if att.wants_write and (self.writer is None or takeover):
+        if att.wants_write and (self.writer is None or takeover) and self.lease.pinned is None:
             event = self._give_lease(att)
         self._event("attach", {"user": user, "peer": peer, "mode": self.mode_of(att)})
         self._broadcast_status(event, actor=user, skip=att)  # the newcomer gets a hello instead
@@ -336,8 +338,10 @@ class Port:
         return "lease"
 
     def take_over(self, att: Attachment) -> None:
-        event = self._give_lease(att)
-        self._broadcast_status(event, actor=att.user)
+        try:  # refused while a playbook pins the lease: this client is told why
+            self._broadcast_status(self._give_lease(att), actor=att.user)
+        except PortError as exc:
+            att.viewer.send_message({"type": "error", "message": f"takeover refused: {exc}"})
 
     async def release(self, att: Attachment) -> None:
         if self.lease.release(att):
@@ -365,6 +369,7 @@ class Port:
             "viewers": sorted(a.user for a in self.attachments.values()),
             "offset": self.offset,
             "line": str(self.line.settings),
+            "playbook": self.rescue.status(),  # None, or the running one's name, step, user
         }
 
     def _broadcast_status(
@@ -379,6 +384,8 @@ class Port:
         for att in self.attachments.values():
             if att is not skip:
                 att.viewer.send_message({"type": "status", "mode": self.mode_of(att), **status})
+
+    announce = _broadcast_status  # a playbook's progress (bridge.console.rescue)
 
     # ---- input and actions (bridge.console.actions) -------------------------------------------
 

@@ -56,6 +56,10 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
   (NTP on a bridge without a real-time clock); events before it are dated by the old clock
 - ``alert`` — ``port``, ``rule``, ``severity``, ``at`` (offset of the line), ``line``, and
   ``suppressed`` / ``boot_seconds`` when they apply (bridge.console.alerts)
+- ``playbook`` — ``port``, ``user``, ``playbook``, and ``args`` with ``result: "started"``, or at
+  its end ``result`` (ok, failed, cancelled), ``step``, ``seconds``, ``message`` / ``by``;
+  ``playbook-step`` — ``port``, ``user``, ``playbook``, ``step``, ``of``, ``title``
+  (bridge.console.rescue; never the text typed)
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ EVENTS = (
     "user-add", "user-set", "user-del", "user-passwd", "user-totp", "user-key", "token-create",
     "token-revoke", "config-reload", "line-settings", "line-restored", "control-lines",
     "write-dropped", "port-enabled", "port-disabled", "forward", "unclean-stop", "audit-lost",
-    "clock-step", "alert",
+    "clock-step", "alert", "playbook", "playbook-step",
 )  # fmt: skip
 BACKLOG = 10_000  # audit lines kept in memory while the disk refuses them
 RETRY = 5.0  # seconds between attempts to write them

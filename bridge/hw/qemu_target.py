@@ -231,8 +231,11 @@ class QemuGuest:
     """`async with QemuGuest(workdir) as guest:` — QEMU started paused; connect a console to
     `guest.telnet_url`, then `await guest.cont()`. QEMU is killed on exit."""
 
-    def __init__(self, workdir: Path, *, append: str = "", memory_mb: int = 256) -> None:
+    def __init__(
+        self, workdir: Path, *, append: str = "", memory_mb: int = 256, disk: Path | None = None
+    ) -> None:
         self.workdir = workdir
+        self.disk = disk  # a bootable image (GRUB on it) instead of booting the kernel directly
         self.append = f"{BASE_APPEND} {append}".strip()
         self.memory_mb = memory_mb
         self.port = 0
@@ -252,10 +255,13 @@ class QemuGuest:
 
     def command(self, kernel: Path, initrd: Path) -> list[str]:
         """The qemu-system-x86_64 command line (see docs/qemu.md for why each option)."""
+        boot = ["-kernel", str(kernel), "-initrd", str(initrd), "-append", self.append]
+        if self.disk is not None:  # q35 + virtio: GRUB reads the kernel 2x faster than over IDE
+            boot = ["-drive", f"file={self.disk},if=virtio,format=raw,readonly=on"]
         return [
-            QEMU, "-machine", "pc", "-accel", "tcg", "-m", str(self.memory_mb), "-smp", "1",
-            "-display", "none", "-nodefaults", "-no-user-config",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", self.append,
+            QEMU, "-machine", "q35" if self.disk else "pc", "-accel", "tcg",
+            "-m", str(self.memory_mb), "-smp", "1",
+            "-display", "none", "-nodefaults", "-no-user-config", *boot,
             "-chardev",
             f"socket,id={CHARDEV_ID},host=127.0.0.1,port={self.port},server=on,wait=off,"
             "telnet=on,nodelay=on",

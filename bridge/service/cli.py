@@ -19,6 +19,7 @@ from bridge.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 COMMAND_MODULES = (
     "bridge.service.admin",
     "bridge.client.remote",
+    "bridge.client.rescue",
     "bridge.client.fleet",
     "bridge.service.demo",
     "bridge.service.udev",

@@ -19,6 +19,7 @@ from bridge.access.gate import Denied
 from bridge.access.policy import Identity, Permission, allowed
 from bridge.config import parse_duration
 from bridge.console.actions import outcome
+from bridge.console.playbook import available
 from bridge.console.port import Attachment, Port, PortError
 from bridge.console.sysrq import DESTRUCTIVE_KEYS, SYSRQ_KEYS, validate_keys
 from bridge.history.textexport import to_text
@@ -186,6 +187,59 @@ async def _cancel(inv: Invocation, args: list[str]) -> None:
     await inv.action("cancel", cancel())
 
 
+async def _rescue(inv: Invocation, args: list[str]) -> None:
+    """Recovery playbooks (admins): list, run (at the escape prompt it runs on while you watch;
+    as an exec command it is followed to its end), cancel."""
+    port = inv.authorise(Permission.ADMIN)
+    usage = "rescue list | rescue PLAYBOOK [--arg VALUE] [--param NAME=VALUE]... | rescue cancel"
+    if not args:
+        raise Usage(usage)
+    books = available(inv.door.config().playbooks_dir)
+    if args[0] == "list":
+        inv.out("\n".join(f"{b.name}: {b.description}" for b in books.values()))
+        return
+    user = inv.identity.user
+    try:
+        if args[0] == "cancel":
+            inv.out(f"cancelled {port.rescue.cancel(user, any_user=True)['cancelled']['name']}")
+            return
+        given, rest = {}, args[1:]
+        while rest:
+            flag, value, rest = rest[0], rest[1] if len(rest) > 1 else "", rest[2:]
+            if flag == "--arg" and value:
+                given["arg"] = value
+            elif flag == "--param" and "=" in value:
+                given[value.partition("=")[0]] = value.partition("=")[2]
+            else:
+                raise Usage(usage)
+        book = books.get(args[0])
+        if book is None:
+            raise Usage(f"no playbook {args[0]!r} (`rescue list` shows them)")
+        if not await inv.ask(f"run {book.name} on {port.name}? It may reset it. [y/N] "):
+            return
+        run = port.rescue.start(book, given, user, inv.peer)
+    except PortError as exc:
+        raise Refused(f"rescue refused: {exc}") from None
+    if inv.att is not None:  # at the escape prompt: back to the console to watch it
+        inv.out(f"{book.name} started; its steps show here (`rescue cancel` stops it)")
+        return
+
+    def progress(message: dict[str, Any]) -> None:
+        if message["type"] == "step":
+            inv.out(f"step {message['step']}/{message['of']}: {message['title']}")
+
+    run.listeners.append(progress)
+    await run.done.wait()
+    result = run.result or {}
+    if result.get("result") != "ok":
+        where = f"at step {result.get('step')} ({result.get('title')})"
+        why = result.get("message") or f"cancelled by {result.get('by')}"
+        raise Refused(
+            f"{book.name} {result.get('result')} {where}: {why}\n{result.get('output', '')}"
+        )
+    inv.out(f"{book.name} done in {result.get('seconds', 0):.1f} s")
+
+
 async def _break(inv: Invocation, args: list[str]) -> None:
     port = inv.authorise(Permission.WRITE)
     await inv.action("break", port.send_break(inv.identity.user))
@@ -275,6 +329,7 @@ COMMANDS: dict[str, Command] = {
         Command("sysrq", "KEYS [INT]", "BREAK + key, per key (e.g. sysrq reisub 1s)", _sysrq),
         Command("cancel", "", "stop the running SysRq sequence before its next key", _cancel),
         Command("break", "", "send a BREAK", _break),
+        Command("rescue", "PLAYBOOK|list|cancel", "run a recovery playbook (admin)", _rescue),
         Command("nmi", "", "pulse the NMI line", _nmi),
         Command("reset", "", "press reset", _reset),
         Command("power", "on|off|cycle|status", "power control (also force-off, reset)", _power),

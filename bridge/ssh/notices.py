@@ -34,6 +34,11 @@ class Notices:
         if message.get("type") == "event" and message.get("event") == "alert":
             what = f"alert {message.get('rule')} ({message.get('severity')})"
             return Notice([f"{what}: {message.get('line', '')}"])
+        if message.get("type") == "event" and message.get("event") == "playbook":
+            result = message.get("result")
+            if result != "started":
+                at = f" at step {message.get('step')}" if result != "ok" else ""
+                return Notice([f"playbook {message.get('playbook')}: {result}{at}"])
         if message.get("type") != "status":
             return Notice([])
         event, actor = message.get("event"), message.get("actor")
@@ -45,6 +50,11 @@ class Notices:
         elif event in ("line-settings", "line-restored"):
             by = f" (by {actor})" if actor and event == "line-settings" else ""
             notice.lines.append(f"line settings now {message.get('line')}{by}")
+        elif event == "playbook" and isinstance(run := message.get("playbook"), dict):
+            notice.lines.append(
+                f"playbook {run['name']} running, step {run['step']}/{run['of']}: {run['title']}"
+                f" ({run['user']})"
+            )
         elif event == "closed":
             notice.lines.append(f"the port closed: {message.get('reason', '')}")
             notice.closed = True

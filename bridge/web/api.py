@@ -137,6 +137,7 @@ def port_summary(port: Port) -> dict[str, Any]:
         "lines": sorted(port.lines.supported()),
         "offset": port.offset,
         **port.watch.summary(),  # alerts per rule, boots, last_boot_seconds
+        "playbook": port.rescue.status(),  # the recovery playbook running, if any
     }
 
 

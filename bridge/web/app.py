@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web, web_response
 
-from bridge.web import api, console, logapi, metrics, pages, sso
+from bridge.web import api, console, logapi, metrics, pages, rescue, sso
 from bridge.web.state import STATE, AppState
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def create_app(state: AppState) -> web.Application:
     console.add_routes(app)
     logapi.add_routes(app)
     metrics.add_routes(app)
+    rescue.add_routes(app)
     sso.add_routes(app)
     pages.add_routes(app)
     return app

@@ -97,6 +97,7 @@
     if ("writer" in message) view.writer = message.writer;
     if (Array.isArray(message.viewers)) view.viewers = message.viewers;
     if ("online" in message) view.online = message.online;
+    if ("playbook" in message) window.SB.showPlaybook(message.playbook);
     render();
     if (first) return;
     const actor = message.actor;
@@ -136,6 +137,10 @@
       const kind = message.severity === "info" ? "ok" : message.severity === "warning" ? "warn" : "error";
       const boot = message.boot_seconds !== undefined ? ` (boot took ${message.boot_seconds} s)` : "";
       notify(`Alert on ${port}: ${message.rule} (${message.severity})${boot}: ${message.line}`, kind);
+    }
+    if (message.event === "playbook" && message.result && message.result !== "started") {
+      const kind = message.result === "ok" ? "ok" : "warn";
+      notify(`Playbook ${message.playbook} on ${port}: ${message.result}${message.result === "ok" ? "" : ` at step ${message.step}`}.`, kind);
     }
     if (window.SB.timeline) window.SB.timeline.add(message);
   }
@@ -365,6 +370,7 @@
       writer: () => view.writer,
       power: () => view.power,
     });
+    window.SB.setupRescue({ port, role: me.role, notify, focusTerminal });
     window.serialBridge = { term, link, paste, view };
     link.connect();
     focusTerminal();
