@@ -141,14 +141,20 @@ class BridgeConsole(SpawnBase):
             while True:
                 ws = self._ws
                 assert ws is not None
-                async for msg in ws:
+                while True:
+                    msg = await ws.receive()
                     if msg.type == aiohttp.WSMsgType.BINARY:
                         self.offset += len(msg.data)
                         self._incoming.put(msg.data)
                     elif msg.type == aiohttp.WSMsgType.TEXT:
                         self._message(json.loads(msg.data))
+                    else:
+                        break
+                # The code the bridge sent, from its close frame: ws.close_code turns into 1006
+                # when the bridge has already dropped the connection as aiohttp answers it.
+                code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code
                 self._linked.clear()
-                if self._closing or ws.close_code in NO_RESUME or not await self._resume():
+                if self._closing or code in NO_RESUME or not await self._resume():
                     return
         finally:
             self._linked.clear()
