@@ -732,3 +732,43 @@ async def test_a_recovery_playbook_runs_from_the_keyboard_and_everyone_sees_its_
     await wait_for_screen(page, "RESCUE44")
     await viewer.locator("#st-playbook").wait_for(state="hidden")
     browsing.assert_clean()
+
+
+async def test_the_timeline_shows_the_events_held_and_opens_the_log_at_one(
+    bridge_factory: BridgeFactory, browsing: Browsing
+) -> None:
+    bridge = await virtual_bridge(bridge_factory, log={"enabled": True, "size": "256KiB"})
+    page = await browsing.page(bridge)
+    await open_console(page, bridge.origin, "demo", "admin", PASSWORDS["admin"])
+    strip = page.locator("#timeline-list")
+    await strip.locator("a", has_text="online").wait_for()
+    await wait_for_screen(page, "demo$")
+    await page.click("#terminal")
+    await page.keyboard.type("printf 'Kernel pa%snic - not syncing: test\\n' ''")
+    await page.keyboard.press("Enter")
+    await strip.locator("a.ev-alert", has_text="alert kernel-panic").wait_for()
+    await page.click("#btn-break")  # an action: live on the strip, with who did it
+    await strip.locator("a", has_text="BREAK by admin").wait_for()
+    await assert_accessible(page, "console page with its timeline")
+
+    await page.reload()  # the same events, now read from the port's history
+    await page.wait_for_function("() => window.serialBridge?.link.state === 'connected'")
+    await strip.locator("a.ev-alert", has_text="alert kernel-panic").wait_for()
+    labels = [t.split(" ", 1)[1] for t in await strip.locator("a").all_inner_texts()]
+    assert labels == ["online", "alert kernel-panic", "BREAK by admin"]
+
+    # the keyboard: one Tab stop (the newest), arrows move, Enter opens the log there
+    newest = strip.locator("a[tabindex='0']")
+    assert await newest.count() == 1 and "BREAK" in await newest.inner_text()
+    await newest.focus()
+    await page.keyboard.press("Home")
+    assert "online" in await page.evaluate("() => document.activeElement.textContent")
+    await page.keyboard.press("ArrowRight")
+    async with page.context.expect_page() as opened:
+        await page.keyboard.press("Enter")
+    log = await opened.value
+    await log.wait_for_load_state()
+    assert (await log.inner_text("body")).startswith("Kernel panic - not syncing: test")
+    assert "from=" in log.url
+    await log.close()
+    browsing.assert_clean()

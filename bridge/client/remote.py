@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.client.http import BridgeClient, ClientError, KnownHosts, config_dir, parse_url
-from bridge.client.results import describe
+from bridge.client.results import describe, describe_event
 from bridge.client.trust import decider
 from bridge.config import parse_size
 
@@ -170,7 +170,11 @@ def run_log(args: argparse.Namespace) -> int:
     fmt = "raw" if args.raw else args.format
     if args.strip and fmt != "text":
         raise SystemExit("serial-bridge: --strip applies to the text format only")
+    readable = args.events and fmt == "text"  # --events: one line per event, unless --format jsonl
+    fmt = "jsonl" if args.events else fmt
     query = {"format": fmt, "follow": "1" if args.follow else "0"}
+    if args.events:
+        query["events"] = "1"
     if args.strip:
         query["strip"] = "1"
     if args.since:
@@ -182,6 +186,11 @@ def run_log(args: argparse.Namespace) -> int:
         resp = await client.stream(f"/api/ports/{name}/log", query)
         try:
             out = sys.stdout.buffer
+            if readable:
+                async for line in resp.content:
+                    out.write(describe_event(json.loads(line)).encode() + b"\n")
+                    out.flush()
+                return 0
             async for piece in resp.content.iter_any():
                 out.write(piece)
                 out.flush()
@@ -319,4 +328,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="readable text: drop escape sequences and control characters entirely",
     )
     p.add_argument("--raw", action="store_true", help="same as --format raw")
+    p.add_argument(
+        "--events",
+        action="store_true",
+        help="only the events held (boots, alerts, online/offline, actions and who did them, "
+        "playbooks): one line each with time and offset (--format jsonl: as JSON lines)",
+    )
     p.set_defaults(func=run_log)

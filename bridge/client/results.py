@@ -1,5 +1,5 @@
-"""One human line for the answer of an action (`sysrq`, `nmi`, `power`); `--json` prints the
-answer itself instead, for scripts."""
+"""One human line for the answer of an action (`sysrq`, `nmi`, `power`; `--json` prints the
+answer itself instead, for scripts), and for an event of the log (`log --events`)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,26 @@ def describe(result: dict[str, Any]) -> str:
     if result.get("note"):
         line += f" — {result['note']}"
     return line
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One line for a log event marker (`log --events`): time, offset, what happened, who."""
+    kind = str(event.get("event", "?"))
+    who = f" by {event['user']}" if event.get("user") else ""
+    if kind == "alert":
+        boot = f" (boot took {event['boot_seconds']} s)" if "boot_seconds" in event else ""
+        what = f"alert {event.get('rule')} ({event.get('severity')}){boot}: {event.get('line', '')}"
+    elif kind == "sysrq":
+        what = f"sysrq {event.get('keys', '')}{who}"
+    elif kind == "power":
+        what = f"power {event.get('action', '')}{who}"
+    elif kind == "playbook":
+        step = f" at step {event['step']}" if event.get("result") not in ("ok", "started") else ""
+        what = f"playbook {event.get('playbook')} {event.get('result')}{step}{who}"
+    elif kind in ("offline", "gap", "unclean-stop"):
+        detail = event.get("reason") or (f"to {event['to']}" if "to" in event else "")
+        what = f"{kind} {detail}".strip()
+    else:
+        what = f"{kind}{who}"
+    at = event.get("at", event.get("offset"))
+    return f"{event.get('time', '-'):<24}  {at:>10}  {what}"

@@ -8,7 +8,8 @@ hole crossed while reading is a `gap` line in `jsonl` and a notice line in `text
 the bytes only). `text` neutralises control characters (bridge.history.textexport; `strip=1`
 drops them and escape sequences instead, for reading), `raw` is for replay, `jsonl` interleaves
 event markers (online/offline, BREAK/SysRq/NMI/power and who did them) with the output, by
-offset. `follow=1` keeps the response open like `tail -f`; such a stream is an open console of
+offset (`events=1`: the markers only, what the console page's timeline and `log --events` show).
+`follow=1` keeps the response open like `tail -f`; such a stream is an open console of
 its user (bridge.access.consoles): it counts toward `server.max_connections_per_user` and ends,
 like a websocket, within a second of logout, a password change, a token's revocation or the
 user's deletion.
@@ -79,11 +80,12 @@ def gap_notice(start: int, end: int) -> str:
 
 
 def _jsonl_lines(
-    port: Port, start: int, emitted: set[tuple[int, float, str]]
-) -> Iterator[tuple[int, dict[str, Any]]]:
+    port: Port, start: int, emitted: set[tuple[int, float, str]], events: bool = False
+) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """(cursor after the line, line) for data and markers from `start` on, in offset order: from
     the ring log if there is one (markers included; `emitted` remembers markers already sent so a
-    following reader sees each once), else plain data from the scrollback."""
+    following reader sees each once), else plain data from the scrollback. With `events`, data
+    is skipped (its line is None): only the markers and gaps (the timeline)."""
     exporter = TextExporter()  # one for the stream: a character split across records decodes
     if port.ringlog is not None:
         cursor = start
@@ -97,11 +99,16 @@ def _jsonl_lines(
                     continue
                 emitted.add(key)
                 yield cursor, {"offset": rec.offset, "time": _iso(rec.time), **rec.marker}
+            elif events:
+                cursor = rec.offset + len(rec.data)
+                yield cursor, None
             else:
                 text = exporter.feed(rec.data)
                 cursor = rec.offset + len(rec.data)
                 yield cursor, {"offset": rec.offset, "time": _iso(rec.time), "text": text}
         return
+    if events:
+        return  # no ring log: no markers are kept
     cursor = start
     while cursor < port.offset:
         got_from, data = port.read(cursor, PIECE)
@@ -167,15 +174,18 @@ async def port_log(request: web.Request) -> web.StreamResponse:
     strip = request.query.get("strip", "0") in ("1", "true", "yes")
     if strip and fmt != "text":
         raise api_error(web.HTTPBadRequest, "strip applies to format=text only")
+    events = request.query.get("events", "0") in ("1", "true", "yes")
+    if events and fmt != "jsonl":
+        raise api_error(web.HTTPBadRequest, "events applies to format=jsonl only")
     start = _start_offset(request, port)
     if not follow:
-        return await _stream(request, port, fmt, strip, start, None)
+        return await _stream(request, port, fmt, strip, start, None, events)
     if len(state.consoles.of(user=identity.user)) >= state.config.server.max_connections_per_user:
         raise api_error(web.HTTPTooManyRequests, "too many console connections for this user")
     follower = LogFollower(identity, name, request)
     state.consoles.add(follower)
     try:
-        return await _stream(request, port, fmt, strip, start, follower)
+        return await _stream(request, port, fmt, strip, start, follower, events)
     finally:
         state.consoles.remove(follower)
         follower.finished.set()
@@ -188,6 +198,7 @@ async def _stream(
     strip: bool,
     start: int,
     follower: LogFollower | None,
+    events: bool = False,
 ) -> web.StreamResponse:
     """Write the log from `start`; with a `follower`, keep writing new output until it ends."""
     name = port.name
@@ -208,8 +219,9 @@ async def _stream(
     while True:
         end = port.offset
         if fmt == "jsonl":
-            for cursor, line in _jsonl_lines(port, cursor, emitted):  # noqa: B007, B020
-                await response.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+            for cursor, line in _jsonl_lines(port, cursor, emitted, events):  # noqa: B007, B020
+                if line is not None:
+                    await response.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
             emitted = {m for m in emitted if m[0] >= cursor}
         else:
             while cursor < end:

@@ -371,6 +371,7 @@
       power: () => view.power,
     });
     window.SB.setupRescue({ port, role: me.role, notify, focusTerminal });
+    window.SB.timeline.load();
     window.serialBridge = { term, link, paste, view };
     link.connect();
     focusTerminal();
