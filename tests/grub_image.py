@@ -17,7 +17,8 @@ MKRESCUE = "grub-mkrescue"
 GRUB_CFG = f"""serial --unit=0 --speed=115200
 terminal_input serial
 terminal_output serial
-set timeout=5
+set timeout=3
+set timeout_style=hidden
 menuentry 'Linux' {{
   linux /boot/vmlinuz {BASE_APPEND}
   initrd /boot/initramfs.gz
@@ -41,7 +42,8 @@ def require_grub() -> None:
 
 
 def build_grub_image(workdir: Path) -> Path:
-    """`workdir/grub.img`: GRUB (BIOS) with a 5 s menu on ttyS0, booting the test kernel."""
+    """`workdir/grub.img`: GRUB (BIOS) on ttyS0 with a hidden menu (3 s; Esc shows it, the
+    harder case for a playbook), booting the test kernel, with a second entry."""
     tree = workdir / "image"
     (tree / "boot" / "grub").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ensure_kernel(), tree / "boot" / "vmlinuz")

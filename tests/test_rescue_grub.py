@@ -1,15 +1,18 @@
-"""System test: the grub-rescue playbook on a real GRUB. A QEMU guest boots an image made with
-grub-mkrescue (tests/grub_image.py: GRUB's terminal on ttyS0, a 5 s menu, the test kernel and
-busybox initramfs); the bridge has its console on QEMU's telnet chardev and reset through QMP.
-Through the public API the playbook resets the guest, stops GRUB's menu, edits the default entry,
-appends a kernel argument to the `linux` line and boots it with Ctrl-X; the shell that comes up
-shows the argument in /proc/cmdline. The time from the request to the shell is printed."""
+"""System test: the shipped playbooks on a real GRUB and kernel. A QEMU guest boots an image made
+with grub-mkrescue (tests/grub_image.py: GRUB's terminal on ttyS0, a hidden 3 s menu, the test
+kernel and busybox initramfs, two entries); the bridge has its console on QEMU's telnet chardev
+and reset through QMP. Through the public API: grub-rescue resets the guest, catches the hidden
+menu with Esc, edits the default entry, appends a kernel argument to the `linux` line and boots
+it with Ctrl-X, and the shell shows the argument in /proc/cmdline (the time from the request to
+the shell is printed); grub-entry boots the second entry once; sysrq-safe-reboot (REISUB) reboots
+the guest back into GRUB."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +21,10 @@ from tests.grub_image import build_grub_image, require_grub
 from tests.qemu_guest import PROMPT, QemuGuest, require_qemu
 
 ARG = "serial_bridge.rescued=yes"
+REISUB = (  # what the kernel says for e, i, s, u (then b: "sysrq: Resetting")
+    b"sysrq: Terminate All Tasks", b"sysrq: Kill All Tasks", b"sysrq: Emergency Sync",
+    b"sysrq: Emergency Remount",
+)  # fmt: skip
 
 
 @pytest.mark.qemu
@@ -35,8 +42,8 @@ async def test_grub_rescue_appends_the_argument_through_a_real_grub(
         async with bridge.session("admin") as admin, bridge.session("viewer") as viewer:
             reader = WsReader(await bridge.ws(viewer, "vm", **{"from": "0"}))
             await reader.message("hello")
-            await guest.cont()  # a running machine: GRUB's menu counts down (then it boots)
-            await reader.until(lambda r: b"GNU GRUB" in r.data, 30)
+            await guest.cont()  # a running machine: the hidden menu passes, the kernel boots
+            await reader.until(lambda r: b"Linux version" in r.data, 60)
             body = {
                 "playbook": "grub-rescue",
                 "args": {"arg": ARG, "shell": PROMPT, "timeout": "1m"},
@@ -62,4 +69,34 @@ async def test_grub_rescue_appends_the_argument_through_a_real_grub(
             await admin_ws.until(lambda r: f"{ARG}\r\n".encode() in r.data, 20)
             seen = await reader.message("status", event="playbook-done")
             assert seen["playbook"] is None
+            await admin_ws.ws.close()
+
+            # grub-entry: the second entry, once
+            body = {"playbook": "grub-entry", "args": {"entry": "1", "timeout": "1m"}}
+            assert (await run(admin, bridge.base, body))["result"] == "ok"
+            admin_ws = WsReader(await bridge.ws(admin, "vm", mode="rw"))
+            await admin_ws.message("hello")
+            await admin_ws.until(lambda r: PROMPT.encode() in r.data, 60)
+            await admin_ws.ws.send_bytes(b"cat /proc/cmdline\r")
+            await admin_ws.until(lambda r: b"previous=1\r\n" in r.data, 20)
+            assert ARG.encode() not in admin_ws.data  # once: the edit did not stay
+            await admin_ws.ws.close()
+
+            # sysrq-safe-reboot: REISUB, and the guest comes back to GRUB and boots
+            body = {"playbook": "sysrq-safe-reboot", "args": {"wait": "1s"}}
+            result = await run(admin, bridge.base, body)
+            assert result["result"] == "ok", json.dumps(result)
+            await reader.until(lambda r: b"sysrq: Resetting" in r.data, 30)
+            at = reader.data.index(b"sysrq: Resetting")
+            await reader.until(lambda r: b"Linux version" in r.data[at:], 60)
+            said = [reader.data.find(k) for k in REISUB]
+            assert 0 < said[0] < said[1] < said[2] < said[3] < at, said
     print(f"grub-rescue: request to shell {to_shell:.1f} s")
+
+
+async def run(http: Any, base: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with http.post(f"{base}/api/ports/vm/rescue", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        lines = [json.loads(line) async for line in resp.content]
+    result: dict[str, Any] = lines[-1]
+    return result
