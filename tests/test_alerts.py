@@ -381,3 +381,24 @@ def test_bad_headers_file_stops_start_up_without_its_value(tmp_path: Path) -> No
         asyncio.run(start())
     assert "alerts.webhook" in str(err.value) and "line 1" in str(err.value)
     assert "s3cret" not in str(err.value)
+
+
+async def test_a_reset_through_the_bridge_starts_timing_a_boot(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, mock_pins: Any
+) -> None:
+    b = await bridge_factory(
+        ports={"lab": {"device": str(pty_device.path), "lines": {"reset": {"gpio": 27}}}},
+        gpio={"pin_factory": "mock"},
+    )
+    await wait_for(lambda: b.port is not None and b.port.online)
+    async with b.session("admin") as admin:
+        reader = WsReader(await b.ws(admin, "lab"))
+        await reader.message("hello")
+        await pty_device.awrite(b"\r\nhost login: ")  # no boot seen: no alert
+        await reader.until(lambda r: r.data.endswith(b"host login: "))
+        async with admin.post(f"{b.base}/api/ports/lab/reset") as resp:
+            assert resp.status == 200
+        await pty_device.awrite(b"\r\nhost login: ")  # no banner: the reset started the clock
+        alert = await reader.message("event", event="alert", rule="booted")
+    assert alert["boot_seconds"] >= 0 and booted(reader) == 1
+    assert b.port.watch.boots == 1

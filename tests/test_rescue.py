@@ -6,6 +6,7 @@ console showed last, and an admin cancels it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -299,3 +300,14 @@ async def test_ssh_rescue_at_the_prompt_and_as_a_command(
         await term.until(b"playbook slow: cancelled at step 1", at)
     finally:
         await term.close()
+
+
+async def test_a_playbook_ends_cleanly_when_its_port_closes(lab: Bridge) -> None:
+    async with lab.session("admin") as admin:
+        running = asyncio.create_task(run_playbook(admin, lab, "slow"))
+        await wait_for(lambda: lab.port.rescue.current is not None)
+        assert lab.daemon.state is not None
+        await lab.daemon.reload(dataclasses.replace(lab.daemon.config, ports={}))
+        lines = await asyncio.wait_for(running, 10)
+    assert lines[-1]["result"] == "cancelled"
+    assert lines[-1]["by"] == "port removed from the configuration"

@@ -194,6 +194,7 @@ class Port:
             raise PortDisabled(f"port {self.name} is {DISABLED}")
 
     async def close(self, reason: str = "port closed") -> None:
+        await self.rescue.stop(reason)  # a running playbook ends first (cancelled, with why)
         await self._stop_tasks()
         await self._drop_clients(reason)
         await self.lines.close()

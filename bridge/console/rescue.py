@@ -198,6 +198,15 @@ class Rescue:
         run.task.cancel()
         return {"action": "cancel", "port": self.port.name, "cancelled": run.describe()}
 
+    async def stop(self, why: str) -> None:
+        """The port closes: a running playbook is cancelled (`why`) and has ended on return."""
+        run = self.current
+        if run is not None and run.task is not None:
+            run.cancelled_by = why
+            run.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run.task
+
     async def _run(self, run: PlaybookRun, att: Attachment, console: _Console) -> None:
         port, book = self.port, run.playbook
         where = {"user": run.user, "playbook": book.name}
