@@ -364,7 +364,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=30.0, help="stream length per row (30)")
     p.add_argument("--cpu-seconds", type=float, default=8.0, help="CPU window, before the echo")
     p.add_argument(
-        "--packet", type=int, default=62, help="bytes per write (62: FTDI; 12: 1 ms latency)"
+        "--packet", default="62", help="bytes per write, a list (62: FTDI; 12: 1 ms latency)"
     )
     p.add_argument("--echo-interval", type=float, default=0.01, help="mean pause between keys")
     p.add_argument("--systems", default="serial-bridge,ser2net", help=",".join(SYSTEMS))
@@ -377,6 +377,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     a.port_counts = [int(x) for x in a.ports.split(",") if x]
+    a.packets = [int(x) for x in a.packet.split(",") if x]
     a.system_names = [s for s in a.systems.split(",") if s]
     for s in a.system_names:
         if s.split("@")[0] not in SYSTEMS:
@@ -401,9 +402,9 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     try:
         for run in range(a.runs):
             for n in a.port_counts:
-                for fast in fast_cases:
+                for fast, packet in [(f, p) for f in fast_cases for p in a.packets]:
                     for name in a.system_names:
-                        where = tmp / f"{name}-{n}{'-12m' if fast else ''}-{run}"
+                        where = tmp / f"{name}-{n}{'-12m' if fast else ''}-{packet}-{run}"
                         system: Any = (
                             ScaleBridge(where, name)
                             if name.startswith("serial-bridge")
@@ -414,7 +415,7 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                             bauds[0] = 12_000_000
                         system.configure(streams.paths[:n], bauds, echo.path)
                         load = _load()
-                        log(f"{name}: {n} ports{' + 12M' if fast else ''} (load {load})")
+                        log(f"{name}: {n} ports{' + 12M' if fast else ''} {packet} B (load {load})")
                         try:
                             system.start_all()
                             row = measure(
@@ -423,10 +424,15 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                                 tmp / f"profile-{name}-{n}.txt"
                                 if a.profile and name.startswith("serial-bridge")
                                 else None,
-                                a.packet,
+                                packet,
                             )  # fmt: skip
                         except Exception as e:
-                            row = {"ports": n, "fast_port": fast, "error": repr(e)}
+                            row = {
+                                "ports": n,
+                                "fast_port": fast,
+                                "packet": packet,
+                                "error": repr(e),
+                            }
                         finally:
                             system.stop()
                         row.update(system=name, load_before=load)
@@ -455,19 +461,22 @@ def _load() -> float:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """One line per (ports, system): medians over runs."""
-    keys: dict[tuple[int, bool, str], list[dict[str, Any]]] = {}
+    keys: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        keys.setdefault((r["ports"], r["fast_port"], r["system"]), []).append(r)
+        packet = r.get("packet", 62)
+        label = (
+            f"{r['ports']}{'+12M' if r['fast_port'] else ''}{'' if packet == 62 else f'/{packet}B'}"
+        )
+        keys.setdefault((r["ports"], label, r["system"]), []).append(r)
     head = (
-        f"{'ports':>8} {'system':<22} {'CPU %':>6} {'RSS MiB':>8} {'peak':>6} "
+        f"{'ports':>10} {'system':<22} {'CPU %':>6} {'RSS MiB':>8} {'peak':>6} "
         f"{'gaps':>5} {'intact':>8} {'echo p50 µs':>11} {'p99 µs':>8} {'max µs':>8} {'load':>5}"
     )
     lines = [head, "-" * len(head)]
-    for (n, fast, system), rs in sorted(keys.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (_n, label, system), rs in sorted(keys.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         ok = [r for r in rs if "error" not in r]
-        label = f"{n}{'+12M' if fast else ''}"
         if not ok:
-            lines.append(f"{label:>8} {system:<22} error: {rs[0].get('error', '')[:60]}")
+            lines.append(f"{label:>10} {system:<22} error: {rs[0].get('error', '')[:60]}")
             continue
 
         def m(key: str, rs: list[dict[str, Any]] = ok) -> Any:
@@ -477,7 +486,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         gaps = sum(r["clients_with_gaps"] + r["short"] for r in ok)
         intact = f"{sum(r['intact'] for r in ok)}/{sum(r['clients'] for r in ok)}"
         lines.append(
-            f"{label:>8} {system:<22} {m('cpu_pct'):>6} {m('rss_end_mib'):>8} "
+            f"{label:>10} {system:<22} {m('cpu_pct'):>6} {m('rss_end_mib'):>8} "
             f"{m('peak_rss_mib'):>6} {gaps:>5} {intact:>8} {m('echo_p50_us'):>11} "
             f"{m('echo_p99_us'):>8} {m('echo_max_us'):>8} {m('load_before'):>5}"
         )
