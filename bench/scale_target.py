@@ -79,6 +79,7 @@ def _stream(
     seconds: float, packet: int = USB_PACKET,
 ) -> dict[str, Any]:  # fmt: skip
     """Sync tokens until "go", then each port's start marker and paced payload for `seconds`."""
+    masters = masters[: len(rates)]  # the first N of the ports
     token = sync_token(nonce)
     end_sync = time.monotonic() + 300
     while True:
