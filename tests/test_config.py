@@ -55,7 +55,7 @@ def test_a_full_config_loads(tmp_path: Path) -> None:
     assert port.lines.nmi is not None and port.lines.nmi.pulse == pytest.approx(0.2)
     assert port.lines.power is not None and port.lines.power.active_high is False
     assert port.lines.power.long_pulse == 5.0
-    assert port.client_buffer == 1024 * 1024 and port.scrollback == 256 * 1024  # ring log on
+    assert port.client_buffer == 1024 * 1024 and port.scrollback == 128 * 1024  # ring log on
 
 
 def test_scrollback_defaults_to_1mib_without_a_ring_log(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ def _sysrq_deny(value: Any) -> frozenset[str]:
 
 
 SCROLLBACK = 1024 * 1024  # in memory per port when it keeps no ring log: all its history
-SCROLLBACK_WITH_LOG = 256 * 1024  # the ring log's newest pages kept in memory: the rest is on flash
+SCROLLBACK_WITH_LOG = 128 * 1024  # the ring log's newest pages kept in memory: the rest is on flash
 
 
 def _port(name: str, t: Table, log: LogConfig) -> PortConfig:
