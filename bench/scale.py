@@ -15,8 +15,9 @@ with port 0 at the 12-Mbaud line rate (1.14 MiB/s) among them.
 Systems: `serial-bridge` (TLS websocket, ring log on: the appliance's configuration),
 `serial-bridge+uvloop` (the same under uvloop, SERIAL_BRIDGE_LOOP=uvloop), `ser2net` (4.3, TLS,
 as shipped apart from max-connections) and `ser2net-nodelay` (64 KiB buffers, chardelay off).
-`serial-bridge@REV` (or `serial-bridge+uvloop@REV`) runs git revision REV's bridge/: before and
-after a change in one run, e.g. `--systems serial-bridge@main,serial-bridge,ser2net`.
+`serial-bridge-nolog` keeps no ring log. `serial-bridge@REV` (or `serial-bridge+uvloop@REV`)
+runs git revision REV's bridge/: before and after a change in one run, e.g.
+`--systems serial-bridge@main,serial-bridge,ser2net`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,13 @@ from bench.ser2net import MAX_CONNECTIONS, VARIANTS, Ser2net
 from bench.serialbridge import SerialBridge, export_revision, parse_token, use_snapshot
 from bench.workloads import ClientGroup
 
-SYSTEMS = ("serial-bridge", "serial-bridge+uvloop", "ser2net", "ser2net-nodelay")
+SYSTEMS = (
+    "serial-bridge",
+    "serial-bridge-nolog",
+    "serial-bridge+uvloop",
+    "ser2net",
+    "ser2net-nodelay",
+)
 CLIENTS_PER_PORT = 2
 WARMUP = 2.0
 
@@ -76,7 +83,7 @@ class ScaleBridge(SerialBridge):
     """serial-bridge with N streaming ports and one echo port, ring log on."""
 
     def __init__(self, workdir: Path, name: str) -> None:
-        super().__init__(workdir, log_enabled=True)
+        super().__init__(workdir, log_enabled="-nolog" not in name)
         self.name = name
         self.bauds: list[int] = []
         self.paths: list[str] = []
@@ -100,7 +107,7 @@ class ScaleBridge(SerialBridge):
             "max_connections_per_user = 1000",
             "",
             "[log]",
-            "enabled = true",
+            f"enabled = {'true' if self.log_enabled else 'false'}",
             "",
         ]
         ports = [
