@@ -1029,3 +1029,23 @@ def test_the_newest_pages_kept_are_read_without_the_file(
     assert ring.read(0, 1 << 30) == (0, data)  # older pages: from the file
     assert preads
     ring.close()
+
+
+def test_full_pages_wait_to_be_written_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow console's full pages are held (readable meanwhile) and written as one pwrite with
+    the flush that follows, instead of a write and a writer wake-up each."""
+    monkeypatch.setattr(ringwriter, "HOLD", 60.0)
+    ring = RingLog.open(tmp_path / "r.log", 64 * BLOCK_SIZE, clock=Clock(), durable=True)
+    data = random.Random(3).randbytes(2 * BLOCK_SIZE + 500)
+    for i in range(0, len(data), 300):
+        ring.append(data[i : i + 300])
+    assert held(ring) == (0, data)
+    assert ring.stats.write_calls == 0  # two full pages held
+    ring.flush()
+    assert ring.wait_idle(10)
+    assert ring.stats.write_calls == 1 and ring.stats.writes == 3 and ring.stats.syncs == 1
+    ring.close()
+    with RingLog.open(tmp_path / "r.log", 64 * BLOCK_SIZE, clock=Clock()) as again:
+        assert held(again) == (0, data)

@@ -4,8 +4,11 @@ bridge.history.ringlog builds page images in memory and hands a copy of each to 
 its RingLog (started at the first write, stopped by RingLog.close()), which performs the pwrite()s
 strictly in the order they were handed over (consecutive pages at consecutive positions go out as
 one pwrite of up to RUN_PAGES pages) and the fdatasync()s, each after every write handed over
-before it. A page handed over but not yet written stays readable from memory (`in_flight`), so the
-ring's readers see exactly what they would see if it were on disk.
+before it. A full page waits up to HOLD (1 s) for the next ones, so a slow console's pages go out
+as one write a second instead of one each, with one wake-up of the writer (BATCH_PAGES waiting, a
+flush, a sync, wait_idle or close() have them written at once). A page handed over but not yet
+written stays readable from memory (`in_flight`), so the ring's readers see exactly what they would
+see if it were on disk.
 
 Bounded queue: at most QUEUE_PAGES pages (1 MiB) may be waiting or being written; a caller that
 hands over a page beyond that waits until the writer has made room (counted in ``stats.stalls``
@@ -28,8 +31,9 @@ at most RETRY_PAGES pages (1 MiB) are kept so, beyond that the oldest is dropped
 ``stats.lost_pages``; reads then see a hole there). A failed fdatasync is retried the same way.
 The health recovers once every kept page is written and a sync has worked.
 
-Crash semantics: the writer drains its queue as fast as the device allows, so what a kill -9 loses
-is the ring's block being filled plus the pages still queued (at most QUEUE_PAGES + 1 pages).
+Crash semantics: the writer drains its queue as fast as the device allows once pages are due, so
+what a kill -9 loses is the ring's block being filled plus the pages still queued: the last HOLD
+of full pages (at most BATCH_PAGES) and, on a device that lags, at most QUEUE_PAGES + 1 pages.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ QUEUE_PAGES = 256  # pages handed to the writer and not yet written: at most 1 M
 RUN_PAGES = 64  # consecutive pages written by one pwrite (256 KiB)
 RETRY_PAGES = 256  # pages whose write failed, kept to be written again: at most 1 MiB
 RETRY_INTERVAL = 1.0  # seconds between attempts to write them while writes fail
+HOLD = 1.0  # a full page waits up to this long for more, so they go out as one write...
+BATCH_PAGES = 16  # ...unless this many are waiting, or a flush or sync (or wait_idle) asks
 
 
 SYNC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -133,6 +139,8 @@ class PageWriter:
         self._queued = 0  # pages in _jobs or being written
         self._busy = False  # the writer is performing a job
         self._stopping = False
+        self._since = 0.0  # when the oldest job still queued was handed over
+        self._urgent = False  # a flush, a sync or wait_idle wants the queue written now
         self._discard = False  # stop without writing what is queued (tests: a crash)
         self._retry: dict[int, Job] = {}  # position -> newest page whose write failed
         self._sync_due = False  # an fdatasync failed: to be done again
@@ -164,6 +172,8 @@ class PageWriter:
                     self._cv.wait()
                 self.stats.stalls += 1
                 self.stats.stall_seconds += time.perf_counter() - began
+            if not self._jobs:
+                self._since = time.monotonic()
             self._jobs.append(job)
             if job.seq >= 0:
                 self._inflight[job.seq] = job
@@ -174,7 +184,9 @@ class PageWriter:
                     target=self._run, name=f"ringlog {self.path.name}", daemon=True
                 )
                 self._thread.start()
-            self._cv.notify_all()
+            if job.seq < 0 or job.flush or len(self._jobs) >= BATCH_PAGES:
+                self._urgent = True
+                self._cv.notify_all()  # else the writer wakes when the oldest has waited HOLD
 
     def in_flight(self, seq: int) -> Job | None:
         """The newest image of block ``seq`` handed over and not yet in the file, if any."""
@@ -191,6 +203,8 @@ class PageWriter:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every page and sync handed over is done (False on timeout)."""
         with self._cv:
+            self._urgent = True
+            self._cv.notify_all()
             return self._cv.wait_for(lambda: not self._jobs and not self._busy, timeout)
 
     def stop(self, *, discard: bool = False) -> None:
@@ -218,11 +232,7 @@ class PageWriter:
         view = memoryview(mmap.mmap(-1, RUN_PAGES * BLOCK_SIZE))
         while True:
             with cv:
-                while not self._jobs and not self._stopping:
-                    if not (self._retry or self._sync_due):
-                        cv.wait()
-                    elif not cv.wait(RETRY_INTERVAL):
-                        break  # time to try the failed writes again
+                self._wait_for_work()
                 if self._discard:
                     self._jobs.clear()
                     self._inflight.clear()
@@ -241,6 +251,10 @@ class PageWriter:
                     and self._jobs[0].position == batch[-1].position + BLOCK_SIZE
                 ):
                     batch.append(self._jobs.popleft())
+                if self._jobs:
+                    self._since = time.monotonic()
+                else:
+                    self._urgent = False
                 self._busy = True
             try:
                 if not batch:
@@ -262,6 +276,21 @@ class PageWriter:
                 cv.notify_all()
                 if self._stopping and not self._jobs and not batch:
                     return  # the last retry was made
+
+    def _wait_for_work(self) -> None:
+        """(Holding the lock.) Return when jobs are due (urgent, BATCH_PAGES of them, or the
+        oldest has waited HOLD), when stopping, or when it is time to retry failed writes."""
+        while not self._stopping:
+            if self._jobs:
+                left = self._since + HOLD - time.monotonic()
+                if self._urgent or len(self._jobs) >= BATCH_PAGES or left <= 0:
+                    return
+                self._cv.wait(left)
+            elif self._retry or self._sync_due:
+                if not self._cv.wait(RETRY_INTERVAL):
+                    return  # time to try the failed writes again
+            else:
+                self._cv.wait()
 
     def _write_run(self, batch: list[Job], view: memoryview) -> None:
         for i, job in enumerate(batch):
