@@ -73,6 +73,7 @@ SYSTEMS = (
 )
 CLIENTS_PER_PORT = 2
 WARMUP = 2.0
+RAW_ECHO_SECONDS = 5.0  # at the end of the stream: echo on a pty with nothing between
 
 
 def _port_name(i: int) -> str:
@@ -281,7 +282,7 @@ class PortClients(ClientGroup):
 def measure(
     ctx: Any, system: Any, streams: StreamTargets, n: int, fast: bool, seconds: float,
     cpu_seconds: float, echo_interval: float, procs: int, profile_to: Path | None = None,
-    packet: int = 62,
+    packet: int = 62, raw_echo: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """N ports streaming to 2 clients each, echo on the idle port; returns the figures."""
     rates = [float(RATE_115200)] * n
@@ -314,10 +315,17 @@ def measure(
             prof = Profiler(pid, profile_to)
             time.sleep(cpu_seconds)
             out["profile"] = prof.stop()
-        limit = seconds - (time.monotonic() - t_a) - WARMUP - 1.0
+        limit = seconds - (time.monotonic() - t_a) - WARMUP - 1.0 - RAW_ECHO_SECONDS
         count = int(limit / (echo_interval + 0.0005))
         res = lean_echo(system.echo_endpoint(), count, 20, limit, echo_interval)
         after_echo = sample(pid)
+        if raw_echo is not None:  # the same keystrokes on a pty with nothing between, same load
+            raw = lean_echo(Endpoint(kind="pty", path=raw_echo), 10**6, 20, RAW_ECHO_SECONDS - 0.5,
+                            echo_interval)  # fmt: skip
+            raw_lat = sorted(raw["latencies_us"])
+            if raw_lat:
+                out["raw_echo_p50_us"] = round(percentile(raw_lat, 50), 1)
+                out["raw_echo_p99_us"] = round(percentile(raw_lat, 99), 1)
         rep = streams.wait(seconds + 30)
         group.send("final", {"lengths": rep["written"], "grace": 10.0})
         results = group.results(60)
@@ -404,6 +412,7 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     nmax = max(a.port_counts)
     streams = StreamTargets(ctx, nmax, _PAYLOAD_SIZE)
     echo = EchoTarget(ctx)
+    raw_echo = EchoTarget(ctx)
     rows: list[dict[str, Any]] = []
     t_start = time.monotonic()
     try:
@@ -431,7 +440,7 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                                 tmp / f"profile-{name}-{n}.txt"
                                 if a.profile and name.startswith("serial-bridge")
                                 else None,
-                                packet,
+                                packet, raw_echo.path,
                             )  # fmt: skip
                         except Exception as e:
                             row = {
@@ -450,6 +459,7 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     finally:
         streams.close()
         echo.close()
+        raw_echo.close()
     return {
         "meta": {
             "time_utc": utc_stamp(),
@@ -477,7 +487,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         keys.setdefault((r["ports"], label, r["system"]), []).append(r)
     head = (
         f"{'ports':>10} {'system':<22} {'CPU %':>6} {'RSS MiB':>8} {'peak':>6} "
-        f"{'gaps':>5} {'intact':>8} {'echo p50 µs':>11} {'p99 µs':>8} {'max µs':>8} {'load':>5}"
+        f"{'gaps':>5} {'intact':>8} {'echo p50 µs':>11} {'p99 µs':>8} {'max µs':>8} "
+        f"{'raw p99':>8} {'load':>5}"
     )
     lines = [head, "-" * len(head)]
     for (_n, label, system), rs in sorted(keys.items(), key=lambda kv: (kv[0][0], kv[0][1])):
@@ -495,13 +506,15 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{label:>10} {system:<22} {m('cpu_pct'):>6} {m('rss_end_mib'):>8} "
             f"{m('peak_rss_mib'):>6} {gaps:>5} {intact:>8} {m('echo_p50_us'):>11} "
-            f"{m('echo_p99_us'):>8} {m('echo_max_us'):>8} {m('load_before'):>5}"
+            f"{m('echo_p99_us'):>8} {m('echo_max_us'):>8} {m('raw_echo_p99_us'):>8} "
+            f"{m('load_before'):>5}"
         )
     lines.append(
         "CPU % of one core over the CPU window (before the echo); RSS at the end of the "
         "stream, peak since it began; "
         "gaps = clients with gap frames or short streams; intact = clients with every byte "
-        "(length and CRC32); echo on the extra idle port while the others stream; load = "
+        "(length and CRC32); echo on the extra idle port while the others stream; raw p99 = "
+        "the same keystrokes on a pty with nothing between, under the same load; load = "
         "1-minute load average before the row."
     )
     return "\n".join(lines)
