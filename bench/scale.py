@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import shutil
 import subprocess
 import tempfile
 import time
@@ -389,6 +390,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="py-spy serial-bridge after the CPU window"
     )
     p.add_argument("--no-snapshot", dest="snapshot", action="store_false")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (state, logs)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     a.port_counts = [int(x) for x in a.ports.split(",") if x]
@@ -460,6 +462,8 @@ def run(a: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         streams.close()
         echo.close()
         raw_echo.close()
+        if not a.keep:  # ring logs of 16 MiB per port and row: about 1.5 GiB a run
+            shutil.rmtree(tmp, ignore_errors=True)
     return {
         "meta": {
             "time_utc": utc_stamp(),
