@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyte
-
 from bridge.config import parse_duration
 from bridge.console.errors import ActionBusy, NotAllowed, PortError, PortOffline
 from bridge.console.fanout import Chunk
@@ -87,6 +85,8 @@ class _Console:
     """What the runner sees of the console: the text since the last match, and a screen."""
 
     def __init__(self) -> None:
+        import pyte  # only while a playbook runs (with prometheus-client, 2 MiB of start-up memory)
+
         self.text = ""
         self.screen = pyte.Screen(80, 24)
         self.stream = pyte.ByteStream(self.screen)
