@@ -1,8 +1,8 @@
 """The Prometheus collectors behind `GET /metrics` (bridge.web.metrics): at each scrape they read
 what the hub (`Port`), its ring log and the access gate already count; nothing is counted here.
 
-Imported at the first scrape, not at start-up: prometheus-client costs about 2 MiB of the daemon's memory,
-which a bridge nobody scrapes need not pay.
+Imported at the first scrape, not at start-up: prometheus-client costs about 2 MiB of the
+daemon's memory, which a bridge nobody scrapes need not pay.
 """
 
 from __future__ import annotations
