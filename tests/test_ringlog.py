@@ -163,6 +163,49 @@ def test_wraparound_keeps_exactly_the_newest_bytes(tmp_path: Path) -> None:
         assert held(ring) == (start, data)
 
 
+def test_whole_blocks_in_one_append_are_the_blocks_small_appends_build(tmp_path: Path) -> None:
+    """Appends spanning whole blocks take a fast path that builds each block in one go: the file,
+    the reads (while in memory, queued or on disk, across wraparounds) and the recovery are exactly
+    those of the same bytes appended in pieces smaller than a block."""
+    clock = Clock()
+    rnd = random.Random(19)
+    full = BLOCK_SIZE - 2 * 24  # a data record that fills a block alone
+    size = 16 * BLOCK_SIZE
+    fast = open_ring(tmp_path / "fast.log", clock, size=size)
+    slow = open_ring(tmp_path / "slow.log", clock, size=size)
+    fast.keep(2 * BLOCK_SIZE)  # the older blocks are read from the queue or the file
+    slow.keep(2 * BLOCK_SIZE)
+    ref = bytearray()
+    sizes = [full, 2 * full, full - 1, full + 1, 3 * full + 7, 5 * full, 300, 17 * full + 5]
+    for n in sizes * 4:
+        chunk = rnd.randbytes(n)
+        fast.append(chunk)
+        for at in range(0, n, 1000):
+            slow.append(chunk[at : at + 1000])
+        ref += chunk
+        clock.now += rnd.choice([0.0, 0.4, 2.0])
+        if rnd.random() < 0.3:
+            fast.flush()
+            slow.flush()
+        if rnd.random() < 0.3:
+            fast.add_marker({"event": "x", "n": n})
+            slow.add_marker({"event": "x", "n": n})
+        assert fast.next_offset == slow.next_offset == len(ref)
+        assert fast.oldest_offset == slow.oldest_offset > len(ref) - size
+        start, data = held(fast)
+        assert (start, data) == held(slow) and data == ref[start:]
+        assert list(fast.records(0)) == list(slow.records(0))
+        assert fast.start_of_last(10 * full) == slow.start_of_last(10 * full)
+        assert fast.offset_at(clock.now - 3) == slow.offset_at(clock.now - 3)
+    fast.close()
+    slow.close()
+    assert fast.stats.writes == slow.stats.writes > 4 * len(sizes)
+    assert (tmp_path / "fast.log").read_bytes() == (tmp_path / "slow.log").read_bytes()
+    with open_ring(tmp_path / "fast.log", clock, size=size) as again:
+        start, data = held(again)
+        assert data == ref[start:] and start == again.oldest_offset > len(ref) - size
+
+
 def test_offsets_are_never_reused_across_restarts_and_crashes(tmp_path: Path) -> None:
     clock = Clock()
     rnd = random.Random(1)

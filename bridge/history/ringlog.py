@@ -1,11 +1,13 @@
 """Flash-friendly, crash-safe circular console log: one preallocated file per port.
 
 This module owns the on-disk console history of a port and its API (`RingLog`); the layout is in
-bridge.history.ringformat, the writer thread (pwrite runs, fdatasync, the bounded queue, deferred
-errors) in bridge.history.ringwriter, the recovery scan in bridge.history.ringscan. The hub owns
-the timers and calls :meth:`RingLog.flush` every ``flush_interval`` when there was output. All
-methods are called from one thread (the event loop); none of them waits for the device, except
-:meth:`close` and, as a last resort when the device falls a full writer queue behind, append().
+bridge.history.ringformat, the block being filled in bridge.history.ringpage, the writer thread
+(pwrite runs, fdatasync, the bounded queue, deferred errors) in bridge.history.ringwriter, the
+recovery scan in bridge.history.ringscan, the block index and reads in bridge.history.ringread.
+The hub owns the timers and calls :meth:`RingLog.flush` every ``flush_interval`` when there was
+output. All methods are called from one thread (the event loop); none of them waits for the
+device, except :meth:`close` and, as a last resort when the device falls a full writer queue
+behind, append().
 
 Writes are whole, page-aligned 4 KiB pages at page-aligned positions: a block is written when it
 fills, and by flush() (which rewrites the partial block in place, then fdatasync). A silent
@@ -41,14 +43,14 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.history import ringread
+from bridge.history import ringpage, ringread
 from bridge.history.ringformat import (
     BH,
     BLOCK_SIZE,
+    FULL,
     KIND_CLOSE,
     KIND_DATA,
     KIND_MARKER,
@@ -56,28 +58,12 @@ from bridge.history.ringformat import (
     RH,
     LogRecord,
     Rec,
-    block_header,
-    seal_record,
+    full_block,
 )
 from bridge.history.ringscan import CRASH_GAP, Block, open_locked, scan
 from bridge.history.ringwriter import QUEUE_PAGES, SYNC, Job, PageWriter, WriteStats
 
 __all__ = ["BLOCK_SIZE", "CRASH_GAP", "QUEUE_PAGES", "LogRecord", "RingLog", "WriteStats"]
-
-_ZEROS = bytes(BLOCK_SIZE)
-
-
-@dataclass(slots=True)
-class _Pending:
-    """The block being filled, in memory; the writer has been handed its first ``written`` bytes."""
-
-    seq: int
-    page: mmap.mmap
-    recs: list[Rec] = field(default_factory=list)
-    used: int = BH
-    written: int = 0
-    open_rec: Rec | None = None
-    entry: Block | None = None
 
 
 class RingLog:
@@ -100,10 +86,10 @@ class RingLog:
         self.flush_interval = flush_interval
         self._clock = clock
         self._res = time_resolution
-        self._blocks: list[Block] = []
+        self._blocks = ringread.BlockIndex()
         self._next = 0
         self._next_seq = 0
-        self._pend: _Pending | None = None
+        self._pend: ringpage.Pending | None = None
         self._unsynced = False
         self._closed = False
         self._clean = False  # the newest record is a close record: nothing new since
@@ -164,13 +150,11 @@ class RingLog:
         got = scan(self._fd, self._n)
         if got.other_geometry is not None:
             return got.other_geometry
-        self._blocks, self._next, self._next_seq = got.blocks, got.next_offset, got.next_seq
+        self._blocks = ringread.BlockIndex(got.blocks)
+        self._next, self._next_seq = got.next_offset, got.next_seq
         self._clean, self.crash_gap = got.clean, got.crash_gap
         if got.resume is not None:
-            r, used = got.resume, len(got.resume.image)
-            self._buf[:] = _ZEROS
-            self._buf[:used] = r.image
-            self._pend = _Pending(r.seq, self._buf, r.recs, used, used, None, r.entry)
+            self._pend = ringpage.resume(self._buf, got.resume)
         return None
 
     @classmethod
@@ -204,7 +188,8 @@ class RingLog:
     @property
     def oldest_offset(self) -> int:
         """Oldest offset still readable (unflushed data included)."""
-        return self._blocks[0].first if self._blocks else self._next
+        oldest = self._blocks.oldest
+        return self._next if oldest is None else oldest.first
 
     @property
     def dirty(self) -> bool:
@@ -249,10 +234,13 @@ class RingLog:
         self._next = offset
         mv = memoryview(data)
         while mv:
+            if self._pend is None and kind == KIND_DATA and len(mv) >= FULL:
+                mv = self._put_full(mv, when)
+                continue
             p = self._pend if self._pend is not None else self._new_block()
             r = p.open_rec
             if not (coalesce and r is not None and 0 <= when - r.time < self._res):
-                self._seal(p)
+                p.seal()
                 need = RH + (len(mv) if kind == KIND_MARKER else 1)
                 if p.used + need > BLOCK_SIZE:
                     self._retire(p)
@@ -276,46 +264,57 @@ class RingLog:
                 p.entry.end = self._next
                 p.entry.held += n
             else:
-                self._seal(p)
+                p.seal()
             if p.used == BLOCK_SIZE or (p.open_rec is None and BLOCK_SIZE - p.used <= RH):
-                self._seal(p)  # full: nothing more fits
+                p.seal()  # full: nothing more fits
                 self._retire(p)
 
-    def _new_block(self) -> _Pending:
+    def _put_full(self, mv: memoryview, when: float) -> memoryview:
+        """The fast path of _put for console data that fills fresh blocks: each gets the block
+        the general path would build (one record of FULL bytes), built in one go; returns the
+        rest (less than a block's worth)."""
+        n, blocks, offset = self._n, self._blocks, self._next
+        while len(mv) >= FULL:
+            seq = self._next_seq
+            self._next_seq += 1
+            blocks.drop_through(seq - n)  # their position is being refilled
+            blocks.append(Block(seq, offset, offset + FULL, when, FULL))
+            recs = [Rec(KIND_DATA, offset, when, BH + RH, FULL)]
+            page = full_block(n, seq, offset, when, mv[:FULL])
+            self._next = offset = offset + FULL
+            self._hand_over(Job(seq, (seq % n) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
+            mv = mv[FULL:]
+        return mv
+
+    def _new_block(self) -> ringpage.Pending:
         seq = self._next_seq
         self._next_seq += 1
-        while self._blocks and self._blocks[0].seq <= seq - self._n:
-            self._blocks.pop(0)  # its position is being refilled
-        page = self._buf
-        page[:] = _ZEROS
-        page[:BH] = block_header(self._n, seq)
-        self._pend = _Pending(seq, page)
+        self._blocks.drop_through(seq - self._n)  # its position is being refilled
+        self._pend = ringpage.new_block(self._buf, self._n, seq)
         return self._pend
 
-    def _seal(self, p: _Pending) -> None:
-        r = p.open_rec
-        if r is not None:
-            p.open_rec = None
-            seal_record(p.page, p.seq, r)
-
-    def _retire(self, p: _Pending) -> None:
+    def _retire(self, p: ringpage.Pending) -> None:
         """Hand a full block to the writer and move on. A failed write does not stop appending
         (offsets must stay in step with the hub's): the block is lost from disk, reads see a
         hole there once it has left the writer queue."""
         self._pend = None
         self._write(p, flush=False)
 
-    def _write(self, p: _Pending, *, flush: bool) -> None:
+    def _write(self, p: ringpage.Pending, *, flush: bool) -> None:
         """Hand a copy of the block's page to the writer (rewritten in place on flush)."""
         if p.used <= p.written:
             return
         job = Job(p.seq, (p.seq % self._n) * BLOCK_SIZE, bytes(p.page), p.recs, p.used, flush)
-        if self._recent and self._recent[-1].seq == p.seq:
+        self._hand_over(job)
+        p.written = p.used
+
+    def _hand_over(self, job: Job) -> None:
+        """Hand a page image to the writer thread, and keep it among the newest (see keep)."""
+        if self._recent and self._recent[-1].seq == job.seq:
             self._recent[-1] = job  # a newer image of the partial block a flush wrote
         else:
             self._recent.append(job)
         self._writer.submit(job)
-        p.written = p.used
         self._unsynced = True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -331,7 +330,7 @@ class RingLog:
     def _flush_submit(self) -> None:
         p = self._pend
         if p is not None and p.used > p.written:
-            self._seal(p)
+            p.seal()
             self._write(p, flush=True)
         if self._unsynced:
             self._writer.submit(SYNC)

@@ -186,7 +186,8 @@ class PageWriter:
                 self._thread.start()
             if job.seq < 0 or job.flush or len(self._jobs) >= BATCH_PAGES:
                 self._urgent = True
-                self._cv.notify_all()  # else the writer wakes when the oldest has waited HOLD
+                if not self._busy:  # (a busy writer looks at the queue before it waits again)
+                    self._cv.notify_all()  # else the writer wakes when the oldest waited HOLD
 
     def in_flight(self, seq: int) -> Job | None:
         """The newest image of block ``seq`` handed over and not yet in the file, if any."""
@@ -239,19 +240,14 @@ class PageWriter:
                     self._queued = 0
                     cv.notify_all()
                     return
-                batch: list[Job] = []
-                if self._jobs:
-                    batch.append(self._jobs.popleft())
-                while (
-                    batch
-                    and batch[0].seq >= 0
-                    and len(batch) < RUN_PAGES
-                    and self._jobs
-                    and self._jobs[0].seq >= 0
-                    and self._jobs[0].position == batch[-1].position + BLOCK_SIZE
-                ):
-                    batch.append(self._jobs.popleft())
-                if self._jobs:
+                jobs = self._jobs
+                batch: list[Job] = [jobs.popleft()] if jobs else []
+                if batch and batch[0].seq >= 0:  # with the pages at the positions that follow
+                    at = batch[0].position + BLOCK_SIZE  # (never 0, the position SYNC has)
+                    while len(batch) < RUN_PAGES and jobs and jobs[0].position == at:
+                        batch.append(jobs.popleft())
+                        at += BLOCK_SIZE
+                if jobs:
                     self._since = time.monotonic()
                 else:
                     self._urgent = False
@@ -266,12 +262,12 @@ class PageWriter:
             except Exception:  # a bug must not leave the caller waiting for room forever
                 log.exception("ring log %s: writer failed", self.path)
             with cv:
-                for job in batch:
-                    if job.seq >= 0:
-                        self._queued -= 1
-                        kept = self._retry.get(job.position) is job
-                        if self._inflight.get(job.seq) is job and not kept:
-                            del self._inflight[job.seq]
+                if batch and batch[0].seq >= 0:  # (a batch is pages, or one SYNC)
+                    self._queued -= len(batch)
+                    inflight, retry = self._inflight, self._retry
+                    for job in batch:
+                        if inflight.get(job.seq) is job and retry.get(job.position) is not job:
+                            del inflight[job.seq]
                 self._busy = False
                 cv.notify_all()
                 if self._stopping and not self._jobs and not batch:
@@ -309,8 +305,10 @@ class PageWriter:
                 else:
                     self._written(job)
             return
-        for job in batch:
-            self._written(job)
+        if self._retry:
+            for job in batch:
+                self._keep(job.position, None)
+        self._check_recovered()
 
     def _written(self, job: Job) -> None:
         """`job`'s page is in the file: an older failed page for its position is obsolete."""
