@@ -31,9 +31,9 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.config import PortConfig
 from bridge.console.errors import (
@@ -63,9 +63,25 @@ Marker = Callable[[str, dict[str, Any]], None]
 Validity = Callable[[], bool]
 
 
+T = TypeVar("T")
+
+
+async def audited(record: Callable[..., None], what: str, action: Awaitable[T], **fields: Any) -> T:
+    """Await a port action for a front door; `record(what, **fields, result=...)` (its audit
+    trail) is called whatever ends it, with how it ended, before any error reaches the door: every
+    action that may have touched the target is audited, a bug or a dropped request included."""
+    failure: BaseException | None = None
+    try:
+        return await action
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        record(what, **fields, **outcome(failure))
+
+
 def outcome(failure: BaseException | None) -> dict[str, str]:
-    """How an action ended, as audit fields: a front door records them in a `finally`, so every
-    action that may have touched the target is audited, whatever ended it."""
+    """How an action ended, as audit fields (see `audited`)."""
     if failure is None:
         return {"result": "ok"}
     if isinstance(failure, UnsupportedAction):

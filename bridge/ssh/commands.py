@@ -18,7 +18,7 @@ from typing import Any
 from bridge.access.gate import Denied
 from bridge.access.policy import Identity, Permission, allowed
 from bridge.config import parse_duration
-from bridge.console.actions import outcome
+from bridge.console.actions import audited
 from bridge.console.playbook import available
 from bridge.console.port import Attachment, Port, PortError
 from bridge.console.sysrq import DESTRUCTIVE_KEYS, SYSRQ_KEYS, validate_keys
@@ -68,22 +68,15 @@ class Invocation:
         return self.confirm is None or await self.confirm(question)
 
     async def action(self, what: str, coro: Awaitable[dict[str, Any]], **fields: Any) -> None:
-        """Run a port action and report it; its audit record, with the outcome, is written
-        whatever ends it (a `finally`, as the web does)."""
+        """Run a port action (audited whatever ends it) and report it."""
         port = self.need_port()
         where = {"user": self.identity.user, "port": port.name, "peer": self.peer, "via": "ssh"}
-        failure: BaseException | None = None
         try:
-            result = await coro
-        except BaseException as exc:
-            failure = exc
-            if isinstance(exc, UnsupportedAction):
-                raise Refused(f"{what}: {exc}") from None
-            if isinstance(exc, PortError):
-                raise Refused(f"{what} refused: {exc}") from None
-            raise
-        finally:
-            self.door.audit.record(what, **where, **fields, **outcome(failure))
+            result = await audited(self.door.audit.record, what, coro, **where, **fields)
+        except UnsupportedAction as exc:
+            raise Refused(f"{what}: {exc}") from None
+        except PortError as exc:
+            raise Refused(f"{what} refused: {exc}") from None
         self.out(describe(result))
 
 

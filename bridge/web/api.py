@@ -17,7 +17,7 @@ from bridge.access.gate import Denied
 from bridge.access.policy import Permission, allowed
 from bridge.common import strictjson
 from bridge.config import parse_duration
-from bridge.console.actions import outcome
+from bridge.console.actions import audited
 from bridge.console.port import Port, PortError
 from bridge.console.sysrq import validate_keys
 from bridge.hw.interfaces import UnsupportedAction
@@ -169,21 +169,15 @@ async def health(request: web.Request) -> web.Response:
 async def _run_action(
     request: web.Request, user: str, what: str, coro: Any, **fields: Any
 ) -> web.Response:
-    """Run a port action and map port errors to HTTP statuses. The audit record, with the
-    outcome, is written whatever ends the action (a `finally`: a bug, a dropped request)."""
+    """Run a port action (audited whatever ends it) and map port errors to HTTP statuses."""
     where = {"user": user, "port": request.match_info["name"], "peer": peer_of(request)}
-    failure: BaseException | None = None
+    record = request.app[STATE].audit.record
     try:
-        result = await coro
-    except BaseException as exc:
-        failure = exc
-        if isinstance(exc, UnsupportedAction):
-            raise api_error(web.HTTPNotImplemented, str(exc)) from None
-        if isinstance(exc, PortError):
-            raise port_error(exc) from None
-        raise
-    finally:
-        request.app[STATE].audit.record(what, **where, **fields, **outcome(failure))
+        result = await audited(record, what, coro, **where, **fields)
+    except UnsupportedAction as exc:
+        raise api_error(web.HTTPNotImplemented, str(exc)) from None
+    except PortError as exc:
+        raise port_error(exc) from None
     return web.json_response(result)
 
 

@@ -26,7 +26,7 @@ from aiohttp import WSMsgType, web
 from bridge.access.policy import Identity, Permission, allowed
 from bridge.common import strictjson
 from bridge.config import parse_duration
-from bridge.console.actions import outcome
+from bridge.console.actions import audited
 from bridge.console.fanout import Chunk
 from bridge.console.port import Attachment, Port, PortError
 from bridge.console.sysrq import validate_keys
@@ -225,20 +225,13 @@ class ConsoleSession:
         task.add_done_callback(self.tasks.discard)
 
     async def _action(self, action: str, coro: Any, **fields: Any) -> None:
-        """Run an action; its audit record is written whatever ends it (a `finally`)."""
+        """Run an action (audited whatever ends it) and answer with its result."""
         where = {"user": self.identity.user, "port": self.port.name, "peer": self.att.peer}
-        failure: BaseException | None = None
         try:
-            result = await coro
+            result = await audited(self.state.audit.record, action, coro, **where, **fields)
         except (PortError, UnsupportedAction) as exc:
-            failure = exc
             self.error(f"{action} refused: {exc}")
             return
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            self.state.audit.record(action, **where, **fields, **outcome(failure))
         self.reply({"type": "result", **result})
 
     async def run(self) -> None:
