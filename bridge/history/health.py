@@ -1,6 +1,6 @@
 """Write faults of the state directory: how a failing disk is reported, once, and its recovery.
 
-The writers of `state_dir` (each ring log's writer thread, the audit trail, the users and tokens
+The writers of `state_dir` (each ring log's writer, the audit trail, the users and tokens
 files) each own a `WriteHealth` and tell it about every write that fails (`failed`) and when
 writes work again (`recovered`). The first failure of an outage logs one ERROR line naming the
 file and the error; later failures of the same outage are only counted; the recovery logs one
@@ -8,7 +8,7 @@ line saying how long the outage lasted and how many writes failed. An outage beg
 REPORT_EVERY after the last one was reported is counted and shown but not logged again, so a
 card that keeps failing and working gives at most one pair of lines a minute. `status()` is what
 `/api/ports` (admins), `/healthz` and `/metrics` show. Safe to call from any thread (a ring
-log's writer reports from its own).
+log's writer reports from the one writer thread, bridge.history.ringwriter).
 """
 
 from __future__ import annotations

@@ -1,21 +1,21 @@
 """Flash-friendly, crash-safe circular console log: one preallocated file per port.
 
 This module owns the on-disk console history of a port and its API (`RingLog`); the layout is in
-bridge.history.ringformat, the block being filled in bridge.history.ringpage, the writer thread
-(pwrite runs, fdatasync, the bounded queue, deferred errors) in bridge.history.ringwriter, the
-recovery scan in bridge.history.ringscan, the block index and reads in bridge.history.ringread.
-The hub owns the timers and calls :meth:`RingLog.flush` every ``flush_interval`` when there was
-output. All methods are called from one thread (the event loop); none of them waits for the
-device, except :meth:`close` and, as a last resort when the device falls a full writer queue
-behind, append().
+bridge.history.ringformat, the block being filled in bridge.history.ringpage, the writing (one
+writer thread for every ring: pwrite runs, fdatasync, the bounded queue, deferred errors) in
+bridge.history.ringwriter, the recovery scan in bridge.history.ringscan, the block index and reads
+in bridge.history.ringread. The hub owns the timers and calls :meth:`RingLog.flush` every
+``flush_interval`` when there was output. All methods are called from one thread (the event loop);
+none of them waits for the device, except :meth:`close` and, as a last resort when the device falls
+a full writer queue behind, append().
 
 Writes are whole, page-aligned 4 KiB pages at page-aligned positions: a block is written when it
 fills, and by flush() (which rewrites the partial block in place, then fdatasync). A silent
 console causes no I/O at all. append()/add_marker()/flush() only build page images in memory and
-hand a copy of each to the writer thread (O_DIRECT with ``durable``, the default); a page handed
-over but not yet written, and the newest pages `keep` asks for, are read from memory; reads of
-older blocks pread() the file on the calling thread, as do open() (recovery scan, preallocation)
-and close() (it waits for the writer's queue and last sync).
+hand a copy of each to the writer thread, the process's one (O_DIRECT with ``durable``, the
+default); a page handed over but not yet written, and the newest pages `keep` asks for, are read
+from memory; reads of older blocks pread() the file on the calling thread, as do open() (recovery
+scan, preallocation) and close() (it waits for the writer's queue and last sync).
 
 Errors: a failed page write or sync never reaches the caller: the writer keeps the page, writes
 it again until the disk works (reads see it meanwhile) and reports the fault once through
@@ -61,7 +61,8 @@ from bridge.history.ringformat import (
     full_block,
 )
 from bridge.history.ringscan import CRASH_GAP, Block, open_locked, scan
-from bridge.history.ringwriter import QUEUE_PAGES, SYNC, Job, PageWriter, WriteStats
+from bridge.history.ringstats import WriteStats
+from bridge.history.ringwriter import QUEUE_PAGES, SYNC, Job, PageWriter
 
 __all__ = ["BLOCK_SIZE", "CRASH_GAP", "QUEUE_PAGES", "LogRecord", "RingLog", "WriteStats"]
 

@@ -1,21 +1,30 @@
-"""The ring log's writer thread: the only place page images become pwrite()s and fdatasync()s.
+"""The ring logs' writer thread: the only place page images become pwrite()s and fdatasync()s.
 
 bridge.history.ringlog builds page images in memory and hands a copy of each to the `PageWriter` of
-its RingLog (started at the first write, stopped by RingLog.close()), which performs the pwrite()s
-strictly in the order they were handed over (consecutive pages at consecutive positions go out as
-one pwrite of up to RUN_PAGES pages) and the fdatasync()s, each after every write handed over
-before it. A full page waits up to HOLD (1 s) for the next ones, so a slow console's pages go out
-as one write a second instead of one each, with one wake-up of the writer (BATCH_PAGES waiting, a
-flush, a sync, wait_idle or close() have them written at once). A page handed over but not yet
-written stays readable from memory (`in_flight`), so the ring's readers see exactly what they would
-see if it were on disk.
+its RingLog, whose close() stops it (its queue written, failed writes tried once more). One thread
+per process, "ringlog writer", serves every ring's PageWriter: started at the first write of any
+ring, it then lives with the process (a daemon thread), asleep while no ring has work due; a ring
+with nothing queued costs it nothing, and a stopped ring's departure does not stop it.
+For each ring it performs the pwrite()s strictly in the order they were handed over (consecutive
+pages at consecutive positions go out as one pwrite of up to RUN_PAGES pages) and the fdatasync()s,
+each after every write handed to that ring before it. A full page waits up to HOLD (1 s) for the
+next ones, so a slow console's pages go out as one write a second instead of one each (BATCH_PAGES
+waiting, a flush, a sync, wait_idle or stop() have them written at once). Each time it wakes, the
+thread takes the rings whose work is due in turn (one run or one sync of a ring, then the next
+ring's) and sleeps until the nearest deadline of any ring. A ring whose device is slow delays the
+others by its own writes only, acceptable as every ring lives in the one `state_dir` (one device,
+where their writes would queue up anyway). 48 ports: one thread and one page-aligned run buffer,
+not 48 of each (#19). A page handed over but not yet written stays readable from memory
+(`in_flight`), so the ring's readers see exactly what they would see if it were on disk. One
+Condition (`_cv`) guards the thread's list and every PageWriter's state; it is held to hand a job
+over, take it or account for it, never across a pwrite or fdatasync.
 
-Bounded queue: at most QUEUE_PAGES pages (1 MiB) may be waiting or being written; a caller that
-hands over a page beyond that waits until the writer has made room (counted in ``stats.stalls``
-and ``stats.stall_seconds``): console data is never dropped. At 115200 baud or at a 12-Mbaud line
-rate the device keeps up and the queue stays a few pages deep; only a device that is slower than
-the console for more than a full queue (1 MiB) makes the caller wait. The writer holds the GIL
-only to take a run and copy it into its page-aligned buffer (pwrite and fdatasync release it).
+Bounded queue: at most QUEUE_PAGES pages (1 MiB) of a ring may be waiting or being written; a caller
+that hands over a page beyond that waits until the thread has made room (counted in
+``stats.stalls`` and ``stats.stall_seconds``): console data is never dropped. At 115200 baud or at a
+12-Mbaud line rate the device keeps up and the queue stays a few pages deep; only a device that is
+slower than the console for more than a full queue (1 MiB) makes the caller wait. The thread holds
+the GIL only to take a run and copy it into its buffer (pwrite and fdatasync release it).
 
 Page writes use a second descriptor opened with O_DIRECT where the file system allows it (exactly
 one page reaches the device per page written, whatever the page cache's folio size: on kernels
@@ -25,87 +34,43 @@ file system refuses O_DIRECT writes after all (EINVAL), they fall back to the bu
 Errors: a page write or fdatasync that fails is counted in ``stats.errors`` and reported to
 the ring's `WriteHealth` (bridge.history.health: one log line per outage, a status for the
 API), never raised to the caller. The page is kept and written again, every RETRY_INTERVAL while
-the writer has nothing else to do (its newest image: a later page for the same position replaces
+that ring has nothing else queued (its newest image: a later page for the same position replaces
 it), and stays readable from memory meanwhile, so a disk that fails for a while loses nothing;
 at most RETRY_PAGES pages (1 MiB) are kept so, beyond that the oldest is dropped (counted in
 ``stats.lost_pages``; reads then see a hole there). A failed fdatasync is retried the same way.
 The health recovers once every kept page is written and a sync has worked.
 
-Crash semantics: the writer drains its queue as fast as the device allows once pages are due, so
-what a kill -9 loses is the ring's block being filled plus the pages still queued: the last HOLD
-of full pages (at most BATCH_PAGES) and, on a device that lags, at most QUEUE_PAGES + 1 pages.
+Crash semantics: the thread drains a ring's queue as fast as the device allows once its pages are
+due, so what a kill -9 loses is the ring's block being filled plus the pages still queued: the last
+HOLD of full pages (at most BATCH_PAGES) and, on a device that lags, at most QUEUE_PAGES + 1 pages.
 """
 
 from __future__ import annotations
 
-import bisect
 import errno
 import logging
+import math
 import mmap
 import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.history.health import WriteHealth
 from bridge.history.ringformat import BLOCK_SIZE, Rec
+from bridge.history.ringstats import WriteStats
 
 log = logging.getLogger(__name__)
 
-QUEUE_PAGES = 256  # pages handed to the writer and not yet written: at most 1 MiB
+QUEUE_PAGES = 256  # pages of a ring handed to the writer and not yet written: at most 1 MiB
 RUN_PAGES = 64  # consecutive pages written by one pwrite (256 KiB)
-RETRY_PAGES = 256  # pages whose write failed, kept to be written again: at most 1 MiB
+RETRY_PAGES = 256  # pages of a ring whose write failed, kept to be written again: at most 1 MiB
 RETRY_INTERVAL = 1.0  # seconds between attempts to write them while writes fail
 HOLD = 1.0  # a full page waits up to this long for more, so they go out as one write...
 BATCH_PAGES = 16  # ...unless this many are waiting, or a flush or sync (or wait_idle) asks
-
-
-SYNC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class Durations:
-    """A histogram of durations (bucket counts and their sum), safe across threads."""
-
-    def __init__(self, bounds: tuple[float, ...] = SYNC_BUCKETS) -> None:
-        self.bounds = (*bounds, float("inf"))
-        self._counts = [0] * len(self.bounds)
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, seconds: float) -> None:
-        i = bisect.bisect_left(self.bounds, seconds)
-        with self._lock:
-            self._counts[i] += 1
-            self._sum += seconds
-
-    def snapshot(self) -> tuple[list[tuple[float, int]], float]:
-        """([(upper bound, observations <= it), ...] ending with +inf, sum of all)."""
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, running = [], 0
-        for bound, n in zip(self.bounds, counts, strict=True):
-            running += n
-            cumulative.append((bound, running))
-        return cumulative, total
-
-
-@dataclass
-class WriteStats:
-    """Counters of what a RingLog handed to the file system (for tests and the bench)."""
-
-    writes: int = 0  # pages written
-    bytes_written: int = 0
-    syncs: int = 0
-    errors: int = 0  # page writes and syncs that failed (append() does not raise for them)
-    retried: int = 0  # pages written by a retry after their first write failed
-    lost_pages: int = 0  # failed pages dropped from a full retry buffer (a hole on disk)
-    write_calls: int = 0  # pwrite() calls (a call writes up to RUN_PAGES consecutive pages)
-    queue_peak: int = 0  # most pages waiting for the writer at once (<= QUEUE_PAGES)
-    stalls: int = 0  # times the caller waited for room in a full queue
-    stall_seconds: float = 0.0  # caller time spent waiting so
-    sync_times: Durations = field(default_factory=Durations)  # fdatasync durations
+THREAD_NAME = "ringlog writer"
 
 
 @dataclass(slots=True)
@@ -123,8 +88,74 @@ class Job:
 SYNC = Job(-1, 0, b"", [], 0, True)
 
 
+_cv = threading.Condition()  # guards the service below and the state of every PageWriter
+
+
+class _Service:
+    """The one writer thread and the writers with work for it (guarded by _cv)."""
+
+    def __init__(self) -> None:
+        self.active: list[PageWriter] = []  # with jobs, kept pages, a failed sync or a stop
+        self.wake_at = -math.inf  # when the thread will look at them again (-inf: it is awake)
+        self.thread: threading.Thread | None = None
+
+    def enlist(self, writer: PageWriter, due: float) -> None:
+        """(Holding _cv.) `writer` has work due at `due` (time.monotonic): serve it, waking the
+        thread if it sleeps past that."""
+        if not writer._enlisted:
+            writer._enlisted = True
+            self.active.append(writer)
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+            self.thread.start()
+        elif due < self.wake_at:
+            _cv.notify_all()
+
+    def delist(self, writer: PageWriter) -> None:
+        """(Holding _cv.) `writer` has no work left."""
+        self.active.remove(writer)
+        writer._enlisted = False
+
+    def _next_due(self) -> PageWriter:
+        """(Holding _cv.) Wait for a writer with work due; the first found, it moves to the
+        end of the line, so every ring gets its turn."""
+        while True:
+            now = time.monotonic()
+            wake = math.inf
+            for i, writer in enumerate(self.active):
+                at = writer._due_at()
+                if at <= now:
+                    self.active.append(self.active.pop(i))
+                    self.wake_at = -math.inf
+                    return writer
+                wake = min(wake, at)
+            self.wake_at = wake
+            _cv.wait(None if wake == math.inf else wake - now)
+
+    def _run(self) -> None:
+        """Perform the writers' due work, one run (or sync, or retry) at a time."""
+        # page-aligned, as O_DIRECT wants; one for every ring, kept for the thread's life
+        view = memoryview(mmap.mmap(-1, RUN_PAGES * BLOCK_SIZE))
+        while True:
+            with _cv:
+                writer = self._next_due()
+                batch = writer._take()
+            if batch is None:
+                continue  # discarded
+            try:
+                writer._perform(batch, view)
+            except Exception:  # a bug must not leave a caller waiting for room forever
+                log.exception("ring log %s: writer failed", writer.path)
+            with _cv:
+                writer._done(batch)
+
+
+_service = _Service()
+
+
 class PageWriter:
-    """The background writer of one ring file (``fd``: the ring's buffered descriptor)."""
+    """The writing of one ring file (``fd``: the ring's buffered descriptor), done by the one
+    writer thread."""
 
     def __init__(self, fd: int, path: Path, durable: bool) -> None:
         self._fd = fd  # buffered: fdatasync, and page writes where O_DIRECT is refused
@@ -132,20 +163,21 @@ class PageWriter:
         self.path = path
         self._durable = durable
         self.stats = WriteStats()
-        # Shared with the thread, guarded by _cv.
-        self._cv = threading.Condition()
+        # Shared with the thread, guarded by _cv (one for every ring).
+        self._cv = _cv
         self._jobs: deque[Job] = deque()
         self._inflight: dict[int, Job] = {}  # seq -> newest image handed over, until written
         self._queued = 0  # pages in _jobs or being written
-        self._busy = False  # the writer is performing a job
+        self._busy = False  # the thread is performing a job of this ring
+        self._enlisted = False  # among the writers the thread serves
         self._stopping = False
         self._since = 0.0  # when the oldest job still queued was handed over
         self._urgent = False  # a flush, a sync or wait_idle wants the queue written now
         self._discard = False  # stop without writing what is queued (tests: a crash)
         self._retry: dict[int, Job] = {}  # position -> newest page whose write failed
         self._sync_due = False  # an fdatasync failed: to be done again
+        self._retry_at = 0.0  # when to try them again
         self.health = WriteHealth(f"ring log {path}")
-        self._thread: threading.Thread | None = None
 
     def open_direct(self) -> None:
         """Write pages through a second, O_DIRECT descriptor where the file system allows it."""
@@ -163,37 +195,34 @@ class PageWriter:
 
     def submit(self, job: Job) -> None:
         """Hand a page (or SYNC) over; waits only when QUEUE_PAGES pages are already queued."""
-        with self._cv:
+        with _cv:
             if job.seq >= 0 and self._queued >= QUEUE_PAGES:
                 # Last resort: the device is more than a full queue behind the console. Wait
                 # for room rather than drop console data or let memory grow.
                 began = time.perf_counter()
                 while self._queued >= QUEUE_PAGES:
-                    self._cv.wait()
+                    _cv.wait()
                 self.stats.stalls += 1
                 self.stats.stall_seconds += time.perf_counter() - began
-            if not self._jobs:
+            first = not self._jobs
+            if first:
                 self._since = time.monotonic()
             self._jobs.append(job)
             if job.seq >= 0:
                 self._inflight[job.seq] = job
                 self._queued += 1
                 self.stats.queue_peak = max(self.stats.queue_peak, self._queued)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"ringlog {self.path.name}", daemon=True
-                )
-                self._thread.start()
             if job.seq < 0 or job.flush or len(self._jobs) >= BATCH_PAGES:
                 self._urgent = True
-                if not self._busy:  # (a busy writer looks at the queue before it waits again)
-                    self._cv.notify_all()  # else the writer wakes when the oldest waited HOLD
+            # (a later job of a queue is due no sooner than its first, which the thread knows)
+            due = -math.inf if self._urgent else self._since + HOLD if first else math.inf
+            _service.enlist(self, due)
 
     def in_flight(self, seq: int) -> Job | None:
         """The newest image of block ``seq`` handed over and not yet in the file, if any."""
         if not self._inflight:
             return None
-        with self._cv:  # the writer removes a job only once its page is in the file
+        with _cv:  # the thread removes a job only once its page is in the file
             return self._inflight.get(seq)
 
     @property
@@ -203,90 +232,88 @@ class PageWriter:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every page and sync handed over is done (False on timeout)."""
-        with self._cv:
-            self._urgent = True
-            self._cv.notify_all()
-            return self._cv.wait_for(lambda: not self._jobs and not self._busy, timeout)
+        with _cv:
+            if self._jobs:
+                self._urgent = True
+                _cv.notify_all()
+            return _cv.wait_for(lambda: not self._jobs and not self._busy, timeout)
 
     def stop(self, *, discard: bool = False) -> None:
-        """Stop the thread once its queue is written (``discard``: without writing it) and close
-        the O_DIRECT descriptor; the ring closes its own."""
-        with self._cv:
+        """Wait until this ring's queue is written (``discard``: dropped) and its failed writes
+        tried once more, then close the O_DIRECT descriptor; the ring closes its own."""
+        with _cv:
             self._stopping = True
             self._discard = discard
-            self._cv.notify_all()
-            thread = self._thread
-        try:
-            if thread is not None:
-                thread.join()
-        finally:
-            if self._wfd != self._fd:
-                os.close(self._wfd)
-                self._wfd = self._fd
+            if self._enlisted:
+                _cv.notify_all()
+                _cv.wait_for(lambda: not self._enlisted)
+        # (not reached if the wait is interrupted: the thread may still write through _wfd)
+        if self._wfd != self._fd:
+            os.close(self._wfd)
+            self._wfd = self._fd
 
-    # ---- the thread ---------------------------------------------------------------------------
+    # ---- on the writer thread -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        """Perform the jobs in order, merging consecutive pages; retry failed ones when idle."""
-        cv = self._cv
-        # page-aligned, as O_DIRECT wants (freed with the thread: slices may outlive a write)
-        view = memoryview(mmap.mmap(-1, RUN_PAGES * BLOCK_SIZE))
-        while True:
-            with cv:
-                self._wait_for_work()
-                if self._discard:
-                    self._jobs.clear()
-                    self._inflight.clear()
-                    self._queued = 0
-                    cv.notify_all()
-                    return
-                jobs = self._jobs
-                batch: list[Job] = [jobs.popleft()] if jobs else []
-                if batch and batch[0].seq >= 0:  # with the pages at the positions that follow
-                    at = batch[0].position + BLOCK_SIZE  # (never 0, the position SYNC has)
-                    while len(batch) < RUN_PAGES and jobs and jobs[0].position == at:
-                        batch.append(jobs.popleft())
-                        at += BLOCK_SIZE
-                if jobs:
-                    self._since = time.monotonic()
-                else:
-                    self._urgent = False
-                self._busy = True
-            try:
-                if not batch:
-                    self._retry_failed(view)
-                elif batch[0].seq < 0:
-                    self._sync()
-                else:
-                    self._write_run(batch, view)
-            except Exception:  # a bug must not leave the caller waiting for room forever
-                log.exception("ring log %s: writer failed", self.path)
-            with cv:
-                if batch and batch[0].seq >= 0:  # (a batch is pages, or one SYNC)
-                    self._queued -= len(batch)
-                    inflight, retry = self._inflight, self._retry
-                    for job in batch:
-                        if inflight.get(job.seq) is job and retry.get(job.position) is not job:
-                            del inflight[job.seq]
-                self._busy = False
-                cv.notify_all()
-                if self._stopping and not self._jobs and not batch:
-                    return  # the last retry was made
+    def _due_at(self) -> float:
+        """(Holding _cv.) When this ring's next work is due: at once if urgent, stopping or
+        BATCH_PAGES are queued, when its oldest job has waited HOLD, or when to retry."""
+        if self._stopping:
+            return -math.inf
+        if self._jobs:
+            if self._urgent or len(self._jobs) >= BATCH_PAGES:
+                return -math.inf
+            return self._since + HOLD
+        return self._retry_at if self._retry or self._sync_due else math.inf
 
-    def _wait_for_work(self) -> None:
-        """(Holding the lock.) Return when jobs are due (urgent, BATCH_PAGES of them, or the
-        oldest has waited HOLD), when stopping, or when it is time to retry failed writes."""
-        while not self._stopping:
-            if self._jobs:
-                left = self._since + HOLD - time.monotonic()
-                if self._urgent or len(self._jobs) >= BATCH_PAGES or left <= 0:
-                    return
-                self._cv.wait(left)
-            elif self._retry or self._sync_due:
-                if not self._cv.wait(RETRY_INTERVAL):
-                    return  # time to try the failed writes again
-            else:
-                self._cv.wait()
+    def _take(self) -> list[Job] | None:
+        """(Holding _cv.) The next batch: the oldest job with the pages at the positions that
+        follow, or [] (retry the failed writes); None when stopped without writing the queue."""
+        if self._discard:
+            self._jobs.clear()
+            self._inflight.clear()
+            self._queued = 0
+            _service.delist(self)
+            _cv.notify_all()
+            return None
+        jobs = self._jobs
+        batch: list[Job] = [jobs.popleft()] if jobs else []
+        if batch and batch[0].seq >= 0:  # with the pages at the positions that follow
+            at = batch[0].position + BLOCK_SIZE  # (never 0, the position SYNC has)
+            while len(batch) < RUN_PAGES and jobs and jobs[0].position == at:
+                batch.append(jobs.popleft())
+                at += BLOCK_SIZE
+        if jobs:
+            self._since = time.monotonic()
+        else:
+            self._urgent = False
+        self._busy = True
+        return batch
+
+    def _perform(self, batch: list[Job], view: memoryview) -> None:
+        if not batch:
+            self._retry_failed(view)
+        elif batch[0].seq < 0:
+            self._sync()
+        else:
+            self._write_run(batch, view)
+
+    def _done(self, batch: list[Job]) -> None:
+        """(Holding _cv.) Account for a batch; delist the ring once it has no work left."""
+        if batch and batch[0].seq >= 0:  # (a batch is pages, or one SYNC)
+            self._queued -= len(batch)
+            inflight, retry = self._inflight, self._retry
+            for job in batch:
+                if inflight.get(job.seq) is job and retry.get(job.position) is not job:
+                    del inflight[job.seq]
+        self._busy = False
+        self._retry_at = time.monotonic() + RETRY_INTERVAL
+        if self._stopping:
+            done = not self._jobs and not batch
+        else:
+            done = not self._jobs and not self._retry and not self._sync_due
+        if done:
+            _service.delist(self)
+        _cv.notify_all()
 
     def _write_run(self, batch: list[Job], view: memoryview) -> None:
         for i, job in enumerate(batch):
@@ -324,7 +351,7 @@ class PageWriter:
     def _keep(self, position: int, job: Job | None) -> None:
         """Keep `job` (None: nothing) as the page to write again at `position`; beyond
         RETRY_PAGES the oldest kept page is dropped (lost from disk and from reads)."""
-        with self._cv:
+        with _cv:
             old = self._retry.pop(position, None)
             if old is not None and old is not job and self._inflight.get(old.seq) is old:
                 del self._inflight[old.seq]
