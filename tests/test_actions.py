@@ -561,3 +561,35 @@ async def test_device_lost_during_sysrq_answers_503_and_is_audited(
     async with bridge.session("admin") as http, http.get(f"{bridge.base}/api/audit") as resp:
         audited = [e for e in await resp.json() if e["event"] == "sysrq"]
     assert len(audited) == 1 and audited[0]["result"].startswith("refused")
+
+
+async def test_audited_records_every_ending_with_any_field_names() -> None:
+    """The one audit wrapper of every front door: ok, refused and interrupted are all recorded,
+    and a field may be called "action" (the power endpoint's is)."""
+    from bridge.console.actions import audited
+    from bridge.console.errors import ActionBusy
+
+    records: list[tuple[str, dict[str, Any]]] = []
+
+    def record(event: str, /, **fields: Any) -> None:
+        records.append((event, fields))
+
+    async def done() -> dict[str, Any]:
+        return {"power": "on"}
+
+    async def busy() -> dict[str, Any]:
+        raise ActionBusy("another action is running")
+
+    assert await audited(record, "power", done(), action="on") == {"power": "on"}
+    with pytest.raises(ActionBusy):
+        await audited(record, "power", busy(), action="off")
+    task = asyncio.ensure_future(audited(record, "sysrq", asyncio.sleep(10), keys="b"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert records == [
+        ("power", {"action": "on", "result": "ok"}),
+        ("power", {"action": "off", "result": "refused: another action is running"}),
+        ("sysrq", {"keys": "b", "result": "interrupted"}),
+    ]

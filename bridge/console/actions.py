@@ -66,10 +66,13 @@ Validity = Callable[[], bool]
 T = TypeVar("T")
 
 
-async def audited(record: Callable[..., None], what: str, action: Awaitable[T], **fields: Any) -> T:
+async def audited(
+    record: Callable[..., None], what: str, action: Awaitable[T], /, **fields: Any
+) -> T:
     """Await a port action for a front door; `record(what, **fields, result=...)` (its audit
     trail) is called whatever ends it, with how it ended, before any error reaches the door: every
-    action that may have touched the target is audited, a bug or a dropped request included."""
+    action that may have touched the target is audited, a bug or a dropped request included.
+    (Positional-only parameters: `fields` may well hold an "action".)"""
     failure: BaseException | None = None
     try:
         return await action
