@@ -55,8 +55,6 @@ CRC = struct.Struct("<I")
 BH = BLOCK_HDR.size
 RH = REC_HDR.size
 FULL = BLOCK_SIZE - BH - RH  # payload of a data record that fills a block alone
-_BLOCK_HEAD = struct.Struct("<4sB3xIQ")  # the block header without its crc
-_REC_HEAD = struct.Struct("<BxHQd")  # the record header without its crc
 KIND_DATA = 1
 KIND_MARKER = 2
 KIND_CLOSE = 3
@@ -138,10 +136,9 @@ def full_block(nblocks: int, seq: int, offset: int, when: float, payload: Page) 
     """The image of block ``seq`` holding one data record of ``FULL`` bytes: the bytes that
     block_header() and seal_record() make of it, built in one go (no zero-fill, no page to patch:
     a console writing fast fills most blocks so)."""
-    head = _BLOCK_HEAD.pack(MAGIC, VERSION, nblocks, seq)
-    rec = _REC_HEAD.pack(KIND_DATA, FULL, offset, when)
+    rec = REC_HDR.pack(KIND_DATA, FULL, offset, when, 0)[: RH - 4]  # its crc follows
     crc = zlib.crc32(payload, zlib.crc32(rec, zlib.crc32(SEQ.pack(seq))))
-    return b"".join((head, CRC.pack(zlib.crc32(head)), rec, CRC.pack(crc), payload))
+    return b"".join((block_header(nblocks, seq), rec, CRC.pack(crc), payload))
 
 
 def marker(page: Page, rec: Rec) -> dict[str, Any]:
