@@ -82,7 +82,7 @@ def _port_name(i: int) -> str:
 
 
 class ScaleBridge(SerialBridge):
-    """serial-bridge with N streaming ports and one echo port, ring log on."""
+    """serial-bridge with N streaming ports and one echo port, ring log on (off: -nolog)."""
 
     def __init__(self, workdir: Path, name: str) -> None:
         super().__init__(workdir, log_enabled="-nolog" not in name)

@@ -37,7 +37,7 @@ from bridge.config.alerts import AlertRule
 
 try:  # a multi-string search at DFA speed (x86_64 and aarch64 wheels); stdlib re otherwise
     import re2
-except ImportError:  # the fallback is tested by forcing it (tests/test_console_alerts.py)
+except ImportError:  # the fallback is tested by forcing it (tests/test_alerts.py)
     re2 = None
 
 MAX_LINE = 4096  # bytes of a line that are matched

@@ -29,10 +29,10 @@ async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     from bridge.web.collectors import scrape  # prometheus-client: loaded at the first scrape
 
+    everything = identity.ports is None  # may see every port: the bridge-wide series too
     visible = [p for name, p in sorted(state.ports.items()) if identity.may_see_port(name)]
-    stores = state.storage(bridge=identity.ports is None)
+    stores = state.storage(bridge=everything)
     stores = {k: v for k, v in stores.items() if _visible(k, visible)}
-    everything = identity.ports is None
     body, content_type = scrape(
         visible, stores, state.gate if everything else None, state.audit_sinks
     )
