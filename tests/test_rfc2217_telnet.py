@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.rfc2217 import comport
-from bridge.rfc2217.telnet import (
+from bridge.common.telnet import (
     BRK,
     COM_PORT,
     DO,
@@ -30,6 +29,8 @@ from bridge.rfc2217.telnet import (
     escape,
     subnegotiation,
 )
+from bridge.rfc2217 import comport
+from bridge.rfc2217.session import OPTIONS
 
 
 def parse(chunks: list[bytes]) -> list[Event]:
@@ -89,7 +90,7 @@ def test_malformed_framing_is_an_error(wire: bytes) -> None:
 
 
 def test_negotiation_answers_once_and_refuses_what_is_not_offered() -> None:
-    options = Options()
+    options = Options(OPTIONS, OPTIONS)
     assert options.answer(DO, COM_PORT) == bytes((IAC, WILL, COM_PORT))
     assert options.answer(DO, COM_PORT) == b""  # already on: no answer, so no loop
     assert options.answer(WILL, COM_PORT) == bytes((IAC, DO, COM_PORT))

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bridge.common.telnet import escape
 from bridge.hw.interfaces import DeviceUnavailable
-from bridge.hw.telnet import TelnetParser, TelnetTransport, escape_iac, parse_telnet_url
+from bridge.hw.telnet import TelnetParser, TelnetTransport, parse_telnet_url
 
 IAC, DONT, DO, WONT, WILL, SB, SE, BRK = 255, 254, 253, 252, 251, 250, 240, 243
 BINARY, ECHO, SGA, STATUS, TTYPE, NAWS = 0, 1, 3, 5, 24, 31
@@ -105,8 +106,8 @@ def test_parse_telnet_url() -> None:
 
 
 def test_escape_iac() -> None:
-    assert escape_iac(b"plain") == b"plain"
-    assert escape_iac(b"\xff\x00\xff") == b"\xff\xff\x00\xff\xff"
+    assert escape(b"plain") == b"plain"
+    assert escape(b"\xff\x00\xff") == b"\xff\xff\x00\xff\xff"
 
 
 STREAM = (
@@ -138,6 +139,25 @@ def test_parser_byte_by_byte_and_fast_path() -> None:
     out = b"".join(parser.feed(STREAM[i : i + 1]) for i in range(len(STREAM)))
     assert out == CLEAN
     assert bytes(replies) == REPLIES
+
+
+def test_parser_skips_broken_framing_from_the_server() -> None:
+    """What a strict parser refuses (bridge.common.telnet) the console transport reads past."""
+    replies = bytearray()
+    parser = TelnetParser(replies.extend)
+    stream = (
+        b"a"
+        + bytes([IAC, SE])  # SE outside a subnegotiation
+        + b"b"
+        + bytes([IAC, SB, TTYPE, 1, IAC, 241, 2, IAC, SE])  # a command inside one
+        + b"c"
+        + bytes([IAC, SB, TTYPE])
+        + b"x" * 1000  # a long one
+        + bytes([IAC, SE, IAC, WILL, ECHO])
+        + b"d"
+    )
+    assert parser.feed(stream) == b"abcd"
+    assert bytes(replies) == bytes([IAC, DO, ECHO])
 
 
 def test_parser_negotiation_never_loops() -> None:

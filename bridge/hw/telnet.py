@@ -1,7 +1,8 @@
 """Network serial endpoints over telnet (`telnet://host:port`): ser2net, terminal servers, QEMU.
 
-Owns `TelnetTransport` (a `ConsoleTransport`), the telnet protocol parsing (`TelnetParser`: IAC
-sequences removed from the byte stream, option negotiation answered) and `parse_telnet_url`.
+Owns `TelnetTransport` (a `ConsoleTransport`), the client's side of the telnet protocol
+(`TelnetParser`: IAC sequences removed from the byte stream, option negotiation answered, on the
+shared framing of bridge.common.telnet) and `parse_telnet_url`.
 
 Negotiation policy: we offer and accept BINARY and SUPPRESS-GO-AHEAD in both directions and let
 the server ECHO; everything else is refused. Nothing ever waits for negotiation, so a server that
@@ -16,6 +17,7 @@ import re
 import socket
 from collections.abc import Callable
 
+from bridge.common import telnet
 from bridge.hw.interfaces import (
     DeviceUnavailable,
     LineSettings,
@@ -24,16 +26,13 @@ from bridge.hw.interfaces import (
     UnsupportedAction,
 )
 
-IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
-BRK = 243
-OPT_BINARY, OPT_ECHO, OPT_SGA = 0, 1, 3
-
-WE_DO = frozenset({OPT_BINARY, OPT_SGA})
+OFFERED = (telnet.BINARY, telnet.SGA)
+"""What we offer at the start, both ways (WILL and DO)."""
+WE_DO = frozenset({telnet.BINARY, telnet.SGA})
 """Options we perform when asked (answer DO with WILL)."""
-THEY_MAY = frozenset({OPT_BINARY, OPT_SGA, OPT_ECHO})
+THEY_MAY = frozenset({telnet.BINARY, telnet.SGA, telnet.ECHO})
 """Options we let the server perform (answer WILL with DO)."""
 
-_DATA, _IAC, _OPTION, _SUB, _SUB_IAC = range(5)
 _HIGH_WATER = 64 * 1024
 
 
@@ -48,95 +47,36 @@ def parse_telnet_url(url: str) -> tuple[str, int]:
     return m.group(1) or m.group(2), port
 
 
-def escape_iac(data: bytes) -> bytes:
-    """Double every 0xFF so the server reads it as data, not as a command."""
-    return data.replace(b"\xff", b"\xff\xff") if b"\xff" in data else data
-
-
 class TelnetParser:
-    """Splits a telnet byte stream into data and commands; keeps state across chunks.
+    """The client's side of a telnet stream; keeps state across chunks.
 
-    `feed(chunk)` returns the data bytes; `reply(bytes)` is called with negotiation answers."""
+    `feed(chunk)` returns the data bytes; `reply(bytes)` is called with negotiation answers.
+    Commands and subnegotiations are skipped, and so is broken framing: the server is ours."""
 
     def __init__(self, reply: Callable[[bytes], None]) -> None:
         self._reply = reply
-        self._state = _DATA
-        self._verb = 0
-        self.local: dict[int, bool] = {}  # options we perform (WILL) and their state
-        self.remote: dict[int, bool] = {}  # options the server performs
-        self._asked_local: set[int] = set()
-        self._asked_remote: set[int] = set()
+        self._framing = telnet.TelnetParser(strict=False)
+        self._options = telnet.Options(WE_DO, THEY_MAY)
+        self.local = self._options.local  # options we perform (WILL) and their state
+        self.remote = self._options.remote  # options the server performs
 
     def offer(self) -> bytes:
-        """Our opening offers: WILL/DO BINARY and SGA (a plain TCP peer just sees bytes)."""
-        out = bytearray()
-        for opt in (OPT_BINARY, OPT_SGA):
-            self._asked_local.add(opt)
-            self._asked_remote.add(opt)
-            out += bytes((IAC, WILL, opt, IAC, DO, opt))
-        return bytes(out)
+        """Our opening offers: WILL/DO BINARY and SGA."""
+        return self._options.offer(OFFERED)
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._state == _DATA and chunk.find(b"\xff") < 0:
-            return chunk  # fast path: no telnet command in this chunk
+        events = self._framing.feed(chunk)
+        if len(events) == 1 and isinstance(events[0], telnet.Data):
+            return events[0].data  # no telnet command in this chunk: passed through untouched
         out = bytearray()
-        i, n = 0, len(chunk)
-        while i < n:
-            state = self._state
-            if state == _DATA:
-                j = chunk.find(b"\xff", i)
-                if j < 0:
-                    out += chunk[i:]
-                    break
-                out += chunk[i:j]
-                self._state = _IAC
-                i = j + 1
-                continue
-            byte = chunk[i]
-            i += 1
-            if state == _IAC:
-                if byte == IAC:
-                    out.append(IAC)
-                    self._state = _DATA
-                elif byte in (DO, DONT, WILL, WONT):
-                    self._verb = byte
-                    self._state = _OPTION
-                elif byte == SB:
-                    self._state = _SUB
-                else:  # NOP, DM, GA, AYT, ... : nothing to do for a console
-                    self._state = _DATA
-            elif state == _OPTION:
-                self._negotiate(self._verb, byte)
-                self._state = _DATA
-            elif state == _SUB:
-                j = chunk.find(b"\xff", i - 1)
-                if j < 0:
-                    break  # the rest of this chunk is subnegotiation payload
-                i = j + 1
-                self._state = _SUB_IAC
-            elif state == _SUB_IAC:
-                self._state = _DATA if byte == SE else _SUB
+        for event in events:
+            if isinstance(event, telnet.Data):
+                out += event.data
+            elif isinstance(event, telnet.Negotiation) and (
+                answer := self._options.answer(event.verb, event.option)
+            ):
+                self._reply(answer)
         return bytes(out)
-
-    def _negotiate(self, verb: int, opt: int) -> None:
-        if verb in (DO, DONT):
-            table, asked, allowed, yes, no = self.local, self._asked_local, WE_DO, WILL, WONT
-        else:
-            table, asked, allowed, yes, no = self.remote, self._asked_remote, THEY_MAY, DO, DONT
-        wanted = verb in (DO, WILL)
-        was_asked = opt in asked
-        asked.discard(opt)
-        if wanted:
-            if opt in allowed:
-                if not table.get(opt) and not was_asked:
-                    self._reply(bytes((IAC, yes, opt)))
-                table[opt] = True
-            elif not was_asked:
-                self._reply(bytes((IAC, no, opt)))
-        else:
-            if table.get(opt) and not was_asked:
-                self._reply(bytes((IAC, no, opt)))
-            table[opt] = False
 
 
 class _Protocol(asyncio.Protocol):
@@ -209,7 +149,7 @@ class TelnetTransport:
 
     async def write(self, data: bytes) -> None:
         transport = self._usable()
-        transport.write(escape_iac(data))
+        transport.write(telnet.escape(data))
         await self._wait_writable()
 
     async def drain(self) -> None:
@@ -231,7 +171,7 @@ class TelnetTransport:
         are drained first and nothing else is sent by this call until `duration` has passed, which
         keeps a following SysRq key in a separate read on the server side."""
         await self.drain()
-        self._usable().write(bytes((IAC, BRK)))
+        self._usable().write(bytes((telnet.IAC, telnet.BRK)))
         await self.drain()
         await asyncio.sleep(duration)
 

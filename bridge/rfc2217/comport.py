@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from bridge.rfc2217.telnet import COM_PORT, subnegotiation
+from bridge.common.telnet import COM_PORT, subnegotiation
 
 (
     SIGNATURE, SET_BAUDRATE, SET_DATASIZE, SET_PARITY, SET_STOPSIZE, SET_CONTROL,

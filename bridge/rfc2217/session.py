@@ -21,11 +21,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from bridge.common import telnet
 from bridge.console.fanout import Chunk
 from bridge.console.port import Attachment, Port, PortError
 from bridge.history.audit import Auditor
 from bridge.hw.interfaces import UnsupportedAction
-from bridge.rfc2217 import comport, telnet
+from bridge.rfc2217 import comport
 from bridge.rfc2217.requests import ComPortState, handle_request
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ USER = "rfc2217"
 LOW_WATER = 256 * 1024
 MAX_QUEUED = 64  # events waiting to be handled before we stop reading from the client
 MODEM_POLL = 1.0  # seconds between looks at the modem inputs, for NOTIFY-MODEMSTATE on change
+OPTIONS = frozenset({telnet.BINARY, telnet.SGA, telnet.COM_PORT})
+"""The telnet options we perform and let the client perform; everything else (ECHO included: the
+target echoes, not the bridge) is refused. We never start a negotiation ourselves."""
 
 
 class Rfc2217Viewer:
@@ -88,7 +92,7 @@ class Rfc2217Session(asyncio.Protocol):
         self.att: Attachment | None = None
         self.peer = "?"
         self.parser = telnet.TelnetParser()
-        self.options = telnet.Options()
+        self.options = telnet.Options(OPTIONS, OPTIONS)
         self.state = ComPortState()
         self.dropped = 0
         self._queue: asyncio.Queue[telnet.Event | None] = asyncio.Queue()
@@ -224,7 +228,9 @@ class Rfc2217Session(asyncio.Protocol):
 
     @property
     def com_port_on(self) -> bool:
-        return telnet.COM_PORT in self.options.local or telnet.COM_PORT in self.options.remote
+        return bool(
+            self.options.local.get(telnet.COM_PORT) or self.options.remote.get(telnet.COM_PORT)
+        )
 
     async def keystrokes(self, data: bytes) -> None:
         att = self.att

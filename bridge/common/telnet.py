@@ -1,17 +1,21 @@
-"""Telnet framing for the RFC 2217 door: the byte stream a client sends, split into events.
+"""Telnet framing (RFC 854/855) for both ends: the RFC 2217 door (a server) and the telnet
+console transport bridge.hw.telnet (a client of ser2net, terminal servers, QEMU).
 
-Owns the telnet layer only (RFC 854/855): data bytes with `IAC IAC` undoubled, commands such as
-`IAC BRK` (what microcom and `labgrid-client console` send for a BREAK), option negotiation
-(`IAC WILL|WONT|DO|DONT opt`) and subnegotiations (`IAC SB opt ... IAC SE`). What the COM-PORT
-option's subnegotiations mean is bridge.rfc2217.comport's job; what to do with them, the session's.
+Owns the telnet layer only: data bytes with `IAC IAC` undoubled, commands such as `IAC BRK` (what
+microcom and `labgrid-client console` send for a BREAK), option negotiation
+(`IAC WILL|WONT|DO|DONT opt`, answered by `Options` under a policy its user gives) and
+subnegotiations (`IAC SB opt ... IAC SE`). What the COM-PORT option's subnegotiations mean is
+bridge.rfc2217.comport's job; what to do with the events, each user's.
 
 The parser keeps its state between `feed()` calls, so a sequence split across TCP segments is
 parsed the same as one in a single read. Data is passed through 8-bit clean: no CR/NUL
-translation, since pyserial and labgrid send raw bytes.
+translation, since pyserial and labgrid send raw bytes. Broken framing is an error for a strict
+parser (the door closes that client) and skipped by a lenient one (the console transport reads on).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SE, NOP, DM, BRK, IP, AO, AYT, EC, EL, GA, SB = range(240, 251)
@@ -21,7 +25,7 @@ MAX_SUBNEGOTIATION = 256  # the longest COM-PORT request is a signature text; ou
 
 
 class TelnetError(ValueError):
-    """The client broke the telnet framing; the session closes that client."""
+    """The peer broke the telnet framing (raised by a strict parser)."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,14 @@ _DATA, _IAC, _VERB, _SB_OPTION, _SB, _SB_IAC = range(6)
 
 
 class TelnetParser:
-    """Bytes from the network -> events, across reads."""
+    """Bytes from the network -> events, across reads.
 
-    def __init__(self) -> None:
+    `strict`: broken framing raises TelnetError; otherwise it is skipped (a stray `IAC SE` is
+    ignored, a command inside a subnegotiation is dropped, a payload is cut at
+    MAX_SUBNEGOTIATION bytes)."""
+
+    def __init__(self, *, strict: bool = True) -> None:
+        self.strict = strict
         self._state = _DATA
         self._verb = 0
         self._option = 0
@@ -102,7 +111,7 @@ class TelnetParser:
                 elif byte == SB:
                     self._state = _SB_OPTION
                 elif byte == SE:
-                    raise TelnetError("IAC SE outside a subnegotiation")
+                    self._malformed("IAC SE outside a subnegotiation")
                 else:
                     flush()
                     events.append(Command(byte))
@@ -127,18 +136,24 @@ class TelnetParser:
                     events.append(Subnegotiation(self._option, bytes(self._payload)))
                     self._state = _DATA
                 else:
-                    raise TelnetError(f"IAC {byte} inside a subnegotiation (expected IAC SE)")
+                    self._malformed(f"IAC {byte} inside a subnegotiation (expected IAC SE)")
+                    self._state = _SB
         flush()
         return events
 
     def _add_payload(self, byte: int) -> None:
         if len(self._payload) >= MAX_SUBNEGOTIATION:
-            raise TelnetError(f"subnegotiation longer than {MAX_SUBNEGOTIATION} bytes")
-        self._payload.append(byte)
+            self._malformed(f"subnegotiation longer than {MAX_SUBNEGOTIATION} bytes")
+        else:
+            self._payload.append(byte)
+
+    def _malformed(self, reason: str) -> None:
+        if self.strict:
+            raise TelnetError(reason)
 
 
 def escape(data: bytes) -> bytes:
-    """Data for the client: every 0xFF doubled."""
+    """Data for the peer: every 0xFF doubled."""
     return data.replace(b"\xff", b"\xff\xff")
 
 
@@ -153,40 +168,47 @@ def subnegotiation(option: int, payload: bytes) -> bytes:
 class Options:
     """Which telnet options are on, each side, and the answers negotiation needs.
 
-    We offer and accept BINARY, SGA and COM-PORT-OPTION; everything else (ECHO included: the
-    target echoes, not the bridge) is refused. A request for a state already in force gets no
-    answer, so two peers cannot loop (the rule of RFC 1143, without its queue: we never start a
-    negotiation ourselves).
+    `we_do`: the options we perform when asked (DO is answered WILL); `they_may`: the options we
+    let the peer perform (WILL is answered DO); everything else is refused. A request for a state
+    already in force gets no answer, and neither does the answer to one of our `offer()`s, so two
+    peers cannot loop (the rule of RFC 1143, without its queue).
     """
 
-    SUPPORTED = frozenset({BINARY, SGA, COM_PORT})
+    def __init__(self, we_do: frozenset[int], they_may: frozenset[int]) -> None:
+        self.we_do, self.they_may = we_do, they_may
+        self.local: dict[int, bool] = {}  # options we perform (WILL) and their state
+        self.remote: dict[int, bool] = {}  # options the peer performs
+        self._asked_local: set[int] = set()
+        self._asked_remote: set[int] = set()
 
-    def __init__(self) -> None:
-        self.local: set[int] = set()  # options we perform (they said DO, we said WILL)
-        self.remote: set[int] = set()  # options they perform (they said WILL, we said DO)
+    def offer(self, options: Iterable[int]) -> bytes:
+        """Our opening offers: WILL and DO each of `options` (a plain TCP peer just sees bytes)."""
+        out = bytearray()
+        for option in options:
+            self._asked_local.add(option)
+            self._asked_remote.add(option)
+            out += negotiation(WILL, option) + negotiation(DO, option)
+        return bytes(out)
 
     def answer(self, verb: int, option: int) -> bytes:
         """The reply to `IAC verb option`; b"" when none is due."""
-        if verb == DO:
-            if option not in self.SUPPORTED:
-                return negotiation(WONT, option)
-            if option in self.local:
-                return b""
-            self.local.add(option)
-            return negotiation(WILL, option)
-        if verb == WILL:
-            if option not in self.SUPPORTED:
-                return negotiation(DONT, option)
-            if option in self.remote:
-                return b""
-            self.remote.add(option)
-            return negotiation(DO, option)
-        if verb == DONT:
-            if option not in self.local:
-                return b""
-            self.local.discard(option)
-            return negotiation(WONT, option)
-        if option not in self.remote:  # WONT
-            return b""
-        self.remote.discard(option)
-        return negotiation(DONT, option)
+        ours = verb in (DO, DONT)  # about an option we perform
+        table = self.local if ours else self.remote
+        asked = self._asked_local if ours else self._asked_remote
+        allowed = self.we_do if ours else self.they_may
+        yes, no = (WILL, WONT) if ours else (DO, DONT)
+        was_asked = option in asked
+        asked.discard(option)
+        reply = b""
+        if verb in (DO, WILL):
+            if option in allowed:
+                if not table.get(option) and not was_asked:
+                    reply = negotiation(yes, option)
+                table[option] = True
+            elif not was_asked:
+                reply = negotiation(no, option)
+        else:
+            if table.get(option) and not was_asked:
+                reply = negotiation(no, option)
+            table[option] = False
+        return reply
