@@ -122,6 +122,17 @@ def pty_device(tmp_path: Path) -> Any:
     dev.close()
 
 
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An SSH key pair (ssh-keygen, ed25519) for each user, shared by the tests of a module;
+    `ssh_bridge(..., keys=keys)` registers them."""
+    from tests.ssh_helpers import keygen, require_openssh  # it imports this module
+
+    require_openssh()
+    home = tmp_path_factory.mktemp("keys")
+    return {name: keygen(home / f"id_{name}") for name in PASSWORDS}
+
+
 @pytest.fixture
 def mock_pins() -> Any:
     """gpiozero's shared MockFactory, with every pin's history cleared before and after."""

@@ -125,13 +125,15 @@ async def ssh_target(bridge: Bridge, tmp_path: Path) -> SshTarget:
 
 async def ssh_bridge(
     factory: BridgeFactory, device: Any, tmp_path: Path, ssh: dict[str, Any] | None = None,
-    **sections: Any,
+    keys: dict[str, Path] | None = None, **sections: Any,
 ) -> tuple[Bridge, SshTarget]:  # fmt: skip
-    """A bridge with port `lab` on `device` and the SSH door on 127.0.0.1, online."""
+    """A bridge with port `lab` on `device` (or `ports=`) and the SSH door on 127.0.0.1, online,
+    with the users' public `keys` registered. The other `sections` go to the factory."""
     require_openssh()
-    ports = sections.pop("ports", {"lab": {"device": str(device.path), "baud": 4_000_000}})
+    ports = sections.pop("ports", None) or {"lab": {"device": str(device.path), "baud": 4_000_000}}
     bridge = await factory(ports=ports, ssh={"listen": ["127.0.0.1:0"], **(ssh or {})}, **sections)
     await wait_for(lambda: all(p.online for p in bridge.daemon.state.ports.values()))
+    user_keys(bridge, keys or {})
     return bridge, await ssh_target(bridge, tmp_path)
 
 

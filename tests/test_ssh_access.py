@@ -16,7 +16,7 @@ import pytest
 from bridge.access.sshkeys import BadKey, parse_key
 from bridge.config import ConfigError, parse_config
 from tests.conftest import PASSWORDS, BridgeFactory, PtyDevice, wait_for
-from tests.ssh_helpers import keygen, require_openssh, ssh_bridge, user_keys
+from tests.ssh_helpers import keygen, require_openssh, ssh_bridge
 
 CLI = [sys.executable, "-m", "bridge"]
 
@@ -128,9 +128,8 @@ async def test_an_ended_credential_closes_the_ssh_console(
 ) -> None:
     from bridge.access.store import UserStore
 
-    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path)
     keys = {"operator": keygen(tmp_path / "id_op"), "viewer": keygen(tmp_path / "id_v")}
-    user_keys(bridge, keys)
+    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys=keys)
     term = await door.terminal(keys["operator"], "operator:lab")
     other = await door.terminal(keys["viewer"], "viewer:lab")
     try:

@@ -13,19 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BridgeFactory, pin_states, wait_for
-from tests.ssh_helpers import SshTarget, keygen, require_openssh, ssh_target, user_keys
+from tests.ssh_helpers import SshTarget, ssh_bridge
 from tests.test_actions import Recorder
 
 NMI, POWER = 17, 22
 ESC = b"\x1d"
 pytestmark = pytest.mark.usefixtures("mock_pins")
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    require_openssh()
-    home = tmp_path_factory.mktemp("keys")
-    return {name: keygen(home / f"id_{name}") for name in ("admin", "operator", "viewer")}
 
 
 @pytest.fixture
@@ -45,12 +38,11 @@ async def door(
         },
         "other": {"device": "fake2"},
     }
-    bridge = await bridge_factory(
-        ports, recorder, ssh={"listen": ["127.0.0.1:0"]}, gpio={"pin_factory": "mock"}
-    )
-    await wait_for(lambda: all(p.online for p in bridge.daemon.state.ports.values()))
-    user_keys(bridge, keys)
-    yield await ssh_target(bridge, tmp_path)
+    _bridge, target = await ssh_bridge(
+        bridge_factory, None, tmp_path, keys=keys, ports=ports,
+        transport_factory=recorder, gpio={"pin_factory": "mock"},
+    )  # fmt: skip
+    yield target
 
 
 def audit(target: SshTarget, event: str) -> list[dict[str, object]]:

@@ -23,7 +23,6 @@ from tests.ssh_helpers import (
     keygen,
     sign,
     ssh_bridge,
-    user_keys,
 )
 from tests.test_security_support import login
 
@@ -168,9 +167,8 @@ async def test_password_then_code_by_keyboard_interactive(
 async def test_a_key_login_with_totp_asks_for_the_code_in_the_session(
     bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path
 ) -> None:
-    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path)
     key = keygen(tmp_path / "id_op")
-    user_keys(bridge, {"operator": key})
+    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys={"operator": key})
     secret = new_secret()
     UserStore(bridge.state_dir).set_totp("operator", secret)
     term = await door.terminal(key, "operator:lab")
@@ -280,9 +278,8 @@ async def test_sha1_signatures_are_refused_from_any_client(
     does anyway (asyncssh forced to) is refused, though asyncssh's server would verify it."""
     import asyncssh
 
-    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path)
     key = keygen(tmp_path / "id_rsa", "rsa", 3072)
-    user_keys(bridge, {"operator": key})
+    _bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys={"operator": key})
 
     async def attempt(algorithm: bytes) -> str:
         pair = asyncssh.load_keypairs([str(key)])[0]

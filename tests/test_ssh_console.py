@@ -12,24 +12,16 @@ import pytest
 
 from bridge.common.screen import ScreenFilter
 from tests.conftest import BridgeFactory, PtyDevice, WsReader, wait_for
-from tests.ssh_helpers import SshTarget, keygen, require_openssh, ssh_bridge, user_keys
+from tests.ssh_helpers import SshTarget, ssh_bridge
 
 ESC = b"\x1d"  # Ctrl-], the default escape key
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    require_openssh()
-    home = tmp_path_factory.mktemp("keys")
-    return {name: keygen(home / f"id_{name}") for name in ("admin", "operator", "viewer")}
 
 
 @pytest.fixture
 async def door(
     bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, keys: dict[str, Path]
 ) -> AsyncIterator[SshTarget]:
-    bridge, target = await ssh_bridge(bridge_factory, pty_device, tmp_path)
-    user_keys(bridge, keys)
+    _bridge, target = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys=keys)
     yield target
 
 
@@ -84,10 +76,9 @@ async def test_the_menu_lists_the_ports_and_attaches_the_chosen_one(
         "lab": {"device": str(pty_device.path), "description": "rack 4 node 2"},
         "spare": {"device": "virtual:shell", "description": "the spare"},
     }
-    bridge, door = await ssh_bridge(
-        bridge_factory, pty_device, tmp_path, ports=ports, gpio={"pin_factory": "mock"}
+    _bridge, door = await ssh_bridge(
+        bridge_factory, pty_device, tmp_path, keys=keys, ports=ports, gpio={"pin_factory": "mock"}
     )
-    user_keys(bridge, keys)
     term = await door.terminal(keys["operator"], "operator")
     try:
         at = await term.until(b"port (number or name, q to quit): ")
@@ -110,8 +101,7 @@ async def test_unknown_and_forbidden_ports_get_one_line_and_a_close(
 ) -> None:
     from bridge.access.store import UserStore
 
-    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path)
-    user_keys(bridge, keys)
+    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys=keys)
     store = UserStore(bridge.state_dir)
     user = store.get("viewer")
     assert user is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BridgeFactory, PtyDevice, wait_for
-from tests.ssh_helpers import SshTarget, keygen, require_openssh, ssh_bridge, user_keys
+from tests.ssh_helpers import SshTarget, ssh_bridge
 from tests.test_rfc2217 import in_thread, open_serial, read_exactly
 
 pytestmark = [
@@ -22,20 +22,12 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    require_openssh()
-    home = tmp_path_factory.mktemp("keys")
-    return {name: keygen(home / f"id_{name}") for name in ("admin", "operator", "viewer")}
-
-
 @pytest.fixture
 async def door(
     bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, keys: dict[str, Path]
 ) -> AsyncIterator[SshTarget]:
     ports = {"lab": {"device": str(pty_device.path), "rfc2217": "127.0.0.1:0"}}
-    bridge, target = await ssh_bridge(bridge_factory, pty_device, tmp_path, ports=ports)
-    user_keys(bridge, keys)
+    _bridge, target = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys=keys, ports=ports)
     yield target
 
 
