@@ -95,11 +95,13 @@ class Recorder:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Recorder:
         submit, write_page = self.ring._writer.submit, self.ring._writer.write_page
 
-        def record(job: Any) -> None:
+        def record(*jobs: Any) -> None:
             r = self.ring
-            if job.seq >= 0:
-                self.writes.append(Write(job.position, job.page, r.next_offset, r.oldest_offset))
-            submit(job)
+            for i, job in enumerate(jobs):
+                if job.seq >= 0:  # pages handed over together: each ends where the next starts
+                    end = jobs[i + 1].recs[0].offset if i + 1 < len(jobs) else r.next_offset
+                    self.writes.append(Write(job.position, job.page, end, r.oldest_offset))
+            submit(*jobs)
 
         def record_written(position: int, data: bytes | memoryview) -> None:
             for at in range(0, len(data), BLOCK_SIZE):  # one pwrite may carry several pages
@@ -378,6 +380,7 @@ def test_kill_9_while_the_writer_thread_is_busy(tmp_path: Path) -> None:
 def workloads(draw: st.DrawFn) -> list[tuple[str, int, float]]:
     op = st.one_of(
         st.tuples(st.just("append"), st.integers(1, 5000), st.sampled_from([0.0, 0.4, 2.0])),
+        st.tuples(st.just("append"), st.integers(8000, 20000), st.just(0.1)),  # pages at once
         st.tuples(st.just("flush"), st.just(0), st.just(0.0)),
         st.tuples(st.just("marker"), st.integers(0, 100), st.just(0.0)),
     )

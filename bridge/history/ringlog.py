@@ -275,6 +275,7 @@ class RingLog:
         the general path would build (one record of FULL bytes), built in one go; returns the
         rest (less than a block's worth)."""
         n, blocks, offset = self._n, self._blocks, self._next
+        jobs: list[Job] = []
         while len(mv) >= FULL:
             seq = self._next_seq
             self._next_seq += 1
@@ -282,9 +283,11 @@ class RingLog:
             blocks.append(Block(seq, offset, offset + FULL, when, FULL))
             recs = [Rec(KIND_DATA, offset, when, BH + RH, FULL)]
             page = full_block(n, seq, offset, when, mv[:FULL])
-            self._next = offset = offset + FULL
-            self._hand_over(Job(seq, (seq % n) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
+            jobs.append(Job(seq, (seq % n) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
+            offset += FULL
             mv = mv[FULL:]
+        self._next = offset
+        self._hand_over(*jobs)
         return mv
 
     def _new_block(self) -> ringpage.Pending:
@@ -309,13 +312,15 @@ class RingLog:
         self._hand_over(job)
         p.written = p.used
 
-    def _hand_over(self, job: Job) -> None:
-        """Hand a page image to the writer thread, and keep it among the newest (see keep)."""
-        if self._recent and self._recent[-1].seq == job.seq:
-            self._recent[-1] = job  # a newer image of the partial block a flush wrote
-        else:
-            self._recent.append(job)
-        self._writer.submit(job)
+    def _hand_over(self, *jobs: Job) -> None:
+        """Hand page images to the writer thread, and keep them among the newest (see keep)."""
+        recent = self._recent
+        for job in jobs:
+            if recent and recent[-1].seq == job.seq:
+                recent[-1] = job  # a newer image of the partial block a flush wrote
+            else:
+                recent.append(job)
+        self._writer.submit(*jobs)
         self._unsynced = True
 
     def wait_idle(self, timeout: float | None = None) -> bool:

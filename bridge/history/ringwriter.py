@@ -69,7 +69,7 @@ RUN_PAGES = 64  # consecutive pages written by one pwrite (256 KiB)
 RETRY_PAGES = 256  # pages of a ring whose write failed, kept to be written again: at most 1 MiB
 RETRY_INTERVAL = 1.0  # seconds between attempts to write them while writes fail
 HOLD = 1.0  # a full page waits up to this long for more, so they go out as one write...
-BATCH_PAGES = 16  # ...unless this many are waiting, or a flush or sync (or wait_idle) asks
+BATCH_PAGES = 64  # ...unless a run of this many waits, or a flush or sync (or wait_idle) asks
 THREAD_NAME = "ringlog writer"
 
 
@@ -193,30 +193,35 @@ class PageWriter:
 
     # ---- the caller's side ----------------------------------------------------------------------
 
-    def submit(self, job: Job) -> None:
-        """Hand a page (or SYNC) over; waits only when QUEUE_PAGES pages are already queued."""
+    def submit(self, *jobs: Job) -> None:
+        """Hand pages (or SYNC) over, in order; waits only while QUEUE_PAGES pages are queued.
+        Several at once (a fast console's full pages) take the lock and wake the thread once."""
         with _cv:
-            if job.seq >= 0 and self._queued >= QUEUE_PAGES:
-                # Last resort: the device is more than a full queue behind the console. Wait
-                # for room rather than drop console data or let memory grow.
-                began = time.perf_counter()
-                while self._queued >= QUEUE_PAGES:
-                    _cv.wait()
-                self.stats.stalls += 1
-                self.stats.stall_seconds += time.perf_counter() - began
-            first = not self._jobs
-            if first:
-                self._since = time.monotonic()
-            self._jobs.append(job)
-            if job.seq >= 0:
-                self._inflight[job.seq] = job
-                self._queued += 1
-                self.stats.queue_peak = max(self.stats.queue_peak, self._queued)
-            if job.seq < 0 or job.flush or len(self._jobs) >= BATCH_PAGES:
+            for job in jobs:
+                if job.seq >= 0 and self._queued >= QUEUE_PAGES:
+                    # Last resort: the device is more than a full queue behind the console.
+                    # Wait for room rather than drop console data or let memory grow.
+                    began = time.perf_counter()
+                    if self._jobs:  # what is queued is due now: the thread makes room
+                        self._urgent = True
+                        _service.enlist(self, -math.inf)
+                    while self._queued >= QUEUE_PAGES:
+                        _cv.wait()
+                    self.stats.stalls += 1
+                    self.stats.stall_seconds += time.perf_counter() - began
+                if not self._jobs:
+                    self._since = time.monotonic()
+                self._jobs.append(job)
+                if job.seq >= 0:
+                    self._inflight[job.seq] = job
+                    self._queued += 1
+                if job.seq < 0 or job.flush:
+                    self._urgent = True
+            self.stats.queue_peak = max(self.stats.queue_peak, self._queued)
+            if len(self._jobs) >= BATCH_PAGES:
                 self._urgent = True
             # (a later job of a queue is due no sooner than its first, which the thread knows)
-            due = -math.inf if self._urgent else self._since + HOLD if first else math.inf
-            _service.enlist(self, due)
+            _service.enlist(self, -math.inf if self._urgent else self._since + HOLD)
 
     def in_flight(self, seq: int) -> Job | None:
         """The newest image of block ``seq`` handed over and not yet in the file, if any."""
