@@ -13,6 +13,7 @@ import signal
 import subprocess
 import termios
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,18 @@ class SshTarget:
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
+    @contextlib.asynccontextmanager
     async def terminal(
         self, key: Path | None, user: str, *extra: str, env: dict[str, str] | None = None
-    ) -> SshTerminal:
+    ) -> AsyncIterator[SshTerminal]:
+        """`ssh -tt user@127.0.0.1` in a pseudo-terminal for the length of an `async with`
+        (killed at its end if it has not exited)."""
         term = SshTerminal()
-        await term.start(self.args(key, *extra, "-tt", f"{user}@127.0.0.1"), env)
-        return term
+        try:
+            await term.start(self.args(key, *extra, "-tt", f"{user}@127.0.0.1"), env)
+            yield term
+        finally:
+            await term.close()
 
 
 async def ssh_target(bridge: Bridge, tmp_path: Path) -> SshTarget:

@@ -305,8 +305,7 @@ async def ssh_in_a_terminal(bridge: Bridge, screen: Screen, at: int, workdir: Pa
     key = keygen(workdir / "id_operator")
     user_keys(bridge, {"operator": key})
     door = await ssh_target(bridge, workdir)
-    term = await door.terminal(key, f"operator:{PORT}")
-    try:
+    async with door.terminal(key, f"operator:{PORT}") as term:
         seen = await term.until(b"read-only: operator is writing")  # the websocket's lease
         term.type(b"\x1d" + b"takeover\r")  # Ctrl-]: the bridge's command prompt
         seen = await term.until(b"[y/N] ", seen)
@@ -320,8 +319,6 @@ async def ssh_in_a_terminal(bridge: Bridge, screen: Screen, at: int, workdir: Pa
         await term.until(b"sysrq: HELP", seen)
         term.type(b"\r~.")
         await term.wait()
-    finally:
-        await term.close()
     assert b"~B" not in bytes(screen.reader.data), "the escape reached the shell as text"
     return at
 

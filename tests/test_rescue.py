@@ -284,8 +284,7 @@ async def test_ssh_rescue_at_the_prompt_and_as_a_command(
     assert "step 3/4: press up until pong" in out and "talk done in" in out
 
     # at the escape prompt: it starts, and its steps show as status lines in the console
-    term = await door.terminal(keys["admin"], "admin:lab")
-    try:
+    async with door.terminal(keys["admin"], "admin:lab") as term:
         await term.until(b"lab: read-write")
         term.type(b"\x1d")
         await term.until(b"command (^] again sends it)")
@@ -298,8 +297,6 @@ async def test_ssh_rescue_at_the_prompt_and_as_a_command(
         status, out, _ = await door.run(keys["admin"], "admin:lab", "rescue", "cancel")
         assert status == 0 and out == "cancelled slow\n"
         await term.until(b"playbook slow: cancelled at step 1", at)
-    finally:
-        await term.close()
 
 
 async def test_a_playbook_ends_cleanly_when_its_port_closes(lab: Bridge) -> None:

@@ -130,9 +130,10 @@ async def test_an_ended_credential_closes_the_ssh_console(
 
     keys = {"operator": keygen(tmp_path / "id_op"), "viewer": keygen(tmp_path / "id_v")}
     bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys=keys)
-    term = await door.terminal(keys["operator"], "operator:lab")
-    other = await door.terminal(keys["viewer"], "viewer:lab")
-    try:
+    async with (
+        door.terminal(keys["operator"], "operator:lab") as term,
+        door.terminal(keys["viewer"], "viewer:lab") as other,
+    ):
         await term.until(b"lab: read-write")
         await other.until(b"lab: read-only")
         store = UserStore(bridge.state_dir)
@@ -146,9 +147,6 @@ async def test_an_ended_credential_closes_the_ssh_console(
         assert await term.wait() != 0
         await wait_for(lambda: len(bridge.port.attachments) == 1)
         assert other.proc is not None and other.proc.returncode is None  # the viewer stays
-    finally:
-        await term.close()
-        await other.close()
     assert os.path.exists(door.known_hosts)
 
 

@@ -54,8 +54,7 @@ def audit(target: SshTarget, event: str) -> list[dict[str, object]]:
 async def test_tilde_b_is_a_break_in_its_place_among_the_keystrokes(
     door: SshTarget, keys: dict[str, Path], recorder: Recorder
 ) -> None:
-    term = await door.terminal(keys["operator"], "operator:lab")
-    try:
+    async with door.terminal(keys["operator"], "operator:lab") as term:
         await term.until(b"lab: read-write")
         term.type(b"a\r")  # (OpenSSH sends what precedes `~B` in the same read after it)
         await recorder.wait(lambda ev: any(e.data.endswith(b"\r") for e in ev))
@@ -67,30 +66,24 @@ async def test_tilde_b_is_a_break_in_its_place_among_the_keystrokes(
         assert marks[-1]["user"] == "operator" and marks[-1]["result"] == "ok"
         term.type(b"\r~.")
         await term.wait()
-    finally:
-        await term.close()
 
 
 async def test_a_viewers_tilde_b_is_refused_and_said_so(
     door: SshTarget, keys: dict[str, Path], recorder: Recorder
 ) -> None:
-    term = await door.terminal(keys["viewer"], "viewer:lab")
-    try:
+    async with door.terminal(keys["viewer"], "viewer:lab") as term:
         at = await term.until(b"read-only")
         term.type(b"~B")
         await term.until(b"your role (viewer) may not do this", at)
         assert not [e for e in recorder.events if e.kind == "break"]
         term.type(b"~.")
         await term.wait()
-    finally:
-        await term.close()
 
 
 async def test_prompt_commands_ask_before_nmi_and_destructive_sysrq(
     door: SshTarget, keys: dict[str, Path], recorder: Recorder
 ) -> None:
-    term = await door.terminal(keys["admin"], "admin:lab")
-    try:
+    async with door.terminal(keys["admin"], "admin:lab") as term:
         at = await term.until(b"lab: read-write")
         term.type(ESC + b"nmi\r")
         at = await term.until(b"send NMI to lab? The target may panic. [y/N] ", at)
@@ -114,8 +107,6 @@ async def test_prompt_commands_ask_before_nmi_and_destructive_sysrq(
         at = await term.until(b"unknown command 'bogus' (`help` lists them)", at)
         term.type(ESC + b"quit\r")
         assert await term.wait() == 0
-    finally:
-        await term.close()
     nmis = audit(door, "nmi")
     assert [(e["user"], e["result"], e["via"]) for e in nmis] == [("admin", "ok", "ssh")]
 

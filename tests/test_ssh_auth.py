@@ -110,14 +110,11 @@ async def test_a_ca_no_longer_trusted_ends_its_certificate_sessions(
     door, ca = cert_door
     key = keygen(tmp_path / "id_op")
     sign(ca, key, ["operator"])
-    term = await door.terminal(key, "operator:lab")
-    try:
+    async with door.terminal(key, "operator:lab") as term:
         await term.until(b"lab: read-write")
         (tmp_path / "trusted_cas").write_text("# nobody any more\n")
         await term.until(b"disconnected: session ended or credentials changed")
         assert await term.wait() != 0
-    finally:
-        await term.close()
 
 
 # ---- passwords ----------------------------------------------------------------------------------
@@ -171,8 +168,7 @@ async def test_a_key_login_with_totp_asks_for_the_code_in_the_session(
     bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys={"operator": key})
     secret = new_secret()
     UserStore(bridge.state_dir).set_totp("operator", secret)
-    term = await door.terminal(key, "operator:lab")
-    try:
+    async with door.terminal(key, "operator:lab") as term:
         at = await term.until(b"One-time code: ")
         term.type(b"123456\r")  # wrong (and not echoed)
         at = await term.until(b"wrong user name, password or code", at)
@@ -182,8 +178,6 @@ async def test_a_key_login_with_totp_asks_for_the_code_in_the_session(
         assert b"123456" not in term.seen
         term.type(b"~.")
         await term.wait()
-    finally:
-        await term.close()
     assert logins(door)[-1]["method"] == "totp"
 
 

@@ -31,8 +31,7 @@ async def test_key_login_to_user_port_carries_bytes_both_ways(
     history = b"earlier output\r\nlogin: "
     pty_device.write(history)
     await wait_for(lambda: door.bridge.port.offset == len(history))
-    term = await door.terminal(keys["operator"], "operator:lab")
-    try:
+    async with door.terminal(keys["operator"], "operator:lab") as term:
         at = await term.until(b"lab: read-write")
         at = await term.until(b"earlier output\r\nlogin: ", at)  # the replayed history
         term.type(b"root\r")
@@ -41,8 +40,6 @@ async def test_key_login_to_user_port_carries_bytes_both_ways(
         await term.until(b"Password: \xff\x00binary\r\n", at)
         term.type(b"~.")  # OpenSSH's own escape: disconnect
         await term.wait()
-    finally:
-        await term.close()
     await wait_for(lambda: not door.bridge.port.attachments)
     audit = (door.bridge.state_dir / "audit" / "audit.jsonl").read_text().splitlines()
     logins = [json.loads(line) for line in audit if '"login"' in line]
@@ -55,8 +52,7 @@ async def test_a_hostile_targets_clipboard_writes_and_type_back_requests_are_fil
 ) -> None:
     """The same screen filter as `connect`'s (bridge.common.screen): OSC 52 and a title report
     never reach the operator's terminal over SSH; colours and cursor movement do, unchanged."""
-    term = await door.terminal(keys["operator"], "operator:lab")
-    try:
+    async with door.terminal(keys["operator"], "operator:lab") as term:
         at = await term.until(b"lab: read-write")
         pty_device.write(
             b"A\x1b]52;c;ZWNobyBwd25lZA==\x07B\x1b[21tC\x1b[31mred\x1b[0m\x1b[2;5HD\r\n"
@@ -65,8 +61,6 @@ async def test_a_hostile_targets_clipboard_writes_and_type_back_requests_are_fil
         shown = bytes(term.seen)
         assert b"AB" in shown and b"C\x1b[31mred\x1b[0m\x1b[2;5HD" in shown
         assert b"]52;" not in shown and b"\x1b[21t" not in shown
-    finally:
-        await term.close()
 
 
 async def test_the_menu_lists_the_ports_and_attaches_the_chosen_one(
@@ -79,8 +73,7 @@ async def test_the_menu_lists_the_ports_and_attaches_the_chosen_one(
     _bridge, door = await ssh_bridge(
         bridge_factory, pty_device, tmp_path, keys=keys, ports=ports, gpio={"pin_factory": "mock"}
     )
-    term = await door.terminal(keys["operator"], "operator")
-    try:
+    async with door.terminal(keys["operator"], "operator") as term:
         at = await term.until(b"port (number or name, q to quit): ")
         menu = bytes(term.seen[:at])
         assert b"1  lab" in menu and b"rack 4 node 2" in menu and b"2  spare" in menu
@@ -92,8 +85,6 @@ async def test_the_menu_lists_the_ports_and_attaches_the_chosen_one(
         await term.until(b"hello from lab", at)
         term.type(ESC + b"quit\r")
         assert await term.wait() == 0
-    finally:
-        await term.close()
 
 
 async def test_unknown_and_forbidden_ports_get_one_line_and_a_close(
@@ -108,20 +99,16 @@ async def test_unknown_and_forbidden_ports_get_one_line_and_a_close(
     user.ports = ["elsewhere"]
     store.put(user)
     for who, port in (("operator", "nosuch"), ("viewer", "lab")):
-        term = await door.terminal(keys[who], f"{who}:{port}")
-        try:
+        async with door.terminal(keys[who], f"{who}:{port}") as term:
             await term.until(f"no port '{port}'".encode())
             assert await term.wait() == 1
             assert b"read-only" not in term.seen and b"read-write" not in term.seen
-        finally:
-            await term.close()
 
 
 async def test_a_viewer_is_read_only_and_told_so_when_typing(
     door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
 ) -> None:
-    term = await door.terminal(keys["viewer"], "viewer:lab")
-    try:
+    async with door.terminal(keys["viewer"], "viewer:lab") as term:
         at = await term.until(b"read-only (your role is viewer)")
         term.type(b"reboot\r")
         await term.until(b"read-only: your role (viewer) may only read", at)
@@ -130,38 +117,32 @@ async def test_a_viewer_is_read_only_and_told_so_when_typing(
         assert pty_device.drain_input() == b""
         term.type(b"~.")
         await term.wait()
-    finally:
-        await term.close()
 
 
 async def test_takeover_through_the_escape_prompt(
     door: SshTarget, keys: dict[str, Path], pty_device: PtyDevice
 ) -> None:
-    first = await door.terminal(keys["admin"], "admin:lab")
-    await first.until(b"lab: read-write")
-    second = await door.terminal(keys["operator"], "operator:lab")
-    try:
-        at = await second.until(b"read-only: admin is writing")
-        second.type(b"x")
-        at = await second.until(b"takeover to type", at)
-        second.type(ESC)
-        at = await second.until(b"command (^] again sends it): ", at)
-        second.type(b"takeover\r")
-        at = await second.until(b"admin is writing on lab; take over? [y/N] ", at)
-        second.type(b"y\r")
-        at = await second.until(b"you have the write lease", at)
-        await first.until(b"operator has the write lease; you are read-only")
-        second.type(b"typed by operator\r")
-        await pty_device.read_until(lambda b: b"typed by operator\r" in b)
-        # the escape key twice sends it to the target
-        second.type(ESC + ESC)
-        await pty_device.read_until(lambda b: ESC in b)
-        for term in (first, second):
-            term.type(b"\r~.")  # OpenSSH's escapes work after a newline
-            await term.wait()
-    finally:
-        await first.close()
-        await second.close()
+    async with door.terminal(keys["admin"], "admin:lab") as first:
+        await first.until(b"lab: read-write")
+        async with door.terminal(keys["operator"], "operator:lab") as second:
+            at = await second.until(b"read-only: admin is writing")
+            second.type(b"x")
+            at = await second.until(b"takeover to type", at)
+            second.type(ESC)
+            at = await second.until(b"command (^] again sends it): ", at)
+            second.type(b"takeover\r")
+            at = await second.until(b"admin is writing on lab; take over? [y/N] ", at)
+            second.type(b"y\r")
+            at = await second.until(b"you have the write lease", at)
+            await first.until(b"operator has the write lease; you are read-only")
+            second.type(b"typed by operator\r")
+            await pty_device.read_until(lambda b: b"typed by operator\r" in b)
+            # the escape key twice sends it to the target
+            second.type(ESC + ESC)
+            await pty_device.read_until(lambda b: ESC in b)
+            for term in (first, second):
+                term.type(b"\r~.")  # OpenSSH's escapes work after a newline
+                await term.wait()
 
 
 async def test_a_second_login_gets_the_same_bytes_as_a_websocket_client(
@@ -170,52 +151,44 @@ async def test_a_second_login_gets_the_same_bytes_as_a_websocket_client(
     """Every byte value, UTF-8 and colours: both SSH sessions see the same, which is what the
     websocket client sees put through the screen filter."""
     bridge = door.bridge
+    payload = bytes(range(256)) * 4 + "ünïcode ✓\r\n".encode() + b"\x1b[31mred\x1b[0m"
+    got = []
     async with bridge.session("viewer") as http:
-        ws = await bridge.ws(http, "lab", mode="ro")
+        ws = await bridge.ws(http, "lab", mode="ro")  # closed by the factory if the test fails
         reader = WsReader(ws)
         await reader.message("hello")
-        first = await door.terminal(keys["operator"], "operator:lab")
-        await first.until(b"lab: read-write")
-        second = await door.terminal(keys["viewer"], "viewer:lab")
-        try:
-            await second.until(b"read-only")
-            starts = [t.end for t in (first, second)]
-            payload = bytes(range(256)) * 4 + "ünïcode ✓\r\n".encode() + b"\x1b[31mred\x1b[0m"
-            pty_device.write(payload + b"<END>")
-            await reader.until(lambda r: b"<END>" in r.data)
-            got = []
-            for term, start in ((first, starts[0]), (second, starts[1])):
-                end = await term.until(b"<END>", start)
-                got.append(bytes(term.seen[start : end - len(b"<END>")]))
-            assert bytes(reader.data).split(b"<END>")[0] == payload  # the websocket: raw bytes
-            # ssh sessions: the same bytes through the screen filter (ENQ, C1 and the bytes that
-            # could form one dropped), identical for both
-            assert got[0] == got[1] == ScreenFilter().feed(payload)
-        finally:
-            await ws.close()
-            await first.close()
-            await second.close()
+        async with door.terminal(keys["operator"], "operator:lab") as first:
+            await first.until(b"lab: read-write")
+            async with door.terminal(keys["viewer"], "viewer:lab") as second:
+                await second.until(b"read-only")
+                starts = [t.end for t in (first, second)]
+                pty_device.write(payload + b"<END>")
+                await reader.until(lambda r: b"<END>" in r.data)
+                for term, start in ((first, starts[0]), (second, starts[1])):
+                    end = await term.until(b"<END>", start)
+                    got.append(bytes(term.seen[start : end - len(b"<END>")]))
+        await ws.close()
+    assert bytes(reader.data).split(b"<END>")[0] == payload  # the websocket: raw bytes
+    # ssh sessions: the same bytes through the screen filter (ENQ, C1 and the bytes that could
+    # form one dropped), identical for both
+    assert got[0] == got[1] == ScreenFilter().feed(payload)
 
 
 async def test_a_takeover_between_two_sessions_of_one_user_is_told_to_both(
     door: SshTarget, keys: dict[str, Path]
 ) -> None:
-    first = await door.terminal(keys["operator"], "operator:lab")
-    await first.until(b"lab: read-write")
-    second = await door.terminal(keys["operator"], "operator:lab")
-    try:
-        at = await second.until(b"read-only: operator is writing")
-        second.type(ESC + b"takeover\r")
-        at = await second.until(b"[y/N] ", at)
-        second.type(b"y\r")
-        await second.until(b"you have the write lease", at)
-        await first.until(b"operator has the write lease; you are read-only")
-        for term in (first, second):
-            term.type(b"\r~.")
-            await term.wait()
-    finally:
-        await first.close()
-        await second.close()
+    async with door.terminal(keys["operator"], "operator:lab") as first:
+        await first.until(b"lab: read-write")
+        async with door.terminal(keys["operator"], "operator:lab") as second:
+            at = await second.until(b"read-only: operator is writing")
+            second.type(ESC + b"takeover\r")
+            at = await second.until(b"[y/N] ", at)
+            second.type(b"y\r")
+            await second.until(b"you have the write lease", at)
+            await first.until(b"operator has the write lease; you are read-only")
+            for term in (first, second):
+                term.type(b"\r~.")
+                await term.wait()
 
 
 async def test_the_window_size_is_typed_only_on_request(
@@ -226,14 +199,13 @@ async def test_the_window_size_is_typed_only_on_request(
     import struct
     import termios
 
-    term = await door.terminal(keys["operator"], "operator:lab")
+    async with door.terminal(keys["operator"], "operator:lab") as term:
 
-    def resize(rows: int, cols: int) -> None:
-        fcntl.ioctl(term.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        assert term.proc is not None
-        term.proc.send_signal(signal.SIGWINCH)
+        def resize(rows: int, cols: int) -> None:
+            fcntl.ioctl(term.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            assert term.proc is not None
+            term.proc.send_signal(signal.SIGWINCH)
 
-    try:
         resize(30, 100)
         at = await term.until(b"lab: read-write")
         term.type(ESC + b"stty\r")
@@ -246,8 +218,6 @@ async def test_the_window_size_is_typed_only_on_request(
         assert got.count(b"stty") == 1
         term.type(b"\r~.")
         await term.wait()
-    finally:
-        await term.close()
 
 
 async def test_sftp_and_scp_are_refused(
