@@ -256,6 +256,23 @@ def raw_connect(url: str) -> socket.socket:
     return socket.create_connection((host, int(number)), timeout=5)
 
 
+async def test_a_break_on_a_pty_is_audited_as_unsupported_like_the_other_doors(
+    lab: Bridge, pty_device: PtyDevice
+) -> None:
+    """A pty carries no BREAK: IAC BRK is refused, the key after it still reaches the target,
+    and the audit says `unsupported`, as it does for the web and SSH doors (test_break_support)."""
+    sock = await in_thread(raw_connect, endpoint(lab))
+    try:
+        await in_thread(sock.sendall, bytes((IAC, BRK)) + b"k")
+        assert await pty_device.read_until(lambda b: b"k" in b) == b"k"
+    finally:
+        sock.close()
+    breaks = [e for e in audit_events(lab) if e["event"] == "break"]
+    assert [(e["user"], e["via"], e["result"]) for e in breaks] == [
+        ("rfc2217", "IAC BRK", "unsupported")
+    ]
+
+
 def recv_until(sock: socket.socket, wanted: bytes) -> bytes:
     got = b""
     while wanted not in got:

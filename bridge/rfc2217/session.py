@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.common import telnet
+from bridge.console.actions import audited
 from bridge.console.fanout import Chunk
 from bridge.console.port import Attachment, Port, PortError
 from bridge.history.audit import Auditor
@@ -258,16 +259,13 @@ class Rfc2217Session(asyncio.Protocol):
             self._audit("break", via=via, result="refused: read-only")
             return False
         self._acting = True
-        result = "interrupted"  # audited whatever ends it (a device lost, the client gone)
-        try:
-            await self.port.send_break(USER)
-            result = "ok"
-        except (PortError, UnsupportedAction) as exc:
-            result = f"refused: {exc}"
+        try:  # audited whatever ends it (a device lost, the client gone), as every door does
+            await audited(self._audit, "break", self.port.send_break(USER), via=via)
+        except (PortError, UnsupportedAction):
+            return False
         finally:
             self._acting = False
-            self._audit("break", via=via, result=result)
-        return result == "ok"
+        return True
 
     def _audit(self, event: str, **fields: Any) -> None:
         self.audit.record(event, user=USER, port=self.port.name, peer=self.peer, **fields)
