@@ -20,6 +20,7 @@ from asyncssh.encryption import get_encryption_algs
 from asyncssh.kex import get_kex_algs
 from asyncssh.mac import get_mac_algs
 
+from bridge.access.sshkeys import KEY_TYPES, SHA1_SIGNATURES
 from bridge.ssh.auth import Connection
 from bridge.ssh.context import Door
 from bridge.ssh.hostkey import ensure_host_key, host_key_fingerprint
@@ -46,13 +47,8 @@ MACS = (
     "hmac-sha2-512-etm@openssh.com",
     "umac-128-etm@openssh.com",
 )
-SIGNATURES = (
-    "ssh-ed25519",
-    "sk-ssh-ed25519@openssh.com",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
+SIGNATURES = (  # each accepted key type's own signature; RSA keys sign with SHA-2 only
+    *(kind for kind in KEY_TYPES if kind not in SHA1_SIGNATURES),
     "rsa-sha2-512",
     "rsa-sha2-256",
 )
