@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -106,6 +107,30 @@ async def test_pyserial_socket_url_device() -> None:
             w.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("baud", [9600, 115200, 230400, 921600, 3_000_000])
+async def test_ticks_hold_at_every_baud_that_ticks(baud: int) -> None:
+    """The tick lets the line fill at most half the tty buffer; a tick that carries what the line
+    delivers meanwhile, even 20 % late, keeps ticking (at 230400 baud and above it used to fall
+    back to immediate reads at every tick); one that reads TICK_LIMIT falls back."""
+    from bridge.hw import pacing
+
+    rate = baud / 10  # 8N1
+    ticks = pacing.ReadTicks(rate)
+    assert 0 < ticks.tick * rate <= pacing.TTY_BUFFER / 2
+    loop = asyncio.get_running_loop()
+    master, slave = os.openpty()
+    try:
+        ticks.ticked(int(ticks.tick * rate * 1.2), loop, master, lambda: None, lambda: None)
+        assert ticks.handle is not None, "a steady tick fell back to immediate reads"
+        ticks.cancel()
+        ticks.ticked(pacing.TICK_LIMIT, loop, master, lambda: None, lambda: None)
+        assert ticks.handle is None
+        assert loop.remove_reader(master), "no immediate reads after a tick near overrun"
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 async def test_a_trickle_is_read_on_a_tick_and_a_write_brings_immediate_reads_back(

@@ -9,8 +9,9 @@ wake-ups a second per port. While output trickles in like that (small reads in q
 and nobody has typed for TYPING seconds, the transport stops waiting for readability and reads
 on a tick instead (every `tick` seconds, TICK at most), so one wake-up carries everything that
 arrived meanwhile. It goes back to immediate reads when a tick reads nothing (the output paused),
-when a tick reads TICK_LIMIT bytes or more (output faster than ticks should carry: bulk reads
-take over), and at once when anything is written (a keystroke's echo never waits for a tick).
+when a tick reads TICK_LIMIT bytes or more (three quarters of the tty buffer: the tick came late,
+or output arrives faster than the configured baud; bulk reads take over), and at once when
+anything is written (a keystroke's echo never waits for a tick).
 
 The bound that keeps a real UART from overrunning: between two ticks the line delivers at most
 `tick` x its byte rate, and `tick` is chosen so that is at most half the kernel's 4 KiB tty
@@ -26,9 +27,9 @@ from collections.abc import Callable
 Callback = Callable[[], None]
 
 TTY_BUFFER = 4096  # the kernel's n_tty read buffer per tty (N_TTY_BUF_SIZE)
-TICK = 0.1  # read this often while output trickles in: 100 ms, measured (bench.scale, 48 ports)
+TICK = 0.15  # read this often while output trickles in: 150 ms, measured (bench.scale, 48 ports)
 MIN_TICK = 0.005  # a line too fast for ticks this long is always read immediately
-TICK_LIMIT = TTY_BUFFER // 2  # a tick that reads this much: back to immediate reads
+TICK_LIMIT = TTY_BUFFER * 3 // 4  # a tick that reads this much: back to immediate reads
 TRICKLE_GAP = 0.02  # a small read this soon after the previous one: output trickles in
 SMALL_READ = 1024  # reads below this are small (a packet, a line)
 TYPING = 1.0  # for this long after a write, reads stay immediate
