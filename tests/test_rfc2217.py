@@ -58,15 +58,24 @@ def slave_termios(dev: PtyDevice) -> list[Any]:
         os.close(fd)
 
 
+async def door_bridge(
+    factory: BridgeFactory, name: str, device: str, port: dict[str, Any] | None = None,
+    **sections: Any,
+) -> Bridge:  # fmt: skip
+    """A bridge with port `name` on `device` (and the `port` settings), its RFC 2217 endpoint on
+    a free loopback port, online."""
+    ports = {name: {"device": device, "rfc2217": "127.0.0.1:0", **(port or {})}}
+    b = await factory(ports=ports, **sections)
+    await wait_for(lambda: b.port.online)
+    return b
+
+
 @pytest.fixture
 async def lab(bridge_factory: BridgeFactory, pty_device: PtyDevice) -> Bridge:
     """Port `lab` on a pty at 115200 8N1, with an RFC 2217 endpoint on a free loopback port."""
-    b = await bridge_factory(
-        ports={"lab": {"device": str(pty_device.path), "rfc2217": "127.0.0.1:0"}},
-        log={"enabled": True, "size": "64KiB"},
+    return await door_bridge(
+        bridge_factory, "lab", str(pty_device.path), log={"enabled": True, "size": "64KiB"}
     )
-    await wait_for(lambda: b.port.online)
-    return b
 
 
 def audit_events(bridge: Bridge) -> list[dict[str, Any]]:
@@ -165,17 +174,8 @@ async def test_viewers_filling_the_port_do_not_lock_the_rfc2217_client_out(
     bridge_factory: BridgeFactory, pty_device: PtyDevice
 ) -> None:
     """The door is a writer's: its client may use the slots `reserved_clients` keeps free."""
-    b = await bridge_factory(
-        ports={
-            "lab": {
-                "device": str(pty_device.path),
-                "rfc2217": "127.0.0.1:0",
-                "max_clients": 2,
-                "reserved_clients": 1,
-            }
-        },
-    )
-    await wait_for(lambda: b.port.online)
+    port = {"max_clients": 2, "reserved_clients": 1}
+    b = await door_bridge(bridge_factory, "lab", str(pty_device.path), port)
     async with b.session("viewer") as http:
         ws = await b.ws(http, "lab", mode="ro")
         await WsReader(ws).message("hello")  # the one slot a viewer may take
@@ -192,16 +192,7 @@ async def test_viewers_filling_the_port_do_not_lock_the_rfc2217_client_out(
 async def test_with_rfc2217_takeover_a_new_client_takes_the_lease(
     bridge_factory: BridgeFactory, pty_device: PtyDevice
 ) -> None:
-    b = await bridge_factory(
-        ports={
-            "lab": {
-                "device": str(pty_device.path),
-                "rfc2217": "127.0.0.1:0",
-                "rfc2217_takeover": True,
-            }
-        }
-    )
-    await wait_for(lambda: b.port.online)
+    b = await door_bridge(bridge_factory, "lab", str(pty_device.path), {"rfc2217_takeover": True})
     async with b.session("operator") as http:
         web = WsReader(await b.ws(http, "lab", mode="rw"))
         assert (await web.message("hello"))["mode"] == "rw"
@@ -217,8 +208,7 @@ async def test_with_rfc2217_takeover_a_new_client_takes_the_lease(
 async def test_break_and_sysrq_key_reach_the_target_in_order(
     bridge_factory: BridgeFactory,
 ) -> None:
-    b = await bridge_factory(ports={"vt": {"device": "virtual:shell", "rfc2217": "127.0.0.1:0"}})
-    await wait_for(lambda: b.port.online)
+    b = await door_bridge(bridge_factory, "vt", "virtual:shell")
     transport = b.port.transport
     ser = await in_thread(open_serial, endpoint(b, "vt"), 115200)
     try:
@@ -284,8 +274,7 @@ def recv_until(sock: socket.socket, wanted: bytes) -> bytes:
 
 
 async def test_negotiation_answers_and_iac_brk(bridge_factory: BridgeFactory) -> None:
-    b = await bridge_factory(ports={"vt": {"device": "virtual:shell", "rfc2217": "127.0.0.1:0"}})
-    await wait_for(lambda: b.port.online)
+    b = await door_bridge(bridge_factory, "vt", "virtual:shell")
     sock = await in_thread(raw_connect, endpoint(b, "vt"))
     try:
         await in_thread(sock.sendall, bytes((IAC, DO, 1, IAC, WILL, 44, IAC, DO, 0, IAC, DO, 99)))
@@ -345,8 +334,7 @@ async def test_microcom_sends_iac_brk_and_types(bridge_factory: BridgeFactory) -
         if os.environ.get("CI"):
             pytest.fail("CI must run the microcom test: apt-get install microcom")
         pytest.skip("microcom not installed (apt-get install microcom)")
-    b = await bridge_factory(ports={"vt": {"device": "virtual:shell", "rfc2217": "127.0.0.1:0"}})
-    await wait_for(lambda: b.port.online)
+    b = await door_bridge(bridge_factory, "vt", "virtual:shell")
     hostport = endpoint(b, "vt").removeprefix("rfc2217://")
     child = pexpect.spawn("microcom", ["-t", hostport], timeout=10)
     try:

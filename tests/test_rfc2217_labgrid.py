@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BridgeFactory, wait_for
+from tests.conftest import BridgeFactory
+from tests.test_rfc2217 import door_bridge
 
 LABGRID = "labgrid>=25,<27"
 VENV = Path(
@@ -71,8 +72,7 @@ async def test_labgrid_serial_driver_on_a_network_serial_port(
     bridge_factory: BridgeFactory,
 ) -> None:
     python = await asyncio.to_thread(labgrid_python)
-    b = await bridge_factory(ports={"vt": {"device": "virtual:shell", "rfc2217": "127.0.0.1:0"}})
-    await wait_for(lambda: b.port.online)
+    b = await door_bridge(bridge_factory, "vt", "virtual:shell")
     assert b.daemon.rfc2217 is not None
     host, port = b.daemon.rfc2217.endpoints["vt"].address
     proc = await asyncio.create_subprocess_exec(
