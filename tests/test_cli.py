@@ -248,6 +248,26 @@ async def test_connect_reconnects_and_resumes_from_its_offset(
     screen.close()
 
 
+async def test_connect_stops_when_the_bridge_ends_the_session(
+    bridge: Bridge, pty_device: PtyDevice, tmp_path: Path
+) -> None:
+    """A session the bridge ends (its credential revoked: close 1008) is not reconnected: connect
+    says so and exits 1."""
+    screen = PtyScreen()
+    proc = await screen.connect(
+        bridge, bridge.tokens["viewer"], tmp_path / "xdg", "--read-only",
+        "--fingerprint", bridge.daemon.fingerprint,
+    )  # fmt: skip
+    await screen.until(b"connected to lab (ro)")
+    assert bridge.daemon.state is not None
+    consoles = bridge.daemon.state.consoles
+    await consoles.end(list(consoles), "revoked")
+    assert await asyncio.wait_for(proc.wait(), 20) == 1
+    await screen.until(b"the session ended")
+    assert b"reconnecting" not in screen.seen
+    screen.close()
+
+
 async def test_cli_login_with_a_one_time_code(bridge: Bridge, tmp_path: Path) -> None:
     from bridge.access.store import UserStore
     from bridge.access.totp import code_at, new_secret

@@ -196,8 +196,10 @@ class Terminal:
                         self.offset += len(msg.data)
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     self._on_message(json.loads(msg.data))
-                else:
-                    if ws.close_code == 1008:
+                else:  # the code from the close frame: ws.close_code turns into 1006 when
+                    # the bridge drops the link as aiohttp answers it (as in bridge.client.expect)
+                    code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code
+                    if code == 1008:
                         _say("closed by the bridge: the session ended")
                         return "denied"
                     return "lost"
