@@ -271,9 +271,8 @@ class RingLog:
                 self._retire(p)
 
     def _put_full(self, mv: memoryview, when: float) -> memoryview:
-        """The fast path of _put for console data that fills fresh blocks: each gets the block
-        the general path would build (one record of FULL bytes), built in one go; returns the
-        rest (less than a block's worth)."""
+        """_put's fast path for data that fills fresh blocks: the blocks the general path would
+        build (one record of FULL bytes each), handed over together; returns the rest."""
         n, blocks, offset = self._n, self._blocks, self._next
         jobs: list[Job] = []
         while len(mv) >= FULL:
@@ -284,9 +283,8 @@ class RingLog:
             recs = [Rec(KIND_DATA, offset, when, BH + RH, FULL)]
             page = full_block(n, seq, offset, when, mv[:FULL])
             jobs.append(Job(seq, (seq % n) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
-            offset += FULL
+            self._next = offset = offset + FULL
             mv = mv[FULL:]
-        self._next = offset
         self._hand_over(*jobs)
         return mv
 
@@ -314,12 +312,9 @@ class RingLog:
 
     def _hand_over(self, *jobs: Job) -> None:
         """Hand page images to the writer thread, and keep them among the newest (see keep)."""
-        recent = self._recent
-        for job in jobs:
-            if recent and recent[-1].seq == job.seq:
-                recent[-1] = job  # a newer image of the partial block a flush wrote
-            else:
-                recent.append(job)
+        if self._recent and self._recent[-1].seq == jobs[0].seq:
+            self._recent.pop()  # an older image of the partial block a flush wrote
+        self._recent.extend(jobs)
         self._writer.submit(*jobs)
         self._unsynced = True
 

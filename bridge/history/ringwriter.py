@@ -199,12 +199,10 @@ class PageWriter:
         with _cv:
             for job in jobs:
                 if job.seq >= 0 and self._queued >= QUEUE_PAGES:
-                    # Last resort: the device is more than a full queue behind the console.
-                    # Wait for room rather than drop console data or let memory grow.
+                    # Last resort (the device is a full queue behind): wait, never drop data.
                     began = time.perf_counter()
-                    if self._jobs:  # what is queued is due now: the thread makes room
-                        self._urgent = True
-                        _service.enlist(self, -math.inf)
+                    self._urgent = True  # what is queued is due now: the thread makes room
+                    _service.enlist(self, -math.inf)
                     while self._queued >= QUEUE_PAGES:
                         _cv.wait()
                     self.stats.stalls += 1
@@ -215,11 +213,9 @@ class PageWriter:
                 if job.seq >= 0:
                     self._inflight[job.seq] = job
                     self._queued += 1
-                if job.seq < 0 or job.flush:
-                    self._urgent = True
+                self._urgent |= job.seq < 0 or job.flush
             self.stats.queue_peak = max(self.stats.queue_peak, self._queued)
-            if len(self._jobs) >= BATCH_PAGES:
-                self._urgent = True
+            self._urgent |= len(self._jobs) >= BATCH_PAGES
             # (a later job of a queue is due no sooner than its first, which the thread knows)
             _service.enlist(self, -math.inf if self._urgent else self._since + HOLD)
 
