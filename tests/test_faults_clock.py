@@ -6,6 +6,7 @@ survive steps either way, and a certificate made under the wrong clock outlives 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import time
@@ -18,6 +19,7 @@ from cryptography import x509
 
 from bridge.access import totp
 from bridge.access.store import UserStore
+from bridge.service import clockwatch
 from tests.conftest import PASSWORDS, PtyDevice
 from tests.served import Served, make_state
 
@@ -170,3 +172,25 @@ async def test_clock_steps_expire_nobody_and_lock_nobody_out(
             assert await login(s, served.base, "mallory", "wrong") == 429  # a step lifts nothing
     finally:
         assert await served.stop() == 0
+
+
+async def test_a_step_before_the_watch_first_runs_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch's first look is taken when the daemon creates it, not when its task first runs
+    (on uvloop the daemon says "listening" in between: a step then went unseen)."""
+    monkeypatch.setattr(clockwatch, "CHECK", 0.01)
+    now = [1_000_000.0]
+    steps: list[dict[str, Any]] = []
+
+    class Audit:
+        def record(self, event: str, **fields: Any) -> None:
+            steps.append({"event": event, **fields})
+
+    watch = asyncio.create_task(clockwatch.watch_clock(dict, Audit(), lambda: now[0], lambda: 0.0))
+    now[0] += 3600  # before the task's first turn
+    try:
+        async with asyncio.timeout(20):
+            while not steps:
+                await asyncio.sleep(0.01)
+    finally:
+        watch.cancel()
+    assert steps[0]["event"] == "clock-step" and steps[0]["by"] == 3600

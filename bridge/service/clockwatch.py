@@ -16,7 +16,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from bridge.console.port import Port
@@ -33,14 +33,26 @@ def step_seen(wall: float, mono: float, last_wall: float, last_mono: float) -> f
     return by if abs(by) > STEP else None
 
 
-async def watch_clock(
+def watch_clock(
     ports: Callable[[], Mapping[str, Port]],
     audit: Auditor,
     wall: Callable[[], float] = time.time,
     mono: Callable[[], float] = time.monotonic,
+) -> Coroutine[Any, Any, None]:
+    """The watch, to run for the daemon's lifetime (cancel to stop). Its first look is taken now,
+    not when its task first runs: on uvloop the daemon can log "listening" before that, and a
+    step in between would go unseen."""
+    return _watch(ports, audit, wall, mono, wall(), mono())
+
+
+async def _watch(
+    ports: Callable[[], Mapping[str, Port]],
+    audit: Auditor,
+    wall: Callable[[], float],
+    mono: Callable[[], float],
+    last_wall: float,
+    last_mono: float,
 ) -> None:
-    """Run for the daemon's lifetime (cancel to stop)."""
-    last_wall, last_mono = wall(), mono()
     while True:
         await asyncio.sleep(CHECK)
         now_wall, now_mono = wall(), mono()
