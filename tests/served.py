@@ -109,11 +109,20 @@ class Served:
         return sum(needle in line for line in self.lines)
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send `sig` and wait for the exit status."""
+        """Send `sig` and wait for the exit status. One that does not exit within 20 s is killed
+        and fails the test (left running, it would hang the session: uvloop's loop.close() waits
+        for its children)."""
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), 20)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), 20)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError(
+                f"serve ignored signal {sig} for 20 s: {self.lines[-5:]}"
+            ) from None
         if self._reader is not None:
             await self._reader
         return code

@@ -120,11 +120,21 @@ async def test_ring_log_write_and_sync_errors_are_survived_reported_and_retried(
         assert await served.stop() == 0
 
 
+FILE_WRITES_FAIL = (
+    f"enable_stack_by_name name=posix/io/rw/write,failinfo={EIO},"
+    "func_name=_Py_write,pos_in_stack=-1"
+)
+
+
 async def test_audit_write_errors_delay_events_and_lose_none(
     tmp_path: Path, pty_device: PtyDevice
 ) -> None:
     """write(2) fails (the audit trail; the daemon's own log lines too): consoles carry on, the
-    events wait in memory and reach the file, in order, when writing works again."""
+    events wait in memory and reach the file, in order, when writing works again.
+
+    Only Python's file writes fail (`_Py_write` on the stack), as on a failing disk: uvloop
+    (libuv) writes sockets and its signal wakeup pipe with write(2) too, where asyncio uses
+    send(2), and a process-wide failure would take the network and SIGTERM down with the disk."""
     state = tmp_path / "state"
     served = Served(config(tmp_path, state, pty_device.path), make_state(state))
     prefix = tmp_path / "fiu"
@@ -135,7 +145,7 @@ async def test_audit_write_errors_delay_events_and_lose_none(
     try:
         await served.wait_port("lab", lambda p: p["online"])
         async with served.session() as s:
-            await fiu_ctrl(prefix, pid, f"enable name=posix/io/rw/write,failinfo={EIO}")
+            await fiu_ctrl(prefix, pid, FILE_WRITES_FAIL)
             ws = await s.ws_connect(f"{served.base}/api/ports/lab/console?mode=ro")
             reader = WsReader(ws)  # its attach event cannot be written
             await reader.message("hello")
