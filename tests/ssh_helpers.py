@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import functools
 import os
 import shutil
 import signal
 import subprocess
-import termios
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from bridge.access.sshkeys import parse_key
 from bridge.access.store import UserStore
 from bridge.ssh.hostkey import host_key_paths
 from tests.conftest import Bridge, BridgeFactory, wait_for
+from tests.test_cli import own_terminal
 
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -172,11 +172,6 @@ def askpass(tmp_path: Path, password: str, code: str = "") -> dict[str, str]:
     }
 
 
-def _controlling_terminal() -> None:
-    """In the child, after setsid: its standard input (the pty) becomes its /dev/tty."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 class SshTerminal:
     """`ssh -tt` in a pseudo-terminal: the test is the user at the keyboard and the screen."""
 
@@ -194,7 +189,7 @@ class SshTerminal:
             stderr=self.slave,
             env={**os.environ, "TERM": "xterm", **(env or {})},
             start_new_session=True,
-            preexec_fn=_controlling_terminal,  # ssh asks for passwords on /dev/tty
+            preexec_fn=functools.partial(own_terminal, self.slave),  # ssh asks on /dev/tty
         )
 
     def _read(self) -> bool:

@@ -108,7 +108,7 @@ def test_user_and_token_commands(tmp_path: Path) -> None:
     assert "alice" not in run("user", "list", "--config", cfg).stdout
 
 
-def own_terminal(fd: int = 1) -> None:  # in the child: the pty `fd` becomes its controlling tty
+def own_terminal(fd: int) -> None:  # in the child: the pty `fd` becomes its controlling tty
     if os.getsid(0) != os.getpid():  # uvloop runs preexec_fn before start_new_session's setsid
         os.setsid()  # (and before stdin/stdout are the pty: hence `fd`, the pty itself)
     fcntl.ioctl(fd, termios.TIOCSCTTY, 0)

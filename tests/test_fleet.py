@@ -6,6 +6,7 @@ to the loopback interface on both sides), so nothing is multicast beyond this ma
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import sys
@@ -121,7 +122,7 @@ async def test_connect_by_port_name(
         stderr=screen.slave,
         env=env,
         start_new_session=True,
-        preexec_fn=own_terminal,
+        preexec_fn=functools.partial(own_terminal, screen.slave),
     )
     await screen.until(b"connected to node1 (rw)")
     screen.type(b"uptime\r")
