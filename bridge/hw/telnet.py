@@ -132,7 +132,6 @@ class TelnetTransport:
             ) from exc
         except OSError as exc:
             raise DeviceUnavailable(f"{self.description}: {exc.strerror or exc}") from exc
-        assert isinstance(transport, asyncio.Transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

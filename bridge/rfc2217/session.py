@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from bridge.common import telnet
 from bridge.console.actions import audited
@@ -108,7 +108,8 @@ class Rfc2217Session(asyncio.Protocol):
     # ---- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport; no isinstance: uvloop's do not subclass asyncio.Transport
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
