@@ -13,6 +13,7 @@ import asyncio
 import os
 import shlex
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,17 +38,18 @@ class TmuxPane:
         self.size = (width, height)
 
     async def _tmux(self, *args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            "tmux",
-            "-S",
-            str(self.socket),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 0, f"tmux {args[0]}: {err.decode()}"
-        return out.decode(errors="replace")
+        # Output to files, not pipes: under uvloop the child keeps spare copies of its stdio
+        # sockets, the tmux server that `new-session` forks inherits them, and a pipe read would
+        # wait for that server to exit.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = await asyncio.create_subprocess_exec(
+                "tmux", "-S", str(self.socket), *args, stdout=out, stderr=err
+            )
+            await asyncio.wait_for(proc.wait(), 30)
+            out.seek(0)
+            err.seek(0)
+            assert proc.returncode == 0, f"tmux {args[0]}: {err.read().decode()}"
+            return out.read().decode(errors="replace")
 
     async def start(self, argv: list[str], env: dict[str, str]) -> None:
         """Runs `argv` (with `env` added) in a new pane; the pane stays after it ends."""
