@@ -45,3 +45,10 @@ def test_an_unknown_loop_stops_serve_with_one_line(tmp_path: Path) -> None:
     assert out.stderr.strip() == (
         "serial-bridge: cannot start: SERIAL_BRIDGE_LOOP=tokio: expected one of asyncio, uvloop"
     )
+
+
+async def test_the_suite_runs_on_the_loop_asked_for() -> None:
+    """`SERIAL_BRIDGE_LOOP=uvloop pytest` (a pass of `./dev test`) runs the in-process tests on
+    uvloop too (tests/conftest.py), not silently on asyncio's loop."""
+    wanted = os.environ.get(eventloop.ENV) or "asyncio"
+    assert type(asyncio.get_running_loop()).__module__.split(".")[0] == wanted
