@@ -182,6 +182,13 @@ async def run_demo_async(args: argparse.Namespace) -> int:
                     f"                {cmd} nmi {target} {auth}\n"
                     f"                {cmd} power {target} reset {auth}\n"
                 )
+            # Ctrl-C is ours before the banner says "Press Ctrl-C": one pressed (or sent by a
+            # script) as soon as the banner shows is not lost (a shell that starts the demo in
+            # the background has SIGINT ignored until this handler replaces that)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
             print(
                 f"\nserial-bridge demo is running (state in {state_dir}, removed on exit)\n\n"
                 f"  browser:      {url}/  (accept the self-signed certificate)\n"
@@ -195,10 +202,6 @@ async def run_demo_async(args: argparse.Namespace) -> int:
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, stop.set)
             try:
                 await stop.wait()
             finally:
