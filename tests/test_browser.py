@@ -570,7 +570,8 @@ async def test_a_refused_console_says_why_and_stops_retrying(
     )
     page = await browsing.page(bridge)
     await login(page, bridge.origin, "operator", PASSWORDS["operator"], "/ports/lab")
-    await page.wait_for_function("() => window.serialBridge.link.state === 'closed'")
+    # (just navigated: the page's script may not have defined window.serialBridge yet)
+    await page.wait_for_function("() => window.serialBridge?.link.state === 'closed'")
     notice = await page.text_content("#notice") or ""
     assert "refuses this console" in notice and "TOTP" in notice
     assert await page.text_content("#st-link") == "disconnected"
@@ -587,7 +588,8 @@ async def test_a_disabled_port_is_shown_disabled_and_its_console_says_why(
     await pill.wait_for()
     assert await pill.text_content() == "disabled"
     await page.goto(f"{bridge.origin}/ports/lab")
-    await page.wait_for_function("() => window.serialBridge.link.state === 'closed'")
+    # (just navigated: the page's script may not have defined window.serialBridge yet)
+    await page.wait_for_function("() => window.serialBridge?.link.state === 'closed'")
     notice = await page.text_content("#notice") or ""
     assert "refuses this console: port lab is disabled by the administrator" in notice
     assert bridge.port.opens == 0 and not bridge.port.attachments
