@@ -11,6 +11,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,9 +98,9 @@ class Recorder:
 
         def record(*jobs: Any) -> None:
             r = self.ring
-            for i, job in enumerate(jobs):
-                if job.seq >= 0:  # pages handed over together: each ends where the next starts
-                    end = jobs[i + 1].recs[0].offset if i + 1 < len(jobs) else r.next_offset
+            for job in jobs:
+                if job.seq >= 0:  # (an append hands over all the pages it filled at its end)
+                    end = job.recs[-1].end  # complete once this page is written
                     self.writes.append(Write(job.position, job.page, end, r.oldest_offset))
             submit(*jobs)
 
@@ -206,6 +207,17 @@ def test_whole_blocks_in_one_append_are_the_blocks_small_appends_build(tmp_path:
     with open_ring(tmp_path / "fast.log", clock, size=size) as again:
         start, data = held(again)
         assert data == ref[start:] and start == again.oldest_offset > len(ref) - size
+
+
+def test_the_checksum_is_zlibs_crc32_whichever_library_computes_it() -> None:
+    """The format's checksums are zlib.crc32 (CRC-32/ISO-HDLC); where ISA-L computes them, it
+    must be the very same function, seeded or not, on any length."""
+    rnd = random.Random(7)
+    for n in [0, 1, 20, 4048, 4096, 70000]:
+        data = rnd.randbytes(n)
+        seed = rnd.getrandbits(32)
+        assert ringformat.crc32(data) == zlib.crc32(data)
+        assert ringformat.crc32(data, seed) == zlib.crc32(data, seed)
 
 
 def test_offsets_are_never_reused_across_restarts_and_crashes(tmp_path: Path) -> None:

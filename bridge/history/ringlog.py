@@ -58,7 +58,7 @@ from bridge.history.ringformat import (
     RH,
     LogRecord,
     Rec,
-    full_block,
+    full_blocks,
 )
 from bridge.history.ringscan import CRASH_GAP, Block, open_locked, scan
 from bridge.history.ringstats import WriteStats
@@ -206,7 +206,7 @@ class RingLog:
 
     # ------------------------------------------------------------------ writing
     def append(self, data: bytes | bytearray | memoryview) -> None:
-        """Add console bytes; a block is handed to the writer thread when it fills (4 KiB). Never
+        """Add console bytes; the blocks (4 KiB) it fills go to the writer thread together. Never
         waits for the device unless the writer queue is full (see the module docstring); a
         failed block write is retried and reported by the writer, never raised."""
         if data:
@@ -234,9 +234,10 @@ class RingLog:
         self._clean = kind == KIND_CLOSE
         self._next = offset
         mv = memoryview(data)
+        done: list[Job] = []  # the blocks filled, handed over together at the end
         while mv:
             if self._pend is None and kind == KIND_DATA and len(mv) >= FULL:
-                mv = self._put_full(mv, when)
+                mv = self._put_full(mv, when, done)
                 continue
             p = self._pend if self._pend is not None else self._new_block()
             r = p.open_rec
@@ -244,7 +245,7 @@ class RingLog:
                 p.seal()
                 need = RH + (len(mv) if kind == KIND_MARKER else 1)
                 if p.used + need > BLOCK_SIZE:
-                    self._retire(p)
+                    self._retire(p, done)
                     continue
                 r = Rec(kind, self._next, when, p.used + RH, 0)
                 p.recs.append(r)
@@ -268,25 +269,25 @@ class RingLog:
                 p.seal()
             if p.used == BLOCK_SIZE or (p.open_rec is None and BLOCK_SIZE - p.used <= RH):
                 p.seal()  # full: nothing more fits
-                self._retire(p)
+                self._retire(p, done)
+        if done:
+            self._hand_over(*done)
 
-    def _put_full(self, mv: memoryview, when: float) -> memoryview:
+    def _put_full(self, mv: memoryview, when: float, done: list[Job]) -> memoryview:
         """_put's fast path for data that fills fresh blocks: the blocks the general path would
-        build (one record of FULL bytes each), handed over together; returns the rest."""
-        n, blocks, offset = self._n, self._blocks, self._next
-        jobs: list[Job] = []
-        while len(mv) >= FULL:
-            seq = self._next_seq
-            self._next_seq += 1
-            blocks.drop_through(seq - n)  # their position is being refilled
+        build (one record of FULL bytes each; at most a ring's worth), added to `done`;
+        returns the rest."""
+        n, blocks, offset, first = self._n, self._blocks, self._next, self._next_seq
+        count = min(len(mv) // FULL, n)
+        pages = full_blocks(n, first, offset, when, mv[: count * FULL])
+        blocks.drop_through(first + count - 1 - n)  # their positions are being refilled
+        for seq, page in enumerate(pages, first):
             blocks.append(Block(seq, offset, offset + FULL, when, FULL))
             recs = [Rec(KIND_DATA, offset, when, BH + RH, FULL)]
-            page = full_block(n, seq, offset, when, mv[:FULL])
-            jobs.append(Job(seq, (seq % n) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
-            self._next = offset = offset + FULL
-            mv = mv[FULL:]
-        self._hand_over(*jobs)
-        return mv
+            done.append(Job(seq, (seq % n) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
+            offset += FULL
+        self._next_seq, self._next = first + count, offset
+        return mv[count * FULL :]
 
     def _new_block(self) -> ringpage.Pending:
         seq = self._next_seq
@@ -295,20 +296,19 @@ class RingLog:
         self._pend = ringpage.new_block(self._buf, self._n, seq)
         return self._pend
 
-    def _retire(self, p: ringpage.Pending) -> None:
-        """Hand a full block to the writer and move on. A failed write does not stop appending
-        (offsets must stay in step with the hub's): the block is lost from disk, reads see a
-        hole there once it has left the writer queue."""
+    def _retire(self, p: ringpage.Pending, done: list[Job]) -> None:
+        """Move on from a full block, its page to be handed to the writer (added to `done`)
+        unless a flush has written all of it. A failed write does not stop appending (offsets
+        must stay in step with the hub's): the block is lost from disk, reads see a hole there
+        once it has left the writer queue."""
         self._pend = None
-        self._write(p, flush=False)
+        if p.used > p.written:
+            done.append(self._job(p, flush=False))
 
-    def _write(self, p: ringpage.Pending, *, flush: bool) -> None:
-        """Hand a copy of the block's page to the writer (rewritten in place on flush)."""
-        if p.used <= p.written:
-            return
-        job = Job(p.seq, (p.seq % self._n) * BLOCK_SIZE, bytes(p.page), p.recs, p.used, flush)
-        self._hand_over(job)
+    def _job(self, p: ringpage.Pending, *, flush: bool) -> Job:
+        """A copy of the block's page for the writer (rewritten in place on flush)."""
         p.written = p.used
+        return Job(p.seq, (p.seq % self._n) * BLOCK_SIZE, bytes(p.page), p.recs, p.used, flush)
 
     def _hand_over(self, *jobs: Job) -> None:
         """Hand page images to the writer thread, and keep them among the newest (see keep)."""
@@ -332,7 +332,7 @@ class RingLog:
         p = self._pend
         if p is not None and p.used > p.written:
             p.seal()
-            self._write(p, flush=True)
+            self._hand_over(self._job(p, flush=True))
         if self._unsynced:
             self._writer.submit(SYNC)
             self._unsynced = False
