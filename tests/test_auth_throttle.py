@@ -99,6 +99,29 @@ def test_attempts_are_reserved_before_the_check() -> None:
     assert len(t._sources["src"]) == 6  # the success does not count against the address
 
 
+def test_key_attempts_count_against_the_source_only() -> None:
+    """An SSH connection's key attempt is limited and counted by address alone: an account that
+    password guesses blocked does not block it, it adds nothing to the account, its success
+    resets nothing there, and it is never pending (nothing slow runs)."""
+    clock = FakeClock()
+    t = LoginThrottle(clock=clock, max_pending_per_source=1)
+    for _ in range(6):
+        t.failure("alice", "guesser")
+    blocked = t.retry_after("alice", "src")
+    assert blocked > 0
+    held = [t.source_attempt("src") for _ in range(10)]
+    assert t._pending == {} and t._accounts["alice"].failures == 6
+    with pytest.raises(Throttled) as refused:
+        t.source_attempt("src")  # ten failures from the address in a minute
+    assert refused.value.retry_after == 60 and not refused.value.busy
+    assert t.retry_after("bob", "src") == 60  # the address is blocked for passwords too
+    held[-1].succeeded()  # that connection logged in: its failure is taken back, only its own
+    assert t.retry_after("alice", "src") == blocked and t.retry_after("bob", "src") == 0
+    t.source_attempt("src")
+    clock.advance(60)
+    assert t.retry_after(None, "src") == 0
+
+
 def test_pending_attempts_are_bounded_per_source_and_in_all() -> None:
     t = LoginThrottle(max_pending_per_source=4, max_pending=6)
     held = [t.attempt(f"u{i}", "flood") for i in range(4)]

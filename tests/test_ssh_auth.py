@@ -1,7 +1,7 @@
 """SSH authentication with the real OpenSSH client: certificates signed with `ssh-keygen -s`
 (accepted only when trusted, current, naming the user, from an allowed address, not SHA-1),
 passwords through keyboard-interactive (off by default; TOTP as a second prompt or inside the
-session), the web's throttle shared with SSH, and the per-connection limits."""
+session), the web's throttle shared with SSH passwords and keys, and the per-connection limits."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.access.sshkeys import parse_key
 from bridge.access.store import UserStore
 from bridge.access.totp import code_at, new_secret
 from tests.conftest import PASSWORDS, BridgeFactory, PtyDevice, wait_for
@@ -24,7 +25,7 @@ from tests.ssh_helpers import (
     sign,
     ssh_bridge,
 )
-from tests.test_security_support import login
+from tests.test_security_support import FakeClock, login
 
 
 def audit(target: SshTarget) -> list[dict[str, object]]:
@@ -221,6 +222,82 @@ async def test_failed_attempts_per_connection_are_capped(
     assert status == 255 and "too many authentication failures" in err
     assert (tmp_path / "askpass.log").read_text().count("Password:") == 2
     assert logins(door)[-1]["reason"] == "too many authentication failures"
+
+
+def key_failures(target: SshTarget) -> list[dict[str, object]]:
+    return [e for e in logins(target) if "keys" in e]
+
+
+def fingerprints(keys: list[Path]) -> set[str]:
+    return {parse_key(Path(f"{key}.pub").read_text()).fingerprint for key in keys}
+
+
+async def test_connections_offering_only_refused_keys_lock_the_address_out(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """Keys share the throttle of every door by address: a connection whose keys are all refused
+    is one failed login, so ten of them in a minute (three keys each) block the address for SSH
+    and the web, the right key included, before any key is checked, until the oldest leaves the
+    window. Other addresses are not blocked, nor is the account: a key cannot be guessed. Each
+    connection is audited once, with fingerprints and never the keys themselves."""
+    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys=keys)
+    gate = bridge.daemon.state.gate
+    clock = FakeClock()
+    gate.throttle.clock = clock
+    strangers = [keygen(tmp_path / f"id_stranger{i}") for i in range(3)]
+    more = ("-i", str(strangers[1]), "-i", str(strangers[2]))
+    for _ in range(10):
+        status, _out, err = await door.run(strangers[0], "operator:lab", "who", extra=more)
+        assert status == 255 and "Permission denied (publickey)" in err, err
+    assert gate.auth_counts["ssh-key", "failure"] == 30
+    status, _out, err = await door.run(keys["operator"], "operator:lab", "who")
+    assert status == 255 and "too many failed logins; try again in 60 s" in err, err
+    assert gate.auth_counts["ssh-key", "failure"] == 30  # refused before the key was looked at
+    assert gate.auth_counts["ssh-key", "throttled"] == 1
+    async with bridge.session() as http:
+        assert (await login(bridge, http, "operator"))[0] == 429
+    elsewhere = ("-o", "BindAddress=127.0.0.2")
+    status, out, err = await door.run(keys["operator"], "operator:lab", "who", extra=elsewhere)
+    assert status == 0 and out.startswith("lab: online"), err
+    await wait_for(lambda: len(key_failures(door)) == 10)
+    for entry in key_failures(door):
+        assert (entry["user"], entry["peer"], entry["via"]) == ("operator", "127.0.0.1", "ssh")
+        assert entry["reason"] == "key refused"
+        assert set(entry["keys"]) == fingerprints(strangers)
+    throttled = [e for e in logins(door) if e.get("reason") == "throttled"]
+    assert throttled[0]["via"] == "ssh" and throttled[0]["peer"] == "127.0.0.1"
+    trail = (bridge.state_dir / "audit" / "audit.jsonl").read_text()
+    assert not any(Path(f"{key}.pub").read_text().split()[1] in trail for key in strangers)
+    clock.advance(60)  # the oldest failure leaves the window
+    status, out, err = await door.run(keys["operator"], "operator:lab", "who")
+    assert status == 0 and out.startswith("lab: online"), err
+
+
+async def test_a_user_with_several_keys_the_last_authorised_is_never_locked_out(
+    bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """OpenSSH offers each key it has in turn: with the authorised key third, two are refused at
+    every login. Only connections that end without logging in count, so six such logins (twelve
+    refused keys: per offer, more than the address's ten a minute) leave the address all its
+    failures; a connection offering only the other two is one failure, like a wrong password."""
+    bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys=keys)
+    gate = bridge.daemon.state.gate
+    gate.throttle.clock = FakeClock()
+    old = [keygen(tmp_path / f"id_old{i}") for i in range(2)]
+    for _ in range(6):
+        identities = ("-i", str(old[1]), "-i", str(keys["operator"]))
+        status, out, err = await door.run(old[0], "operator:lab", "who", extra=identities)
+        assert status == 0 and out.startswith("lab: online"), err
+    assert gate.auth_counts["ssh-key", "failure"] == 12
+    assert key_failures(door) == []
+    async with bridge.session() as http:
+        for i in range(9):  # one short of the address's limit
+            assert (await login(bridge, http, f"nobody{i}"))[0] == 401
+        status, _out, err = await door.run(old[0], "operator:lab", "who", extra=("-i", str(old[1])))
+        assert status == 255 and "Permission denied (publickey)" in err, err
+        assert (await login(bridge, http, "operator"))[0] == 429  # the tenth failure
+    await wait_for(lambda: len(key_failures(door)) == 1)
+    assert set(key_failures(door)[0]["keys"]) == fingerprints(old)
 
 
 async def _banner(sock: socket.socket) -> bytes:

@@ -13,6 +13,7 @@ holds at every door.
   account and per source; every failure looks and costs the same and is audited.
   `check_password` then `check_code`: the same in two steps (SSH keyboard-interactive asks for
   the code in a second round; after a key login the session asks for it), same throttle.
+  `reserve_ssh_key`: an SSH connection's key offers, under the same throttle's per-source limit.
 - `identify_oidc`: verified claims of an identity provider's token -> `Identity` or None, by
   `[oidc] groups` (the first group listed that the claims name decides role and ports). The
   browser's single sign-on keeps that grant in its session; an IdP access token used as a bearer
@@ -264,19 +265,35 @@ class Gate:
             self.auth_counts["password", "success"] += 1
             return user, None
 
+    def reserve_ssh_key(self, username: str, peer: str, method: str) -> Attempt:
+        """Before an SSH connection's first key or certificate (`method`: "ssh-key" or
+        "ssh-certificate") is checked: one attempt for the connection, limited and counted by
+        `peer` alone (bridge.access.throttle says why not by account), which stays a failure
+        unless the connection logs in. `Denied` THROTTLED while the address is blocked."""
+        try:
+            return self.throttle.source_attempt(peer)
+        except Throttled as refused:
+            raise self._refused(refused, username, peer, method, via="ssh") from None
+
     def _reserve(self, username: str, peer: str) -> Attempt:
         try:
             return self.throttle.attempt(username, peer)
         except Throttled as refused:
-            wait = refused.retry_after
-            refusal, what = (
-                (Refusal.BUSY, "too many logins in progress")
-                if refused.busy
-                else (Refusal.THROTTLED, "too many failed logins")
-            )
-            self.auth_counts["password", "throttled"] += 1
-            self.audit_login_failure(username, peer, refusal.value)
-            raise Denied(refusal, f"{what}; try again in {wait} s", wait) from None
+            raise self._refused(refused, username, peer, "password") from None
+
+    def _refused(
+        self, refused: Throttled, username: str, peer: str, method: str, **fields: Any
+    ) -> Denied:
+        """A throttle refusal, counted and audited, as the `Denied` to raise."""
+        wait = refused.retry_after
+        refusal, what = (
+            (Refusal.BUSY, "too many logins in progress")
+            if refused.busy
+            else (Refusal.THROTTLED, "too many failed logins")
+        )
+        self.auth_counts[method, "throttled"] += 1
+        self.audit_login_failure(username, peer, refusal.value, **fields)
+        return Denied(refusal, f"{what}; try again in {wait} s", wait)
 
     async def _check(
         self, username: str, password: str, code: str | None, code_next: bool = False
@@ -300,12 +317,13 @@ class Gate:
             return None, "TOTP required but not enrolled"
         return user, ""
 
-    def audit_login_failure(self, username: str, peer: str, reason: str) -> None:
-        """Audit a failed login with its source. The name is recorded only when it is a real
-        user's: what was typed for an unknown one may be a password typed into the wrong field."""
+    def audit_login_failure(self, username: str, peer: str, reason: str, **fields: Any) -> None:
+        """Audit a failed login with its source (and the door's `fields`). The name is recorded
+        only when it is a real user's: what was typed for an unknown one may be a password typed
+        into the wrong field."""
         known = self.users.get(username) is not None
         self.audit.record(
-            "login", user=username if known else None, peer=peer, ok=False, reason=reason
+            "login", user=username if known else None, peer=peer, ok=False, reason=reason, **fields
         )
 
     def authorise(

@@ -13,12 +13,12 @@ Login throttling: a per-account delay that doubles after a few failures, and a p
 - Source: a client address with `per_source` (10) failures within `window` (60 s) is refused until
   the oldest of them leaves the window.
 
-Every door goes through `LoginThrottle.attempt(user, source)` before it checks a password (or an
-SSH key, or a TOTP code): the attempt is *reserved* — counted as a failure at once, and un-counted
-only when it succeeds — so parallel guesses see each other: a burst of 40 from one address gets
-at most `free + 1` checks for an account and `per_source` for the address, and the rest are
-refused without any hashing. While blocked, every attempt is refused (HTTP 429 with
-`Retry-After`) *before* the password is looked at, so the right password does not help an
+Every door goes through `LoginThrottle.attempt(user, source)` before it checks a password or a TOTP
+code (an SSH connection's keys: `source_attempt`, below): the attempt is *reserved* — counted as a
+failure at once, and un-counted only when it succeeds — so parallel guesses see each other: a burst
+of 40 from one address gets at most `free + 1` checks for an account and `per_source` for the
+address, and the rest are refused without any hashing. While blocked, every attempt is refused (HTTP
+429 with `Retry-After`) *before* the password is looked at, so the right password does not help an
 attacker either. Pending checks are bounded too: `max_pending_per_source` (4) per address, so a
 flood from one address cannot queue ahead of other users' logins (scrypt runs two at a time), and
 `max_pending` (32) in all; beyond that an attempt is refused as busy (HTTP 503).
@@ -27,6 +27,12 @@ Memory is bounded: beyond `max_entries` accounts (or sources) the stalest are fo
 but never one that is blocking now, so failures on many other names cannot unlock a locked
 account. Blocks end within `cap`, so the blocking entries a flood can hold are bounded by the
 failure rate the limits allow. The clock is injectable.
+
+SSH keys and certificates (`source_attempt`) are limited by source only, one attempt per
+connection: a key cannot be guessed, so the account's limit would protect nothing and would let
+anyone who can type a password lock a key user (automation) out; and a key login must not reset
+the account's password failures. The source's limit bounds an attacker's key offers
+(bridge.ssh.auth).
 """
 
 from __future__ import annotations
@@ -58,9 +64,11 @@ class Attempt:
     """One reserved login attempt: already counted as a failure; `succeeded()` takes that back.
     A context manager: leaving it ends the attempt (it no longer counts as pending)."""
 
-    def __init__(self, throttle: LoginThrottle, user: str, source: str, stamp: float) -> None:
+    def __init__(
+        self, throttle: LoginThrottle, user: str | None, source: str, stamp: float, pending: bool
+    ) -> None:
         self._throttle, self.user, self.source, self._stamp = throttle, user, source, stamp
-        self._pending = True
+        self._pending = pending
 
     def succeeded(self) -> None:
         self._throttle._succeeded(self.user, self.source, self._stamp)
@@ -113,10 +121,21 @@ class LoginThrottle:
             raise Throttled(1, busy=True)
         self._pending[source] = self._pending.get(source, 0) + 1
         self.failure(user, source)
-        return Attempt(self, user, source, self._sources[source][-1])
+        return Attempt(self, user, source, self._sources[source][-1], pending=True)
 
-    def _succeeded(self, user: str, source: str, stamp: float) -> None:
-        self.success(user)
+    def source_attempt(self, source: str) -> Attempt:
+        """Reserve an attempt governed by the source's limit alone (an SSH connection offering
+        keys), or raise `Throttled`. It is not pending (a key is checked at once, nothing
+        queues), and the account is neither consulted nor counted."""
+        wait = self.retry_after(None, source)
+        if wait:
+            raise Throttled(wait)
+        self.failure(None, source)
+        return Attempt(self, None, source, self._sources[source][-1], pending=False)
+
+    def _succeeded(self, user: str | None, source: str, stamp: float) -> None:
+        if user is not None:
+            self.success(user)
         times = self._sources.get(source)
         if times is not None and stamp in times:
             times.remove(stamp)
@@ -132,11 +151,12 @@ class LoginThrottle:
     def _account_key(user: str) -> str:
         return user.lower()  # look-alike case variants share one counter
 
-    def retry_after(self, user: str, source: str) -> int:
-        """Seconds the caller must wait before this attempt may be checked; 0 = go ahead."""
+    def retry_after(self, user: str | None, source: str) -> int:
+        """Seconds the caller must wait before this attempt may be checked; 0 = go ahead.
+        `user` None: the source's limit only."""
         now = self.clock()
         wait = 0.0
-        account = self._accounts.get(self._account_key(user))
+        account = self._accounts.get(self._account_key(user)) if user is not None else None
         if account is not None and account.blocked_until > now:
             wait = account.blocked_until - now
         times = self._recent(source, now)
@@ -155,16 +175,18 @@ class LoginThrottle:
             return None
         return times
 
-    def failure(self, user: str, source: str) -> None:
+    def failure(self, user: str | None, source: str) -> None:
+        """Count a failure of `user`'s account (None: none) and of `source`."""
         now = self.clock()
-        key = self._account_key(user)
-        account = self._accounts.pop(key, None) or _Account()
-        account.failures += 1
-        over = account.failures - self.free
-        if over > 0:
-            delay = min(self.first_delay * 2 ** min(over - 1, 64), self.cap)
-            account.blocked_until = now + delay
-        self._accounts[key] = account  # most recent last
+        if user is not None:
+            key = self._account_key(user)
+            account = self._accounts.pop(key, None) or _Account()
+            account.failures += 1
+            over = account.failures - self.free
+            if over > 0:
+                delay = min(self.first_delay * 2 ** min(over - 1, 64), self.cap)
+                account.blocked_until = now + delay
+            self._accounts[key] = account  # most recent last
         times = self._sources.pop(source, None) or deque()
         times.append(now)
         while len(times) > self.per_source:

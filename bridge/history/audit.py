@@ -28,7 +28,8 @@ Events and their fields (``peer`` is the client address; ``by`` says who acted w
 
 - ``login`` — ``user`` (None for an unknown name), ``peer``, ``ok`` (bool), ``reason`` on failure;
   over SSH also ``via="ssh"``, ``method`` (publickey, certificate, password, totp) and the key's
-  ``key`` fingerprint, or a certificate's ``cert_id``, ``cert_serial`` and ``ca`` fingerprint
+  ``key`` fingerprint, or a certificate's ``cert_id``, ``cert_serial`` and ``ca`` fingerprint; a
+  failed SSH connection whose keys were refused: ``keys``, their fingerprints
 - ``logout`` — ``user``, ``peer``
 - ``attach`` / ``detach`` — ``user``, ``port``, ``mode`` ("ro"|"rw"), ``peer``
 - ``takeover`` — ``user``, ``port`` (and whom the lease was taken from, where known)

@@ -17,6 +17,14 @@ asyncssh facts this module is built on (docs: /work/shared/front-doors.md):
 - There is no MaxAuthTries: failures are counted here, and the connection is dropped after
   `[ssh] max_auth_tries`. Connections that have not logged in yet are capped at
   `[ssh] max_unauthenticated`; `[ssh] login_grace` bounds how long one may take.
+- Keys share the login throttle of every door (bridge.access.throttle) by address: before a
+  connection's first key is checked it reserves one attempt (`Gate.reserve_ssh_key`); a blocked
+  address is disconnected there, whatever key it offers. The attempt is taken back when the
+  connection logs in, by any method, and stays a failure when it does not. Per connection, not
+  per refused offer: OpenSSH offers each key it has in turn, so a user with several keys would
+  spend the address's 10 failures a minute in a few logins, while an attacker is still held to
+  `max_auth_tries` offers in each of 10 connections a minute. Such a connection is audited once,
+  with the fingerprints of the keys it offered and had refused.
 - There is no partial success ("key, then password"): a second factor after a key is asked for
   inside the session (bridge.ssh.session). Keyboard-interactive asks for the password, then — for
   a user with TOTP — for the code in a second round.
@@ -69,6 +77,9 @@ class Connection(asyncssh.SSHServer):
         self._password_user: User | None = None
         self._code_round = False
         self._first: Attempt | None = None  # the password attempt, counted until the code is right
+        self._key_attempt: Attempt | None = None  # the keys' throttle attempt, until logged in
+        self._refused_keys: list[str] = []  # fingerprints of the keys offered and refused
+        self._failure_audited = False
         self.forwards: dict[str, Forward] = {}  # port -> its allowed RFC 2217 forwarding
 
     # ---- connection lifecycle ----------------------------------------------------------------
@@ -94,6 +105,10 @@ class Connection(asyncssh.SSHServer):
             username: str, key_data: bytes, msg: bytes, signature: bytes
         ) -> bool:
             credential = describe(key_data)
+            certificate = credential is not None and credential.certificate
+            method = "ssh-certificate" if certificate else "ssh-key"
+            if not self._reserve_key_attempt(method):
+                return False
             ok = (
                 credential is not None
                 and credential.ca_signature not in SHA1_SIGNATURES
@@ -101,8 +116,9 @@ class Connection(asyncssh.SSHServer):
                 and await original(username, key_data, msg, signature)
             )
             if not ok:
-                certificate = credential is not None and credential.certificate
-                self.door.gate.count("ssh-certificate" if certificate else "ssh-key", None)
+                self.door.gate.count(method, None)
+                if credential is not None and credential.fingerprint not in self._refused_keys:
+                    self._refused_keys.append(credential.fingerprint)
                 self._failed()
             elif signature:
                 self._signed = credential
@@ -113,6 +129,8 @@ class Connection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.door.connections.discard(self)
         self._not_pending()
+        if self.login is None and self._key_attempt is not None:
+            self._audit_failure("key refused" if self._refused_keys else "no key signed")
         for forward in self.forwards.values():
             self.door.consoles.remove(forward)
 
@@ -124,18 +142,41 @@ class Connection(asyncssh.SSHServer):
     def _failed(self) -> None:
         self.failures += 1
         if self.failures >= self.door.ssh.max_auth_tries and self.conn is not None:
-            known = self.door.gate.users.get(self.user) is not None
-            self.door.audit.record(
-                "login",
-                user=self.user if known else None,
-                peer=self.peer,
-                ok=False,
-                via="ssh",
-                reason="too many authentication failures",
-            )
+            self._audit_failure("too many authentication failures")
             self.conn.disconnect(
                 asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication failures"
             )
+
+    def _reserve_key_attempt(self, method: str) -> bool:
+        """The connection's one throttle attempt for keys, taken before its first key is
+        checked; False (and the connection dropped, saying why) while its address is blocked."""
+        if self._key_attempt is not None:
+            return True
+        try:
+            self._key_attempt = self.door.gate.reserve_ssh_key(self.user, self.peer, method)
+        except Denied as denied:
+            if self.conn is not None:
+                self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, denied.message)
+            return False
+        return True
+
+    def _audit_failure(self, reason: str) -> None:
+        """The connection's one failed-login record (passwords are also audited one by one, by
+        the gate), with the fingerprints of refused keys: never more of a key than that."""
+        if self._failure_audited:
+            return
+        self._failure_audited = True
+        known = self.door.gate.users.get(self.user) is not None
+        keys = {"keys": list(self._refused_keys)} if self._refused_keys else {}
+        self.door.audit.record(
+            "login",
+            user=self.user if known else None,
+            peer=self.peer,
+            ok=False,
+            via="ssh",
+            reason=reason,
+            **keys,
+        )
 
     # ---- authentication ----------------------------------------------------------------------
 
@@ -191,6 +232,8 @@ class Connection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         self._not_pending()
+        if self._key_attempt is not None:
+            self._key_attempt.succeeded()
         password = self._password_user
         credential = None if password is not None else self._signed
         if password is not None:
