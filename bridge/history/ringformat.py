@@ -94,7 +94,7 @@ class Rec:
 
 
 def block_header(nblocks: int, seq: int) -> bytes:
-    head = BLOCK_HDR.pack(MAGIC, VERSION, nblocks, seq, 0)[: BH - 4]
+    head = _HEAD.pack(MAGIC, VERSION, nblocks, seq)
     return head + CRC.pack(crc32(head))
 
 
@@ -143,15 +143,14 @@ def full_blocks(nblocks: int, seq: int, offset: int, when: float, payload: Page)
     bytes of ``payload`` (a whole number of them): the bytes block_header() and seal_record()
     make of them, built in one go (no zero-fill, no page to patch: a console writing fast fills
     most blocks so)."""
-    head, rec, seq_of, crc_of = _HEAD.pack, _REC.pack, SEQ.pack, CRC.pack
+    rec, seq_of, crc_of = _REC.pack, SEQ.pack, CRC.pack
     pages = []
     view = memoryview(payload)
     for at in range(0, len(view), FULL):
-        h = head(MAGIC, VERSION, nblocks, seq)
         r = rec(KIND_DATA, FULL, offset, when)
         body = view[at : at + FULL]
         crc = crc32(body, crc32(r, crc32(seq_of(seq))))
-        pages.append(b"".join((h, crc_of(crc32(h)), r, crc_of(crc), body)))
+        pages.append(b"".join((block_header(nblocks, seq), r, crc_of(crc), body)))
         seq += 1
         offset += FULL
     return pages
