@@ -308,3 +308,56 @@ async def test_a_playbook_ends_cleanly_when_its_port_closes(lab: Bridge) -> None
         lines = await asyncio.wait_for(running, 10)
     assert lines[-1]["result"] == "cancelled"
     assert lines[-1]["by"] == "port removed from the configuration"
+
+
+# ---- a target that draws like GRUB: judged on a settled screen ------------------------------
+
+EDITOR = ["setparams 'Linux'", "", "  linux /boot/vmlinuz console=ttyS0", "  initrd /boot/initrd"]
+
+
+async def slow_grub(pty: PtyDevice) -> str:
+    """Just enough of GRUB on a slow machine for grub-rescue: Esc shows the menu; `e` draws the
+    editor in two pieces with a pause after the linux line (the cursor passes that line as it is
+    printed, as GRUB's does), then puts the cursor on the first line; <down>, Ctrl-E, typed text
+    and Ctrl-X work as in GRUB. Returns the linux line Ctrl-X booted."""
+    lines, row, editing, pending = list(EDITOR), 0, False, b""
+    while True:
+        pending += await pty.read_until(lambda got: bool(got), 60)
+        while pending:
+            if pending.startswith(b"\x1b[B") and editing:
+                key, pending = b"down", pending[3:]
+            else:
+                key, pending = pending[:1], pending[1:]
+            if key == b"\x1b" and not editing:
+                await pty.awrite(b"\x1b[2J\x1b[1;20HGNU GRUB  version 2.06\x1b[3;3H*Linux\x1b[3;3H")
+            elif key == b"e" and not editing:
+                editing = True
+                top = "".join(f"\x1b[{3 + i};3H{line}" for i, line in enumerate(lines[:3]))
+                await pty.awrite(f"\x1b[2J\x1b[1;20HGNU GRUB  version 2.06{top}".encode())
+                await asyncio.sleep(0.1)  # a slow GRUB, its cursor still on the linux line
+                await pty.awrite(f"\x1b[6;3H{lines[3]}\x1b[20;1HMinimum Emacs\x1b[3;3H".encode())
+            elif key == b"down" and editing:
+                row = min(row + 1, len(lines) - 1)
+                await pty.awrite(f"\x1b[{3 + row};3H".encode())
+            elif key == b"\x05" and editing:
+                await pty.awrite(f"\x1b[{3 + row};{3 + len(lines[row])}H".encode())
+            elif key == b"\x18" and editing:
+                await pty.awrite(f"\x1b[2J\x1b[Hbooting: {lines[2]}\r\n# ".encode())
+                return lines[2]
+            elif editing and key.isascii() and key.decode().isprintable():
+                lines[row] += key.decode()
+                await pty.awrite(f"\x1b[{3 + row};3H{lines[row]}".encode())
+
+
+async def test_grub_rescue_edits_the_line_a_slow_grub_shows_not_one_it_was_drawing(
+    lab: Bridge, pty_device: PtyDevice
+) -> None:
+    async with lab.session("admin") as admin:
+        args = {"restart": "none", "arg": "dyndbg=+p rd.break", "shell": "^# ?$"}
+        running = asyncio.create_task(run_playbook(admin, lab, "grub-rescue", args))
+        await wait_for(lambda: lab.port.rescue.current is not None)
+        grub = asyncio.create_task(slow_grub(pty_device))
+        lines = await asyncio.wait_for(running, 60)
+    assert lines[-1]["result"] == "ok", lines[-1]
+    booted = await asyncio.wait_for(grub, 5)
+    assert booted == "  linux /boot/vmlinuz console=ttyS0 dyndbg=+p rd.break"

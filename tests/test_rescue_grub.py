@@ -72,7 +72,7 @@ async def test_grub_rescue_appends_the_argument_through_a_real_grub(
             result = lines[-1]
             assert result["result"] == "ok", (json.dumps(result), bytes(reader.data[-3000:]))
             titles = [x["title"] for x in lines if x["type"] == "step"]
-            assert titles[0] == "restart the machine" and len(titles) == 9
+            assert titles[0] == "restart the machine" and len(titles) == 10
 
             # the shell: the appended argument is on the kernel's command line
             async with admin.post(

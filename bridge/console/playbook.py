@@ -1,16 +1,20 @@
 """Recovery playbooks: what one is (a short declarative sequence of steps) and where they come from.
 
 A playbook is a TOML file: `description`, `[params.NAME]` (`default`, `description`, `pattern`
-the value must match in full, or `choices`) and `[[steps]]`, each exactly one of
+the value must match in full, or `choices`; `literal = true` for text a pattern must find as it
+is, not as a regular expression) and `[[steps]]`, each exactly one of
 
 - `expect = REGEX` — wait (`timeout`, default 30 s) until the output matches; with `screen =
   true` the terminal screen as a VT100 would show it (full-screen programs such as GRUB's menu
-  draw with cursor movements, not lines);
+  draw with cursor movements, not lines), judged once it has been quiet for 0.3 s (not half
+  drawn), a row ending in a backslash (GRUB's mark for a line that goes on) joined with the next;
 - `send = TEXT` — type it; `<name>` is a key (`KEYS`: `<enter>`, `<esc>`, `<up>`, `<ctrl-x>`,
   `<f10>`...), `<lt>` a literal `<`;
 - `repeat = TEXT` — type it every `every` (default 200 ms) until `until` matches the output (or
   the screen, `screen = true`), or `cursor` matches the screen line the cursor is on, at most
-  `times` times (without `until`/`cursor`: exactly `times` times);
+  `times` times (without `until`/`cursor`: exactly `times` times); with `cursor` one key at a
+  time: the next is typed when the screen the last one left has settled (or after `every` with
+  no answer);
 - `action = NAME` — `reset`, `power-cycle`, `power-on`, `power-off`, `nmi`, `break`, `sysrq` (with
   `keys`), `restart` (reset if the port can, else power-cycle, else wait for the target to restart
   by itself) or `none`;
@@ -18,9 +22,9 @@ the value must match in full, or `choices`) and `[[steps]]`, each exactly one of
 
 Any step may have a `title` (shown while it runs) and a `fail` message (shown if it times out);
 an `expect` with `optional = true` only notes a timeout. `${NAME}` inserts a parameter (into
-patterns as a regular expression, into typed text as literal characters). Parameter values are
-recorded in the audit trail, so a playbook must never take a secret; the keystrokes themselves are
-never stored.
+patterns as a regular expression unless it is `literal`, into typed text as literal characters).
+Parameter values are recorded in the audit trail, so a playbook must never take a secret; the
+keystrokes themselves are never stored.
 
 Shipped playbooks live beside this module (bridge/console/playbooks/), site ones in the
 configured directory (`[playbooks] dir`, /etc/serial-bridge/playbooks/); a site playbook of the
@@ -80,6 +84,7 @@ class Param:
     description: str = ""
     pattern: str = _PRINTABLE
     choices: tuple[str, ...] = ()
+    literal: bool = False  # in patterns: the text itself, not a regular expression
 
     def check(self, value: str) -> str:
         if len(value) > MAX_VALUE or "\n" in value or "\r" in value:
@@ -129,6 +134,11 @@ class Playbook:
             if name not in known:
                 raise PlaybookError(f"{self.name} has no parameter {name!r}")
         return {p.name: p.check(str(given.get(p.name, p.default))) for p in self.params}
+
+    def pattern_values(self, args: dict[str, str]) -> dict[str, str]:
+        """The arguments as inserted into patterns: literal ones escaped."""
+        literal = {p.name for p in self.params if p.literal}
+        return {k: re.escape(v) if k in literal else v for k, v in args.items()}
 
     def summary(self) -> dict[str, Any]:
         """What a front door shows: name, description, parameters, the steps' titles."""
@@ -245,12 +255,15 @@ def parse_playbook(name: str, data: dict[str, Any], source: str, where: str = ""
         choices = p.get("choices", [])
         if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
             raise PlaybookError(f"{pwhere}.choices: expected a list of strings")
+        if not isinstance(p.get("literal", False), bool):
+            raise PlaybookError(f"{pwhere}.literal: expected true or false")
         param = Param(
             pname,
             str(p.get("default", "")),
             _text(p, "description", pwhere),
             _text(p, "pattern", pwhere, _PRINTABLE),
             tuple(choices),
+            p.get("literal", False),
         )
         param.check(param.default)  # the default must pass its own checks
         params.append(param)

@@ -7,15 +7,16 @@ progress. One playbook at a time per port.
 While it runs the playbook is a client of the hub holding the writer lease, pinned: nobody can
 take it over or let it expire (bridge.console.lease); the one who started it, or an admin,
 cancels it. Everyone attached sees `status` messages with `playbook` = {name, user, step, of,
-title} ("playbook grub-rescue running, step 3/9"). Each step is a marker in the ring log and an
+title} ("playbook grub-rescue running, step 3/10"). Each step is a marker in the ring log and an
 audit event (`playbook-step`); the start and the end are `playbook` events, the end with the
 result: `ok`, `failed` (the step, its `fail` message and what the console showed last) or
 `cancelled`. Typed text is never recorded.
 
 Output is matched as text (escape sequences removed, `^`/`$` per line) or, for full-screen
 programs such as GRUB's menu and editor, on a VT100 screen kept by pyte (80x24, what GRUB assumes
-of a serial terminal). A reset, power or restart action starts both afresh: output from before it
-never satisfies a later step.
+of a serial terminal), judged only once the output has been quiet for SETTLE: a program drawing a
+screen passes the cursor over every line it prints. A reset, power or restart action starts both
+afresh: output from before it never satisfies a later step.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ KEEP = 64 * 1024  # output kept for matching
 TAIL = 1024  # characters of the last output a failure shows
 _ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_WRAPPED = re.compile(r"\\\|? *\n ?\|?")  # GRUB's editor: "...\| " then " |..." goes on
 RESTARTS = {"reset", "power-cycle", "power-on", "restart"}
+SETTLE = 0.3  # a screen is judged once no output came for this long (s): not half drawn
+CALM_WAIT = 2.0  # how long a cursor move waits for the target's redraw to end (s)
 
 
 class StepFailed(Exception):
@@ -64,6 +68,7 @@ class PlaybookRun:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    patterns: dict[str, str] = field(default_factory=dict)  # args as inserted into patterns
 
     def describe(self) -> dict[str, Any]:
         steps = self.playbook.steps
@@ -92,6 +97,7 @@ class _Console:
         self.stream = pyte.ByteStream(self.screen)
         self.changed = asyncio.Event()
         self.tail = ""
+        self.fed_at = 0.0  # time.monotonic() of the last output
 
     def feed(self, data: bytes) -> None:
         text = _ESCAPES.sub("", data.decode("utf-8", "replace")).replace("\r\n", "\n")
@@ -99,6 +105,7 @@ class _Console:
         self.tail = (self.tail + text)[-TAIL * 4 :]
         with contextlib.suppress(Exception):  # a sequence pyte cannot parse changes nothing
             self.stream.feed(data)
+        self.fed_at = time.monotonic()
         self.changed.set()
 
     def reset(self) -> None:
@@ -108,7 +115,8 @@ class _Console:
     def search(self, pattern: str, on_screen: bool) -> bool:
         """Does `pattern` match (consuming the text up to the match)?"""
         if on_screen:
-            return re.search(pattern, "\n".join(self.screen.display), re.M) is not None
+            screen = _WRAPPED.sub("", "\n".join(self.screen.display))
+            return re.search(pattern, screen, re.M) is not None
         found = re.search(pattern, self.text.replace("\r", ""), re.M)
         if found is not None:
             self.text = self.text.replace("\r", "")[found.end() :]
@@ -177,7 +185,7 @@ class Rescue:
         port.check_enabled()
         if not port.online:
             raise PortOffline(f"port {port.name} is offline")
-        run = PlaybookRun(playbook, args, user, peer)
+        run = PlaybookRun(playbook, args, user, peer, patterns=playbook.pattern_values(args))
         console = _Console()
         att: Attachment = port.attach(  # TooManyClients, PortDisabled: refused here
             _Outlet(console), user, peer, "rw", True, port.offset, privileged=True
@@ -252,7 +260,9 @@ class Rescue:
         elif step.kind == "action":
             await self._action(pattern, step, run, console)
         elif step.kind == "expect":
-            seen = await self._wait(console, lambda: console.search(pattern, step.screen), timeout)
+            pattern = substitute(step.value, run.patterns)
+            found = lambda: console.search(pattern, step.screen)  # noqa: E731
+            seen = await self._wait(console, found, timeout, SETTLE if step.screen else 0.0)
             if not seen and not step.optional:
                 raise StepFailed(f"{pattern!r} not seen within {timeout:g} s")
         else:
@@ -262,7 +272,7 @@ class Rescue:
         self, step: Step, run: PlaybookRun, att: Attachment, console: _Console, within: float
     ) -> None:
         args = run.args
-        until, cursor = substitute(step.until, args), substitute(step.cursor, args)
+        until, cursor = substitute(step.until, run.patterns), substitute(step.cursor, run.patterns)
         times = int(substitute(step.times, args)) if step.times else None
         every = parse_duration(substitute(step.every, args))
         deadline = time.monotonic() + within
@@ -272,19 +282,25 @@ class Rescue:
                 return True
             return bool(cursor) and re.search(cursor, console.cursor_line()) is not None
 
+        settle = SETTLE if step.screen or cursor else 0.0
         sent = 0
         data = keystrokes(step.value, args)
-        while not (until or cursor) or not reached():
+        while not (until or cursor) or not await self._wait(console, reached, 0.0, settle):
             if times is not None and sent >= times:
                 if until or cursor:
                     raise StepFailed(f"not reached after {sent} times")
                 return
             if time.monotonic() > deadline:
                 raise StepFailed(f"not reached within {within:g} s")
+            pressed = time.monotonic()
             await self.port.write(att, data)
             sent += 1
-            if until or cursor:
-                if await self._wait(console, reached, every):
+            if cursor:  # one key at a time: wait for the answer, judge the screen it leaves
+                answered = lambda at=pressed: console.fed_at >= at  # noqa: E731
+                if await self._wait(console, answered, every):
+                    await self._wait(console, lambda: True, CALM_WAIT, settle)
+            elif until:
+                if await self._wait(console, reached, every, settle):
                     return
             else:
                 await asyncio.sleep(every)
@@ -315,14 +331,23 @@ class Rescue:
             raise StepFailed(f"unknown action {name!r}")
 
     @staticmethod
-    async def _wait(console: _Console, done: Callable[[], bool], within: float) -> bool:
-        """Wait until `done()` (asked at once and after each new output), up to `within` s."""
+    async def _wait(
+        console: _Console, done: Callable[[], bool], within: float, settle: float = 0.0
+    ) -> bool:
+        """Wait until `done()` (asked at once and after each new output), up to `within` s; with
+        `settle`, until it holds on output that then stayed quiet that long (a screen half drawn
+        is not judged: the cursor passes every line as it is printed)."""
         deadline = time.monotonic() + within
         while True:
             console.changed.clear()
+            now = time.monotonic()
             if done():
-                return True
-            left = deadline - time.monotonic()
+                calm = now - console.fed_at
+                if calm >= settle:
+                    return True
+                left = min(settle - calm, deadline + settle - now)
+            else:
+                left = deadline - now
             if left <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
