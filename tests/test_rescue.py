@@ -51,6 +51,13 @@ description = "Waits"
 [[steps]]
 pause = "1m"
 """,
+    "menu": """
+description = "Wait for a boot menu under a clock that never stops"
+[[steps]]
+expect = '^Boot Menu'
+screen = true
+timeout = "3s"
+""",
 }
 
 
@@ -361,3 +368,21 @@ async def test_grub_rescue_edits_the_line_a_slow_grub_shows_not_one_it_was_drawi
     assert lines[-1]["result"] == "ok", lines[-1]
     booted = await asyncio.wait_for(grub, 5)
     assert booted == "  linux /boot/vmlinuz console=ttyS0 dyndbg=+p rd.break"
+
+
+async def test_a_screen_that_never_goes_quiet_is_judged_once_the_match_has_held(
+    lab: Bridge, pty_device: PtyDevice
+) -> None:
+    """Firmware that redraws a clock ten times a second never leaves the screen alone for the
+    0.3 s a screen condition must hold: the menu under it is still found, in time."""
+    async with lab.session("admin") as admin:
+        running = asyncio.create_task(run_playbook(admin, lab, "menu"))
+        await wait_for(lambda: lab.port.rescue.current is not None)
+        await pty_device.awrite(b"\x1b[2J\x1b[1;1HBoot Menu")
+        for tick in range(60):  # 6 s, twice the step's timeout
+            if running.done():
+                break
+            await pty_device.awrite(f"\x1b[24;70H12:00:{tick % 60:02d}".encode())
+            await asyncio.sleep(0.1)
+        lines = await asyncio.wait_for(running, 10)
+    assert lines[-1]["result"] == "ok", lines[-1]

@@ -6,8 +6,9 @@ is, not as a regular expression) and `[[steps]]`, each exactly one of
 
 - `expect = REGEX` — wait (`timeout`, default 30 s) until the output matches; with `screen =
   true` the terminal screen as a VT100 would show it (full-screen programs such as GRUB's menu
-  draw with cursor movements, not lines), judged once it has been quiet for 0.3 s (not half
-  drawn), a row ending in a backslash (GRUB's mark for a line that goes on) joined with the next;
+  draw with cursor movements, not lines), counted once the match has held for 0.3 s (not
+  half drawn), a row ending in a backslash (GRUB's mark for a line that goes on) joined with
+  the next;
 - `send = TEXT` — type it; `<name>` is a key (`KEYS`: `<enter>`, `<esc>`, `<up>`, `<ctrl-x>`,
   `<f10>`...), `<lt>` a literal `<`;
 - `repeat = TEXT` — type it every `every` (default 200 ms) until `until` matches the output (or

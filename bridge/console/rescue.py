@@ -14,9 +14,9 @@ result: `ok`, `failed` (the step, its `fail` message and what the console showed
 
 Output is matched as text (escape sequences removed, `^`/`$` per line) or, for full-screen
 programs such as GRUB's menu and editor, on a VT100 screen kept by pyte (80x24, what GRUB assumes
-of a serial terminal), judged only once the output has been quiet for SETTLE: a program drawing a
-screen passes the cursor over every line it prints. A reset, power or restart action starts both
-afresh: output from before it never satisfies a later step.
+of a serial terminal), a condition on it counting once it has held for SETTLE (through any output
+meanwhile): a program drawing a screen passes the cursor over every line it prints. A reset,
+power or restart action starts both afresh: output from before it never satisfies a later step.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ _ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _WRAPPED = re.compile(r"\\\|? *\n ?\|?")  # GRUB's editor: "...\| " then " |..." goes on
 RESTARTS = {"reset", "power-cycle", "power-on", "restart"}
-SETTLE = 0.3  # a screen is judged once no output came for this long (s): not half drawn
-CALM_WAIT = 2.0  # how long a cursor move waits for the target's redraw to end (s)
+SETTLE = 0.3  # a screen condition counts once it has held this long (s): not half drawn
+CALM_WAIT = 2.0  # at most this long a cursor move waits for the target's redraw to end (s)
 
 
 class StepFailed(Exception):
@@ -298,7 +298,7 @@ class Rescue:
             if cursor:  # one key at a time: wait for the answer, judge the screen it leaves
                 answered = lambda at=pressed: console.fed_at >= at  # noqa: E731
                 if await self._wait(console, answered, every):
-                    await self._wait(console, lambda: True, CALM_WAIT, settle)
+                    await self._quiet(console, settle, CALM_WAIT)
             elif until:
                 if await self._wait(console, reached, every, settle):
                     return
@@ -331,22 +331,34 @@ class Rescue:
             raise StepFailed(f"unknown action {name!r}")
 
     @staticmethod
+    async def _quiet(console: _Console, settle: float, within: float) -> None:
+        """Wait until no output came for `settle` s (at most `within` s)."""
+        deadline = time.monotonic() + within
+        while (now := time.monotonic()) < deadline and now - console.fed_at < settle:
+            console.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(console.changed.wait(), settle - (now - console.fed_at))
+
+    @staticmethod
     async def _wait(
         console: _Console, done: Callable[[], bool], within: float, settle: float = 0.0
     ) -> bool:
         """Wait until `done()` (asked at once and after each new output), up to `within` s; with
-        `settle`, until it holds on output that then stayed quiet that long (a screen half drawn
-        is not judged: the cursor passes every line as it is printed)."""
+        `settle`, until it has held that long, through any output meanwhile (a screen half drawn
+        is not judged: the cursor passes every line as it is printed). A condition seen before
+        `within` ends gets `settle` more to prove itself."""
         deadline = time.monotonic() + within
+        since: float | None = None  # when done() began to hold
         while True:
             console.changed.clear()
             now = time.monotonic()
             if done():
-                calm = now - console.fed_at
-                if calm >= settle:
+                since = min(now, console.fed_at) if since is None else since  # no output since
+                if now - since >= settle:
                     return True
-                left = min(settle - calm, deadline + settle - now)
+                left = min(since + settle, deadline + settle) - now
             else:
+                since = None
                 left = deadline - now
             if left <= 0:
                 return False
