@@ -20,6 +20,7 @@ import pytest
 
 from bridge.access.passwords import hash_password
 from bridge.access.store import UserStore
+from bridge.client.http import KEEPALIVE
 from bridge.config import Config, parse_config
 from bridge.service.daemon import Daemon
 
@@ -190,7 +191,7 @@ class Bridge:
         if token_user is not None:
             headers["Authorization"] = f"Bearer {self.tokens[token_user]}"
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self.ssl_pin()),
+            connector=aiohttp.TCPConnector(ssl=self.ssl_pin(), keepalive_timeout=KEEPALIVE),
             headers=headers,
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             **kwargs,

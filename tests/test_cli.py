@@ -16,6 +16,8 @@ import time
 from asyncio.subprocess import Process
 from pathlib import Path
 
+from bridge.access.throttle import SERVER_LIMITS
+from bridge.client.http import KEEPALIVE
 from tests.conftest import Bridge, BridgeFactory, PtyDevice, wait_for
 
 CLI = [sys.executable, "-m", "bridge"]
@@ -199,6 +201,13 @@ async def test_connect_types_reads_and_restores_the_terminal(
     known = (tmp_path / "xdg" / "serial-bridge" / "known_hosts").read_text()
     assert bridge.daemon.fingerprint in known
     screen.close()
+
+
+def test_the_client_lets_idle_connections_go_before_the_bridge_closes_them() -> None:
+    """aiohttp does not retry a POST that went out on a kept-alive connection the server was
+    closing: with equal idle timeouts (aiohttp's default is the bridge's 15 s) a lab script's
+    power() after 15 s of quiet could fail now and then. The client's is shorter."""
+    assert SERVER_LIMITS["keepalive_timeout"] > KEEPALIVE
 
 
 async def test_connect_refuses_a_changed_certificate(bridge: Bridge, tmp_path: Path) -> None:

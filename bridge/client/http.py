@@ -25,6 +25,10 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
+# How long an idle connection is kept for the next request (s): under the bridge's 15 s
+# (bridge.access.throttle.SERVER_LIMITS), so a request never goes out on one the bridge is closing.
+KEEPALIVE = 10.0
+
 
 class ClientError(Exception):
     """A failure the CLI reports in one line (and exits non-zero)."""
@@ -193,7 +197,9 @@ class BridgeClient:
 
     async def __aenter__(self) -> BridgeClient:
         pin = await self.pin()
-        connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(_fp_bytes(pin)))
+        connector = aiohttp.TCPConnector(
+            ssl=aiohttp.Fingerprint(_fp_bytes(pin)), keepalive_timeout=KEEPALIVE
+        )
         headers = {"Origin": self.target.base}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
