@@ -175,6 +175,11 @@ def test_missing_prerequisites_name_the_apt_packages(
     assert "apt-get install --no-install-recommends qemu-system-x86 busybox-static" in str(
         info.value
     )
+    monkeypatch.setattr(qemu_target, "OVMF_CODE", tmp_path / "no-ovmf")  # UEFI: OVMF too
+    assert "Debian package ovmf" in qemu_target.missing_prerequisites(dynamic, uefi=True)[-1]
+    assert "Debian package ovmf" not in " ".join(qemu_target.missing_prerequisites(dynamic))
+    with pytest.raises(qemu_target.QemuUnavailable, match=r"busybox-static ovmf$"):
+        qemu_target.check_prerequisites(busybox=tmp_path / "no-busybox", uefi=True)
 
 
 def test_static_busybox_check() -> None:

@@ -5,7 +5,8 @@ and reset through QMP. Through the public API: grub-rescue resets the guest, cat
 menu with Esc, edits the default entry, appends a kernel argument to the `linux` line and boots
 it with Ctrl-X, and the shell shows the argument in /proc/cmdline (the time from the request to
 the shell is printed); grub-entry boots the second entry once; sysrq-safe-reboot (REISUB) reboots
-the guest back into GRUB."""
+the guest back into GRUB. The same image is hybrid: a second guest boots it on UEFI (OVMF), where
+grub-rescue and grub-entry run again (docs/playbooks.md, "On UEFI", says what differs)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.grub_image import build_grub_image, require_grub
 from tests.qemu_guest import PROMPT, QemuGuest, require_qemu
 
 ARG = "serial_bridge.rescued=yes"
+HANDOFF = "BdsDxe: starting"  # what OVMF (EDK II) prints as it starts the boot loader
 REISUB = (  # what the kernel says for e, i, s, u (then b: "sysrq: Resetting")
     b"sysrq: Terminate All Tasks", b"sysrq: Kill All Tasks", b"sysrq: Emergency Sync",
     b"sysrq: Emergency Remount",
@@ -72,7 +74,7 @@ async def test_grub_rescue_appends_the_argument_through_a_real_grub(
             result = lines[-1]
             assert result["result"] == "ok", (json.dumps(result), bytes(reader.data[-3000:]))
             titles = [x["title"] for x in lines if x["type"] == "step"]
-            assert titles[0] == "restart the machine" and len(titles) == 10
+            assert titles[0] == "restart the machine" and len(titles) == 11
 
             # the shell: the appended argument is on the kernel's command line
             async with admin.post(
@@ -115,3 +117,48 @@ async def run(http: Any, base: str, body: dict[str, Any]) -> dict[str, Any]:
         lines = [json.loads(line) async for line in resp.content]
     result: dict[str, Any] = lines[-1]
     return result
+
+
+@pytest.mark.qemu
+@pytest.mark.grub
+async def test_grub_rescue_and_grub_entry_through_a_real_grub_on_uefi(
+    bridge_factory: BridgeFactory, tmp_path: Path
+) -> None:
+    """The same image on UEFI (OVMF), GRUB on the firmware's console (which OVMF redirects to
+    the serial port). OVMF reads the port too and opens its boot manager on Esc, so the
+    playbooks press Esc only once OVMF says it starts the boot loader (`after`)."""
+    require_qemu()
+    require_grub(uefi=True)
+    image = build_grub_image(tmp_path)
+    async with QemuGuest(tmp_path / "guest", disk=image, uefi=True) as guest:
+        bridge = await bridge_factory(
+            ports={"vm": {"device": guest.telnet_url, "lines": {"qmp": guest.qmp_path}}},
+        )
+        async with bridge.session("admin") as admin:
+            admin_ws = WsReader(await bridge.ws(admin, "vm", mode="rw"))
+            await admin_ws.message("hello")
+            await guest.cont()
+            await admin_ws.until(lambda r: b"Linux version" in r.data, 60)
+            await admin_ws.until(lambda r: b"efi: EFI v" in r.data, 20)  # UEFI, not BIOS
+            await admin_ws.ws.close()
+
+            args = {"arg": ARG, "shell": PROMPT, "after": HANDOFF, "timeout": "1m"}
+            asked = time.monotonic()
+            result = await run(admin, bridge.base, {"playbook": "grub-rescue", "args": args})
+            to_shell = time.monotonic() - asked
+            assert result["result"] == "ok", json.dumps(result)
+            admin_ws = WsReader(await bridge.ws(admin, "vm", mode="rw"))
+            assert (await admin_ws.message("hello"))["mode"] == "rw"
+            await type_until(admin_ws, b"cat /proc/cmdline\r", ARG.encode())
+            await admin_ws.ws.close()
+
+            args = {"entry": "1", "after": HANDOFF, "timeout": "1m"}
+            result = await run(admin, bridge.base, {"playbook": "grub-entry", "args": args})
+            assert result["result"] == "ok", json.dumps(result)
+            admin_ws = WsReader(await bridge.ws(admin, "vm", mode="rw"))
+            await admin_ws.message("hello")
+            await admin_ws.until(lambda r: PROMPT.encode() in r.data, 60)
+            await type_until(admin_ws, b"cat /proc/cmdline\r", b"previous=1")
+            assert ARG.encode() not in admin_ws.data  # once: the edit did not stay
+            await admin_ws.ws.close()
+    print(f"grub-rescue on UEFI: request to shell {to_shell:.1f} s")

@@ -14,9 +14,11 @@ result: `ok`, `failed` (the step, its `fail` message and what the console showed
 
 Output is matched as text (escape sequences removed, `^`/`$` per line) or, for full-screen
 programs such as GRUB's menu and editor, on a VT100 screen kept by pyte (80x24, what GRUB assumes
-of a serial terminal), a condition on it counting once it has held for SETTLE (through any output
-meanwhile): a program drawing a screen passes the cursor over every line it prints. A reset,
-power or restart action starts both afresh: output from before it never satisfies a later step.
+of a serial terminal, grown to the largest cursor position the output addresses: a UEFI firmware
+draws its console, and GRUB's when GRUB uses it, in 80x25, 80x50 or 100x31), a condition on it
+counting once it has held for SETTLE (through any output meanwhile): a program drawing a screen
+passes the cursor over every line it prints. A reset, power or restart action starts both afresh:
+output from before it never satisfies a later step.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ KEEP = 64 * 1024  # output kept for matching
 TAIL = 1024  # characters of the last output a failure shows
 _ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_WRAPPED = re.compile(r"\\\|? *\n ?\|?")  # GRUB's editor: "...\| " then " |..." goes on
+# GRUB's editor: "...\| " then " |..." goes on; the border is "|" on a serial terminal, a box
+# drawing character through a UEFI firmware's console (CP437 from a PC-ANSI one: not UTF-8)
+_BORDER = "[|\u2502\ufffd]"
+_WRAPPED = re.compile(rf"\\{_BORDER}? *\n ?{_BORDER}?")
+_POSITION = re.compile(rb"\x1b\[([0-9]{1,4})(?:;([0-9]{1,4}))?[Hf]")  # cursor to row;column
+SCREEN = (80, 24)  # columns, lines: a serial terminal's size unless the output addresses more
+MAX_SCREEN = (250, 100)  # no larger, whatever a garbled sequence asks for
 RESTARTS = {"reset", "power-cycle", "power-on", "restart"}
 SETTLE = 0.3  # a screen condition counts once it has held this long (s): not half drawn
 CALM_WAIT = 2.0  # at most this long a cursor move waits for the target's redraw to end (s)
@@ -93,8 +101,9 @@ class _Console:
         import pyte  # only while a playbook runs (with prometheus-client, 2 MiB of start-up memory)
 
         self.text = ""
-        self.screen = pyte.Screen(80, 24)
+        self.screen = pyte.Screen(*SCREEN)
         self.stream = pyte.ByteStream(self.screen)
+        self.carry = b""  # the end of the last output: a cursor move cut in two is still seen
         self.changed = asyncio.Event()
         self.tail = ""
         self.fed_at = 0.0  # time.monotonic() of the last output
@@ -103,13 +112,29 @@ class _Console:
         text = _ESCAPES.sub("", data.decode("utf-8", "replace")).replace("\r\n", "\n")
         self.text = (self.text + text)[-KEEP:]
         self.tail = (self.tail + text)[-TAIL * 4 :]
+        self.fit(data)
         with contextlib.suppress(Exception):  # a sequence pyte cannot parse changes nothing
             self.stream.feed(data)
         self.fed_at = time.monotonic()
         self.changed.set()
 
+    def fit(self, data: bytes) -> None:
+        """Grow the screen to the largest row and column a cursor move in `data` addresses (up
+        to MAX_SCREEN), before the move is drawn: on a screen too small pyte would stop the
+        cursor at the last row, and a menu drawn there would overwrite itself."""
+        screen, seen = self.screen, self.carry + data
+        self.carry = seen[-12:]
+        columns, lines = screen.columns, screen.lines
+        for move in _POSITION.finditer(seen):
+            lines = max(lines, int(move[1] or 1))
+            columns = max(columns, int(move[2] or 1))
+        if (columns, lines) != (screen.columns, screen.lines):
+            screen.resize(min(lines, MAX_SCREEN[1]), min(columns, MAX_SCREEN[0]))
+
     def reset(self) -> None:
         self.text = ""
+        self.carry = b""
+        self.screen.resize(SCREEN[1], SCREEN[0])
         self.screen.reset()
 
     def search(self, pattern: str, on_screen: bool) -> bool:

@@ -6,8 +6,9 @@ without hardware) and by the system tests (tests/test_qemu_system.py, tests/test
 Owns fetching and caching the kernel (`ensure_kernel`), building the initramfs (`build_initramfs`)
 and `QemuGuest`, an async context manager that starts `qemu-system-x86_64` paused with ttyS0 on a
 telnet chardev (127.0.0.1, free port, `nodelay=on`) and QMP on a unix socket, and always kills it
-on exit. Why: `-S` so no boot output is lost before a console connects (`cont()` waits for the
-connection); `nodelay=on` because Nagle plus delayed ACKs added ~44 ms to every reaction.
+on exit; `uefi=True` boots OVMF (UEFI firmware) instead of SeaBIOS. Why: `-S` so no boot output
+is lost before a console connects (`cont()` waits for the connection); `nodelay=on` because Nagle
+plus delayed ACKs added ~44 ms to every reaction.
 
 Cache: `$SERIAL_BRIDGE_QEMU_CACHE` or `~/.cache/serial-bridge/qemu`. `$SERIAL_BRIDGE_QEMU_KERNEL`
 points at an existing vmlinuz instead (for machines without apt).
@@ -40,6 +41,10 @@ BOOT_MARKER = "SERIAL-BRIDGE-GUEST-UP"
 PROMPT = "guest# "
 BASE_APPEND = "console=ttyS0,115200 sysrq_always_enabled=1 panic=-1"
 CHARDEV_ID = "s0"
+# UEFI firmware (Debian package ovmf): the code read-only, and a private copy of the variable store
+# per guest, as on a real machine (boot entries made on the first boot survive a reset)
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -60,23 +65,27 @@ class QemuUnavailable(RuntimeError):
     """Something the guest needs is missing; the message says what and how to install it."""
 
 
-def missing_prerequisites(busybox: Path = Path("/bin/busybox")) -> list[str]:
-    """What is missing to boot the guest (empty when all is there): QEMU, a static busybox."""
+def missing_prerequisites(busybox: Path = Path("/bin/busybox"), uefi: bool = False) -> list[str]:
+    """What is missing to boot the guest (empty when all is there): QEMU, a static busybox, and
+    with `uefi` OVMF."""
     missing = []
     if shutil.which(QEMU) is None:
         missing.append(f"{QEMU} (Debian package qemu-system-x86)")
     if not busybox.exists() or not _is_static_elf(busybox):
         missing.append(f"a static {busybox} (Debian package busybox-static)")
+    if uefi and not (OVMF_CODE.exists() and OVMF_VARS.exists()):
+        missing.append(f"UEFI firmware {OVMF_CODE} (Debian package ovmf)")
     return missing
 
 
-def check_prerequisites(busybox: Path = Path("/bin/busybox")) -> None:
+def check_prerequisites(busybox: Path = Path("/bin/busybox"), uefi: bool = False) -> None:
     """Raise QemuUnavailable naming what is missing and the apt-get command that installs it."""
-    missing = missing_prerequisites(busybox)
+    missing = missing_prerequisites(busybox, uefi)
     if missing:
+        packages = f"{APT_PACKAGES} ovmf" if uefi else APT_PACKAGES
         raise QemuUnavailable(
             f"cannot boot the QEMU guest: missing {' and '.join(missing)}; install with:\n"
-            f"  sudo apt-get install --no-install-recommends {APT_PACKAGES}"
+            f"  sudo apt-get install --no-install-recommends {packages}"
         )
 
 
@@ -229,13 +238,22 @@ def free_port() -> int:
 
 class QemuGuest:
     """`async with QemuGuest(workdir) as guest:` — QEMU started paused; connect a console to
-    `guest.telnet_url`, then `await guest.cont()`. QEMU is killed on exit."""
+    `guest.telnet_url`, then `await guest.cont()`. QEMU is killed on exit. `disk`: boot this
+    image (GRUB on it) instead of the kernel directly; `uefi`: with OVMF instead of SeaBIOS."""
 
     def __init__(
-        self, workdir: Path, *, append: str = "", memory_mb: int = 256, disk: Path | None = None
+        self,
+        workdir: Path,
+        *,
+        append: str = "",
+        memory_mb: int = 256,
+        disk: Path | None = None,
+        uefi: bool = False,
     ) -> None:
         self.workdir = workdir
-        self.disk = disk  # a bootable image (GRUB on it) instead of booting the kernel directly
+        self.disk = disk
+        self.uefi = uefi
+        self.vars_path = workdir / "OVMF_VARS.fd"  # the guest's UEFI variables (a copy)
         self.append = f"{BASE_APPEND} {append}".strip()
         self.memory_mb = memory_mb
         self.port = 0
@@ -258,8 +276,14 @@ class QemuGuest:
         boot = ["-kernel", str(kernel), "-initrd", str(initrd), "-append", self.append]
         if self.disk is not None:  # q35 + virtio: GRUB reads the kernel 2x faster than over IDE
             boot = ["-drive", f"file={self.disk},if=virtio,format=raw,readonly=on"]
+        if self.uefi:  # OVMF in pflash, as libvirt does: the code read-only, the variables ours
+            boot = [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars_path}",
+                *boot,
+            ]  # fmt: skip
         return [
-            QEMU, "-machine", "q35" if self.disk else "pc", "-accel", "tcg",
+            QEMU, "-machine", "q35" if self.disk or self.uefi else "pc", "-accel", "tcg",
             "-m", str(self.memory_mb), "-smp", "1",
             "-display", "none", "-nodefaults", "-no-user-config", *boot,
             "-chardev",
@@ -273,9 +297,12 @@ class QemuGuest:
 
     async def start(self, ready_within: float = 30.0) -> None:
         """Fetch the kernel if needed, build the initramfs and start QEMU paused (`-S`).
-        Raises QemuUnavailable when QEMU or busybox-static is missing, RuntimeError otherwise."""
-        check_prerequisites()
+        Raises QemuUnavailable when QEMU, busybox-static (or OVMF) is missing, RuntimeError
+        otherwise."""
+        check_prerequisites(uefi=self.uefi)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.uefi:
+            shutil.copyfile(OVMF_VARS, self.vars_path)
         kernel = await asyncio.to_thread(ensure_kernel)
         initrd = await asyncio.to_thread(build_initramfs, self.workdir / "initramfs.cpio.gz")
         for _attempt in range(3):  # the free port may be taken between probe and bind
