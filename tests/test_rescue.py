@@ -1,7 +1,8 @@
 """Recovery playbooks: the files (shipped, site, refused ones) and the runner through the public
 API with a pty as the target: it holds the writer lease pinned while it runs, everyone sees its
 progress, each step is marked and audited (never the typed text), a failing step says what the
-console showed last, and an admin cancels it."""
+console showed last, and an admin cancels it. Fake GRUBs check the screen it keeps: a slow one
+drawing its editor in pieces, one on a UEFI firmware's taller console with CP437 box lines."""
 
 from __future__ import annotations
 
@@ -386,3 +387,79 @@ async def test_a_screen_that_never_goes_quiet_is_judged_once_the_match_has_held(
             await asyncio.sleep(0.1)
         lines = await asyncio.wait_for(running, 10)
     assert lines[-1]["result"] == "ok", lines[-1]
+
+
+def firmware_console_editor(lines: list[str], top: int) -> bytes:
+    """GRUB's editor as a UEFI firmware's console draws it (tests/test_rescue_grub.py sees it on
+    OVMF): from row `top` of a screen taller than a serial terminal's 24, inside a CP437 box
+    (bytes that are not UTF-8), a line longer than the box's 76 columns wrapped with `\\`."""
+    out = [f"\x1b[{top - 1};2H".encode() + b"\xda" + b"\xc4" * 78 + b"\xbf"]
+    row = top
+    for line in lines:
+        chunks = [line[i : i + 76] for i in range(0, max(len(line), 1), 76)]
+        for n, chunk in enumerate(chunks):
+            mark = b"\\" if n < len(chunks) - 1 else b" "
+            out.append(f"\x1b[{row};2H\xb3".encode("latin-1") + chunk.ljust(76).encode())
+            out.append(mark + b"\xb3")
+            row += 1
+    return b"".join(out)
+
+
+async def uefi_console_grub(pty: PtyDevice) -> str:
+    """GRUB on a UEFI firmware's console, 80x50: the menu, then the editor in rows 30 and on,
+    its box lines CP437, the linux line wrapped once it no longer fits. Esc, `e`, <down>,
+    Ctrl-E, typed text and Ctrl-X as in GRUB. Returns the linux line Ctrl-X booted."""
+    top = 30
+    lines = ["setparams 'Linux'", "", f"  linux /boot/vmlinuz {'console=ttyS0,115200 ' * 2}x=1"]
+    lines.append("  initrd /boot/initrd")
+    row, editing, pending = 0, False, b""
+
+    def first_row(index: int) -> int:
+        return top + sum((max(len(line), 1) + 75) // 76 for line in lines[:index])
+
+    def end_of(index: int) -> bytes:
+        last = (max(len(lines[index]), 1) - 1) // 76
+        return f"\x1b[{first_row(index) + last};{3 + len(lines[index]) - 76 * last}H".encode()
+
+    while True:
+        pending += await pty.read_until(lambda got: bool(got), 60)
+        while pending:
+            if pending.startswith(b"\x1b[B") and editing:
+                key, pending = b"down", pending[3:]
+            else:
+                key, pending = pending[:1], pending[1:]
+            if key == b"\x1b" and not editing:
+                menu = b"\x1b[2J\x1b[02;24HGNU GRUB  version 2.06\x1b[05;03H*Linux"
+                await pty.awrite(menu + b"\x1b[45;07HUse the ^ and v keys to select\x1b[05;03H")
+            elif key == b"e" and not editing:
+                editing = True
+                box = firmware_console_editor(lines, top)
+                await pty.awrite(b"\x1b[2J\x1b[02;24HGNU GRUB  version 2.06" + box)
+                await pty.awrite(f"\x1b[{top};5H".encode())
+            elif key == b"down" and editing:
+                row = min(row + 1, len(lines) - 1)
+                await pty.awrite(f"\x1b[{first_row(row)};5H".encode())
+            elif key == b"\x05" and editing:
+                await pty.awrite(end_of(row))
+            elif key == b"\x18" and editing:
+                await pty.awrite(f"\x1b[2J\x1b[01;01Hbooting: {lines[2]}\r\n# ".encode())
+                return lines[2]
+            elif editing and key.isascii() and key.decode().isprintable():
+                lines[row] += key.decode()
+                await pty.awrite(firmware_console_editor(lines, top) + end_of(row))
+
+
+async def test_grub_rescue_on_a_uefi_firmwares_taller_console_with_cp437_box_lines(
+    lab: Bridge, pty_device: PtyDevice
+) -> None:
+    """The playbook's screen grows to the rows the output addresses (an 80x24 one would stack
+    the whole editor on its last row) and joins a wrapped row behind a border that is not `|`."""
+    async with lab.session("admin") as admin:
+        args = {"restart": "none", "arg": "dyndbg=+p rd.break", "shell": "^# ?$"}
+        running = asyncio.create_task(run_playbook(admin, lab, "grub-rescue", args))
+        await wait_for(lambda: lab.port.rescue.current is not None)
+        grub = asyncio.create_task(uefi_console_grub(pty_device))
+        lines = await asyncio.wait_for(running, 60)
+    assert lines[-1]["result"] == "ok", lines[-1]
+    booted = await asyncio.wait_for(grub, 5)
+    assert booted.endswith(" x=1 dyndbg=+p rd.break") and len(booted) > 76
