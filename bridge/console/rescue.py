@@ -7,7 +7,7 @@ progress. One playbook at a time per port.
 While it runs the playbook is a client of the hub holding the writer lease, pinned: nobody can
 take it over or let it expire (bridge.console.lease); the one who started it, or an admin,
 cancels it. Everyone attached sees `status` messages with `playbook` = {name, user, step, of,
-title} ("playbook grub-rescue running, step 3/10"). Each step is a marker in the ring log and an
+title} ("playbook grub-rescue running, step 3/11"). Each step is a marker in the ring log and an
 audit event (`playbook-step`); the start and the end are `playbook` events, the end with the
 result: `ok`, `failed` (the step, its `fail` message and what the console showed last) or
 `cancelled`. Typed text is never recorded.

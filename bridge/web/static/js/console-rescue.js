@@ -6,7 +6,7 @@
   "use strict";
   const { api, $, el, confirmDialog, whoami } = window.SB;
 
-  // The status bar pill: "playbook grub-rescue running, step 3/10: stop GRUB's menu (alice)".
+  // The status bar pill: "playbook grub-rescue running, step 3/11: stop GRUB's menu (alice)".
   function showPlaybook(run) {
     const pill = $("st-playbook");
     const stop = $("btn-rescue-cancel");
