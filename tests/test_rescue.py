@@ -318,75 +318,100 @@ async def test_a_playbook_ends_cleanly_when_its_port_closes(lab: Bridge) -> None
     assert lines[-1]["by"] == "port removed from the configuration"
 
 
-# ---- a target that draws like GRUB: judged on a settled screen ------------------------------
-
-EDITOR = ["setparams 'Linux'", "", "  linux /boot/vmlinuz console=ttyS0", "  initrd /boot/initrd"]
+# ---- targets that draw like GRUB: judged on a settled screen --------------------------------
 
 
-async def slow_grub(pty: PtyDevice) -> str:
-    """Just enough of GRUB on a slow machine for grub-rescue: Esc shows the menu; `e` draws the
-    editor in two pieces with a pause after the linux line (the cursor passes that line as it is
-    printed, as GRUB's does), then puts the cursor on the first line; <down>, Ctrl-E, typed text
-    and Ctrl-X work as in GRUB. Returns the linux line Ctrl-X booted."""
-    lines, row, editing, pending = list(EDITOR), 0, False, b""
-    while True:
-        pending += await pty.read_until(lambda got: bool(got), 60)
-        while pending:
-            if pending.startswith(b"\x1b[B") and editing:
-                key, pending = b"down", pending[3:]
-            else:
-                key, pending = pending[:1], pending[1:]
-            if key == b"\x1b" and not editing:
-                await pty.awrite(b"\x1b[2J\x1b[1;20HGNU GRUB  version 2.06\x1b[3;3H*Linux\x1b[3;3H")
-            elif key == b"e" and not editing:
-                editing = True
-                top = "".join(f"\x1b[{3 + i};3H{line}" for i, line in enumerate(lines[:3]))
-                await pty.awrite(f"\x1b[2J\x1b[1;20HGNU GRUB  version 2.06{top}".encode())
-                await asyncio.sleep(0.1)  # a slow GRUB, its cursor still on the linux line
-                await pty.awrite(f"\x1b[6;3H{lines[3]}\x1b[20;1HMinimum Emacs\x1b[3;3H".encode())
-            elif key == b"down" and editing:
-                row = min(row + 1, len(lines) - 1)
-                await pty.awrite(f"\x1b[{3 + row};3H".encode())
-            elif key == b"\x05" and editing:
-                await pty.awrite(f"\x1b[{3 + row};{3 + len(lines[row])}H".encode())
-            elif key == b"\x18" and editing:
-                await pty.awrite(f"\x1b[2J\x1b[Hbooting: {lines[2]}\r\n# ".encode())
-                return lines[2]
-            elif editing and key.isascii() and key.decode().isprintable():
-                lines[row] += key.decode()
-                await pty.awrite(f"\x1b[{3 + row};3H{lines[row]}".encode())
+class FakeGrub:
+    """Just enough of GRUB for grub-rescue: Esc shows the menu; `e` opens the editor with the
+    cursor on the first of `lines`; <down>, Ctrl-E, typed text and Ctrl-X work as in GRUB. How
+    it draws is the subclass's; `run` returns the linux line Ctrl-X booted."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines, self.row = lines, 0
+
+    async def run(self, pty: PtyDevice) -> str:
+        editing, pending = False, b""
+        while True:
+            pending += await pty.read_until(lambda got: bool(got), 60)
+            while pending:
+                if pending.startswith(b"\x1b[B") and editing:
+                    key, pending = b"down", pending[3:]
+                else:
+                    key, pending = pending[:1], pending[1:]
+                if not editing:
+                    if key == b"\x1b":
+                        await pty.awrite(self.menu())
+                    elif key == b"e":
+                        editing = True
+                        await self.editor(pty)
+                elif key == b"down":
+                    self.row = min(self.row + 1, len(self.lines) - 1)
+                    await pty.awrite(self.line_start())
+                elif key == b"\x05":
+                    await pty.awrite(self.line_end())
+                elif key == b"\x18":
+                    await pty.awrite(f"\x1b[2J\x1b[1;1Hbooting: {self.lines[2]}\r\n# ".encode())
+                    return self.lines[2]
+                elif key.isascii() and key.decode().isprintable():
+                    self.lines[self.row] += key.decode()
+                    await pty.awrite(self.typed())
+
+    def menu(self) -> bytes:
+        return b"\x1b[2J\x1b[1;20HGNU GRUB  version 2.06\x1b[3;3H*Linux\x1b[3;3H"
+
+    async def editor(self, pty: PtyDevice) -> None:
+        raise NotImplementedError
+
+    def line_start(self) -> bytes:
+        return f"\x1b[{3 + self.row};3H".encode()
+
+    def line_end(self) -> bytes:
+        return f"\x1b[{3 + self.row};{3 + len(self.lines[self.row])}H".encode()
+
+    def typed(self) -> bytes:
+        return f"\x1b[{3 + self.row};3H{self.lines[self.row]}".encode()
 
 
-async def test_grub_rescue_edits_the_line_a_slow_grub_shows_not_one_it_was_drawing(
-    lab: Bridge, pty_device: PtyDevice
-) -> None:
-    async with lab.session("admin") as admin:
-        args = {"restart": "none", "arg": "dyndbg=+p rd.break", "shell": "^# ?$"}
-        running = asyncio.create_task(run_playbook(admin, lab, "grub-rescue", args))
-        await wait_for(lambda: lab.port.rescue.current is not None)
-        grub = asyncio.create_task(slow_grub(pty_device))
-        lines = await asyncio.wait_for(running, 60)
-    assert lines[-1]["result"] == "ok", lines[-1]
-    booted = await asyncio.wait_for(grub, 5)
-    assert booted == "  linux /boot/vmlinuz console=ttyS0 dyndbg=+p rd.break"
+class SlowGrub(FakeGrub):
+    """GRUB on a slow machine: the editor comes in two pieces with a pause after the linux line
+    (the cursor passes that line as it is printed, as GRUB's does), then the cursor goes to the
+    first line."""
+
+    async def editor(self, pty: PtyDevice) -> None:
+        top = "".join(f"\x1b[{3 + i};3H{line}" for i, line in enumerate(self.lines[:3]))
+        await pty.awrite(f"\x1b[2J\x1b[1;20HGNU GRUB  version 2.06{top}".encode())
+        await asyncio.sleep(0.1)  # a slow GRUB, its cursor still on the linux line
+        await pty.awrite(f"\x1b[6;3H{self.lines[3]}\x1b[20;1HMinimum Emacs\x1b[3;3H".encode())
 
 
-async def test_a_screen_that_never_goes_quiet_is_judged_once_the_match_has_held(
-    lab: Bridge, pty_device: PtyDevice
-) -> None:
-    """Firmware that redraws a clock ten times a second never leaves the screen alone for the
-    0.3 s a screen condition must hold: the menu under it is still found, in time."""
-    async with lab.session("admin") as admin:
-        running = asyncio.create_task(run_playbook(admin, lab, "menu"))
-        await wait_for(lambda: lab.port.rescue.current is not None)
-        await pty_device.awrite(b"\x1b[2J\x1b[1;1HBoot Menu")
-        for tick in range(60):  # 6 s, twice the step's timeout
-            if running.done():
-                break
-            await pty_device.awrite(f"\x1b[24;70H12:00:{tick % 60:02d}".encode())
-            await asyncio.sleep(0.1)
-        lines = await asyncio.wait_for(running, 10)
-    assert lines[-1]["result"] == "ok", lines[-1]
+class UefiConsoleGrub(FakeGrub):
+    """GRUB on a UEFI firmware's console, 80x50: the menu, then the editor in rows TOP and on,
+    its box lines CP437, the linux line wrapped once it no longer fits."""
+
+    TOP = 30
+
+    def first_row(self, index: int) -> int:
+        return self.TOP + sum((max(len(line), 1) + 75) // 76 for line in self.lines[:index])
+
+    def menu(self) -> bytes:
+        menu = b"\x1b[2J\x1b[02;24HGNU GRUB  version 2.06\x1b[05;03H*Linux"
+        return menu + b"\x1b[45;07HUse the ^ and v keys to select\x1b[05;03H"
+
+    async def editor(self, pty: PtyDevice) -> None:
+        box = firmware_console_editor(self.lines, self.TOP)
+        await pty.awrite(b"\x1b[2J\x1b[02;24HGNU GRUB  version 2.06" + box)
+        await pty.awrite(f"\x1b[{self.TOP};5H".encode())
+
+    def line_start(self) -> bytes:
+        return f"\x1b[{self.first_row(self.row)};5H".encode()
+
+    def line_end(self) -> bytes:
+        line = self.lines[self.row]
+        last = (max(len(line), 1) - 1) // 76
+        return f"\x1b[{self.first_row(self.row) + last};{3 + len(line) - 76 * last}H".encode()
+
+    def typed(self) -> bytes:
+        return firmware_console_editor(self.lines, self.TOP) + self.line_end()
 
 
 def firmware_console_editor(lines: list[str], top: int) -> bytes:
@@ -405,48 +430,30 @@ def firmware_console_editor(lines: list[str], top: int) -> bytes:
     return b"".join(out)
 
 
-async def uefi_console_grub(pty: PtyDevice) -> str:
-    """GRUB on a UEFI firmware's console, 80x50: the menu, then the editor in rows 30 and on,
-    its box lines CP437, the linux line wrapped once it no longer fits. Esc, `e`, <down>,
-    Ctrl-E, typed text and Ctrl-X as in GRUB. Returns the linux line Ctrl-X booted."""
-    top = 30
-    lines = ["setparams 'Linux'", "", f"  linux /boot/vmlinuz {'console=ttyS0,115200 ' * 2}x=1"]
-    lines.append("  initrd /boot/initrd")
-    row, editing, pending = 0, False, b""
+async def rescue_through(lab: Bridge, pty: PtyDevice, grub: FakeGrub) -> str:
+    """grub-rescue (no restart) against the fake `grub`: its result must be ok; the linux line
+    it booted."""
+    async with lab.session("admin") as admin:
+        args = {"restart": "none", "arg": "dyndbg=+p rd.break", "shell": "^# ?$"}
+        running = asyncio.create_task(run_playbook(admin, lab, "grub-rescue", args))
+        await wait_for(lambda: lab.port.rescue.current is not None)
+        booting = asyncio.create_task(grub.run(pty))
+        lines = await asyncio.wait_for(running, 60)
+    assert lines[-1]["result"] == "ok", lines[-1]
+    return await asyncio.wait_for(booting, 5)
 
-    def first_row(index: int) -> int:
-        return top + sum((max(len(line), 1) + 75) // 76 for line in lines[:index])
 
-    def end_of(index: int) -> bytes:
-        last = (max(len(lines[index]), 1) - 1) // 76
-        return f"\x1b[{first_row(index) + last};{3 + len(lines[index]) - 76 * last}H".encode()
-
-    while True:
-        pending += await pty.read_until(lambda got: bool(got), 60)
-        while pending:
-            if pending.startswith(b"\x1b[B") and editing:
-                key, pending = b"down", pending[3:]
-            else:
-                key, pending = pending[:1], pending[1:]
-            if key == b"\x1b" and not editing:
-                menu = b"\x1b[2J\x1b[02;24HGNU GRUB  version 2.06\x1b[05;03H*Linux"
-                await pty.awrite(menu + b"\x1b[45;07HUse the ^ and v keys to select\x1b[05;03H")
-            elif key == b"e" and not editing:
-                editing = True
-                box = firmware_console_editor(lines, top)
-                await pty.awrite(b"\x1b[2J\x1b[02;24HGNU GRUB  version 2.06" + box)
-                await pty.awrite(f"\x1b[{top};5H".encode())
-            elif key == b"down" and editing:
-                row = min(row + 1, len(lines) - 1)
-                await pty.awrite(f"\x1b[{first_row(row)};5H".encode())
-            elif key == b"\x05" and editing:
-                await pty.awrite(end_of(row))
-            elif key == b"\x18" and editing:
-                await pty.awrite(f"\x1b[2J\x1b[01;01Hbooting: {lines[2]}\r\n# ".encode())
-                return lines[2]
-            elif editing and key.isascii() and key.decode().isprintable():
-                lines[row] += key.decode()
-                await pty.awrite(firmware_console_editor(lines, top) + end_of(row))
+async def test_grub_rescue_edits_the_line_a_slow_grub_shows_not_one_it_was_drawing(
+    lab: Bridge, pty_device: PtyDevice
+) -> None:
+    lines = [
+        "setparams 'Linux'",
+        "",
+        "  linux /boot/vmlinuz console=ttyS0",
+        "  initrd /boot/initrd",
+    ]
+    booted = await rescue_through(lab, pty_device, SlowGrub(lines))
+    assert booted == "  linux /boot/vmlinuz console=ttyS0 dyndbg=+p rd.break"
 
 
 async def test_grub_rescue_on_a_uefi_firmwares_taller_console_with_cp437_box_lines(
@@ -454,12 +461,25 @@ async def test_grub_rescue_on_a_uefi_firmwares_taller_console_with_cp437_box_lin
 ) -> None:
     """The playbook's screen grows to the rows the output addresses (an 80x24 one would stack
     the whole editor on its last row) and joins a wrapped row behind a border that is not `|`."""
-    async with lab.session("admin") as admin:
-        args = {"restart": "none", "arg": "dyndbg=+p rd.break", "shell": "^# ?$"}
-        running = asyncio.create_task(run_playbook(admin, lab, "grub-rescue", args))
-        await wait_for(lambda: lab.port.rescue.current is not None)
-        grub = asyncio.create_task(uefi_console_grub(pty_device))
-        lines = await asyncio.wait_for(running, 60)
-    assert lines[-1]["result"] == "ok", lines[-1]
-    booted = await asyncio.wait_for(grub, 5)
+    linux = f"  linux /boot/vmlinuz {'console=ttyS0,115200 ' * 2}x=1"
+    lines = ["setparams 'Linux'", "", linux, "  initrd /boot/initrd"]
+    booted = await rescue_through(lab, pty_device, UefiConsoleGrub(lines))
     assert booted.endswith(" x=1 dyndbg=+p rd.break") and len(booted) > 76
+
+
+async def test_a_screen_that_never_goes_quiet_is_judged_once_the_match_has_held(
+    lab: Bridge, pty_device: PtyDevice
+) -> None:
+    """Firmware that redraws a clock ten times a second never leaves the screen alone for the
+    0.3 s a screen condition must hold: the menu under it is still found, in time."""
+    async with lab.session("admin") as admin:
+        running = asyncio.create_task(run_playbook(admin, lab, "menu"))
+        await wait_for(lambda: lab.port.rescue.current is not None)
+        await pty_device.awrite(b"\x1b[2J\x1b[1;1HBoot Menu")
+        for tick in range(60):  # 6 s, twice the step's timeout
+            if running.done():
+                break
+            await pty_device.awrite(f"\x1b[24;70H12:00:{tick % 60:02d}".encode())
+            await asyncio.sleep(0.1)
+        lines = await asyncio.wait_for(running, 10)
+    assert lines[-1]["result"] == "ok", lines[-1]

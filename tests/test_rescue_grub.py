@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BridgeFactory, WsReader
+from tests.conftest import Bridge, BridgeFactory, WsReader
 from tests.grub_image import build_grub_image, require_grub
 from tests.qemu_guest import PROMPT, QemuGuest, require_qemu
 
@@ -89,15 +89,7 @@ async def test_grub_rescue_appends_the_argument_through_a_real_grub(
             assert seen["playbook"] is None
             await admin_ws.ws.close()
 
-            # grub-entry: the second entry, once
-            body = {"playbook": "grub-entry", "args": {"entry": "1", "timeout": "1m"}}
-            assert (await run(admin, bridge.base, body))["result"] == "ok"
-            admin_ws = WsReader(await bridge.ws(admin, "vm", mode="rw"))
-            await admin_ws.message("hello")
-            await admin_ws.until(lambda r: PROMPT.encode() in r.data, 60)
-            await type_until(admin_ws, b"cat /proc/cmdline\r", b"previous=1")
-            assert ARG.encode() not in admin_ws.data  # once: the edit did not stay
-            await admin_ws.ws.close()
+            await boots_the_second_entry_once(bridge, admin, {})
 
             # sysrq-safe-reboot: REISUB, and the guest comes back to GRUB and boots
             body = {"playbook": "sysrq-safe-reboot", "args": {"wait": "1s"}}
@@ -109,6 +101,20 @@ async def test_grub_rescue_appends_the_argument_through_a_real_grub(
             said = [reader.data.find(k) for k in REISUB]
             assert 0 < said[0] < said[1] < said[2] < said[3] < at, said
     print(f"grub-rescue: request to shell {to_shell:.1f} s")
+
+
+async def boots_the_second_entry_once(bridge: Bridge, admin: Any, args: dict[str, str]) -> None:
+    """grub-entry boots entry 1 (its command line says previous=1), and only once: grub-rescue's
+    edit before it did not stay."""
+    args = {"entry": "1", "timeout": "1m", **args}
+    result = await run(admin, bridge.base, {"playbook": "grub-entry", "args": args})
+    assert result["result"] == "ok", json.dumps(result)
+    admin_ws = WsReader(await bridge.ws(admin, "vm", mode="rw"))
+    await admin_ws.message("hello")
+    await admin_ws.until(lambda r: PROMPT.encode() in r.data, 60)
+    await type_until(admin_ws, b"cat /proc/cmdline\r", b"previous=1")
+    assert ARG.encode() not in admin_ws.data
+    await admin_ws.ws.close()
 
 
 async def run(http: Any, base: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -152,13 +158,5 @@ async def test_grub_rescue_and_grub_entry_through_a_real_grub_on_uefi(
             await type_until(admin_ws, b"cat /proc/cmdline\r", ARG.encode())
             await admin_ws.ws.close()
 
-            args = {"entry": "1", "after": HANDOFF, "timeout": "1m"}
-            result = await run(admin, bridge.base, {"playbook": "grub-entry", "args": args})
-            assert result["result"] == "ok", json.dumps(result)
-            admin_ws = WsReader(await bridge.ws(admin, "vm", mode="rw"))
-            await admin_ws.message("hello")
-            await admin_ws.until(lambda r: PROMPT.encode() in r.data, 60)
-            await type_until(admin_ws, b"cat /proc/cmdline\r", b"previous=1")
-            assert ARG.encode() not in admin_ws.data  # once: the edit did not stay
-            await admin_ws.ws.close()
+            await boots_the_second_entry_once(bridge, admin, {"after": HANDOFF})
     print(f"grub-rescue on UEFI: request to shell {to_shell:.1f} s")
