@@ -387,6 +387,8 @@ def test_kill_9_while_the_writer_thread_is_busy(tmp_path: Path) -> None:
             i += 1
             if i % 500 == 0:
                 ring.flush()
+                if i == 500:  # the first page on disk: see the ring's "Crash semantics"
+                    ring.wait_idle()
                 print(ring.next_offset, flush=True)
         """
     )

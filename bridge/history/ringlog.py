@@ -21,9 +21,9 @@ Errors: a failed page write or sync never reaches the caller: the writer keeps t
 it again until the disk works (reads see it meanwhile) and reports the fault once through
 ``health`` (bridge.history.health, bridge.history.ringwriter); ``stats`` counts them.
 
-Crash semantics: what a kill -9 loses is the block being filled plus the pages still queued (at
-most QUEUE_PAGES + 1 pages); a power cut loses at most the last ``flush_interval`` of output plus
-the queue. After either, offsets continue CRASH_GAP further on (bridge.history.ringscan).
+Crash semantics: a kill -9 loses the block being filled and the queue (QUEUE_PAGES); a power cut
+also the last ``flush_interval``. Offsets go on CRASH_GAP further (ringscan) unless none of this
+process's pages reached the disk: the scan then sees the ring as opened and reuses its offsets.
 
 Consecutive appends within ``time_resolution`` seconds share one record (times are kept at that
 granularity). Disk use is exactly ``nblocks * 4096 <= size`` bytes. The ring keeps the newest
