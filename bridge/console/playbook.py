@@ -156,8 +156,8 @@ class Playbook:
         }
 
 
-def substitute(template: str, args: dict[str, str], regex: bool = False) -> str:
-    """`${name}` replaced by the argument (a regular expression in patterns: as given)."""
+def substitute(template: str, args: dict[str, str]) -> str:
+    """`${name}` replaced by the argument (for patterns: Playbook.pattern_values' arguments)."""
     return _PARAM_REF.sub(lambda m: args.get(m.group(1), ""), template)
 
 

@@ -76,7 +76,6 @@ class PlaybookRun:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
-    patterns: dict[str, str] = field(default_factory=dict)  # args as inserted into patterns
 
     def describe(self) -> dict[str, Any]:
         steps = self.playbook.steps
@@ -88,6 +87,11 @@ class PlaybookRun:
             "of": len(steps),
             "title": title,
         }
+
+    @property
+    def patterns(self) -> dict[str, str]:
+        """The arguments as inserted into patterns (literal ones escaped)."""
+        return self.playbook.pattern_values(self.args)
 
     def tell(self, message: dict[str, Any]) -> None:
         for listener in list(self.listeners):
@@ -210,7 +214,7 @@ class Rescue:
         port.check_enabled()
         if not port.online:
             raise PortOffline(f"port {port.name} is offline")
-        run = PlaybookRun(playbook, args, user, peer, patterns=playbook.pattern_values(args))
+        run = PlaybookRun(playbook, args, user, peer)
         console = _Console()
         att: Attachment = port.attach(  # TooManyClients, PortDisabled: refused here
             _Outlet(console), user, peer, "rw", True, port.offset, privileged=True
@@ -276,7 +280,7 @@ class Rescue:
 
     async def _step(self, step: Step, run: PlaybookRun, att: Attachment, console: _Console) -> None:
         args = run.args
-        pattern = substitute(step.value, args)
+        pattern = substitute(step.value, run.patterns if step.kind == "expect" else args)
         timeout = parse_duration(substitute(step.timeout, args))
         if step.kind == "pause":
             await asyncio.sleep(parse_duration(pattern))
@@ -285,7 +289,6 @@ class Rescue:
         elif step.kind == "action":
             await self._action(pattern, step, run, console)
         elif step.kind == "expect":
-            pattern = substitute(step.value, run.patterns)
             found = lambda: console.search(pattern, step.screen)  # noqa: E731
             seen = await self._wait(console, found, timeout, SETTLE if step.screen else 0.0)
             if not seen and not step.optional:
