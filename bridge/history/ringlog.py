@@ -1,13 +1,13 @@
 """Flash-friendly, crash-safe circular console log: one preallocated file per port.
 
 This module owns the on-disk console history of a port and its API (`RingLog`); the layout is in
-bridge.history.ringformat, the block being filled in bridge.history.ringpage, the writing (one
-writer thread for every ring: pwrite runs, fdatasync, the bounded queue, deferred errors) in
-bridge.history.ringwriter, the recovery scan in bridge.history.ringscan, the block index and reads
-in bridge.history.ringread. The hub owns the timers and calls :meth:`RingLog.flush` every
-``flush_interval`` when there was output. All methods are called from one thread (the event loop);
-none of them waits for the device, except :meth:`close` and, as a last resort when the device falls
-a full writer queue behind, append().
+bridge.history.ringformat, the page images being built (the block being filled, blocks an append
+fills whole) in bridge.history.ringpage, the writing (one writer thread for every ring: pwrite runs,
+fdatasync, the bounded queue, deferred errors) in bridge.history.ringwriter, the recovery scan in
+bridge.history.ringscan, the block index and reads in bridge.history.ringread. The hub owns the
+timers and calls :meth:`RingLog.flush` every ``flush_interval`` when there was output. All methods
+are called from one thread (the event loop); none of them waits for the device, except :meth:`close`
+and, as a last resort when the device falls a full writer queue behind, append().
 
 Writes are whole, page-aligned 4 KiB pages at page-aligned positions: a block is written when it
 fills, and by flush() (which rewrites the partial block in place, then fdatasync). A silent
@@ -48,7 +48,6 @@ from typing import Any
 
 from bridge.history import ringpage, ringread
 from bridge.history.ringformat import (
-    BH,
     BLOCK_SIZE,
     FULL,
     KIND_CLOSE,
@@ -58,7 +57,6 @@ from bridge.history.ringformat import (
     RH,
     LogRecord,
     Rec,
-    full_blocks,
 )
 from bridge.history.ringscan import CRASH_GAP, Block, open_locked, scan
 from bridge.history.ringstats import WriteStats
@@ -237,7 +235,12 @@ class RingLog:
         done: list[Job] = []  # the blocks filled, handed over together at the end
         while mv:
             if self._pend is None and kind == KIND_DATA and len(mv) >= FULL:
-                mv = self._put_full(mv, when, done)
+                count = min(len(mv) // FULL, self._n)  # whole blocks: the fast path
+                done += ringpage.full_jobs(
+                    self._blocks, self._n, self._next_seq, self._next, when, mv[: count * FULL]
+                )
+                self._next_seq, self._next = self._next_seq + count, self._next + count * FULL
+                mv = mv[count * FULL :]
                 continue
             p = self._pend if self._pend is not None else self._new_block()
             r = p.open_rec
@@ -272,22 +275,6 @@ class RingLog:
                 self._retire(p, done)
         if done:
             self._hand_over(*done)
-
-    def _put_full(self, mv: memoryview, when: float, done: list[Job]) -> memoryview:
-        """_put's fast path for data that fills fresh blocks: the blocks the general path would
-        build (one record of FULL bytes each; at most a ring's worth), added to `done`;
-        returns the rest."""
-        n, blocks, offset, first = self._n, self._blocks, self._next, self._next_seq
-        count = min(len(mv) // FULL, n)
-        pages = full_blocks(n, first, offset, when, mv[: count * FULL])
-        blocks.drop_through(first + count - 1 - n)  # their positions are being refilled
-        for seq, page in enumerate(pages, first):
-            blocks.append(Block(seq, offset, offset + FULL, when, FULL))
-            recs = [Rec(KIND_DATA, offset, when, BH + RH, FULL)]
-            done.append(Job(seq, (seq % n) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
-            offset += FULL
-        self._next_seq, self._next = first + count, offset
-        return mv[count * FULL :]
 
     def _new_block(self) -> ringpage.Pending:
         seq = self._next_seq

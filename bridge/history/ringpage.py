@@ -1,14 +1,27 @@
 """The block a ring log is filling (bridge.history.ringlog): its page image in memory, the records
 in it, and its entry in the ring's index. A record's header is written (sealed) once the record
-grows no more or the page is handed to the writer (bridge.history.ringformat: why)."""
+grows no more or the page is handed to the writer (bridge.history.ringformat: why). Also the
+blocks an append fills whole, built in one go (`full_jobs`)."""
 
 from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass, field
 
-from bridge.history.ringformat import BH, BLOCK_SIZE, Rec, block_header, seal_record
+from bridge.history.ringformat import (
+    BH,
+    BLOCK_SIZE,
+    FULL,
+    KIND_DATA,
+    RH,
+    Rec,
+    block_header,
+    full_blocks,
+    seal_record,
+)
+from bridge.history.ringread import BlockIndex
 from bridge.history.ringscan import Block, Resume
+from bridge.history.ringwriter import Job
 
 _ZEROS = bytes(BLOCK_SIZE)
 
@@ -46,3 +59,21 @@ def resume(page: mmap.mmap, found: Resume) -> Pending:
     page[:] = _ZEROS
     page[:used] = found.image
     return Pending(found.seq, page, found.recs, used, used, None, found.entry)
+
+
+def full_jobs(
+    blocks: BlockIndex, nblocks: int, first: int, offset: int, when: float, payload: memoryview
+) -> list[Job]:
+    """The ring's append fast path for data that fills fresh blocks: blocks ``first``,
+    ``first + 1``, ... (at most a ring's worth) each holding one data record of FULL bytes of
+    ``payload`` from ``offset`` on, as the general path would build them, as jobs for the
+    writer; their entries join ``blocks`` (those of the blocks whose positions they refill go)."""
+    pages = full_blocks(nblocks, first, offset, when, payload)
+    blocks.drop_through(first + len(pages) - 1 - nblocks)  # their positions are being refilled
+    jobs = []
+    for seq, page in enumerate(pages, first):
+        blocks.append(Block(seq, offset, offset + FULL, when, FULL))
+        recs = [Rec(KIND_DATA, offset, when, BH + RH, FULL)]
+        jobs.append(Job(seq, (seq % nblocks) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
+        offset += FULL
+    return jobs
