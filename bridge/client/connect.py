@@ -197,7 +197,8 @@ class Terminal:
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     self._on_message(json.loads(msg.data))
                 else:  # the code from the close frame: ws.close_code turns into 1006 when
-                    # the bridge drops the link as aiohttp answers it (as in bridge.client.expect)
+                    # aiohttp's reply cannot go out (a bridge before the close handshake
+                    # dropped the link at once; as in bridge.client.expect)
                     code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code
                     if code == 1008:
                         _say("closed by the bridge: the session ended")

@@ -151,7 +151,7 @@ class BridgeConsole(SpawnBase):
                     else:
                         break
                 # The code the bridge sent, from its close frame: ws.close_code turns into 1006
-                # when the bridge has already dropped the connection as aiohttp answers it.
+                # when the connection is gone as aiohttp answers it (an older bridge dropped it).
                 code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code
                 self._linked.clear()
                 if self._closing or code in NO_RESUME or not await self._resume():

@@ -11,6 +11,14 @@ budget: a client that keeps sending but does not read is cut off once its queue 
 `client_buffer` (plus REPLY_MARGIN), instead of growing the daemon's memory. Error replies are
 short (MAX_ERROR characters, never an echo of a whole message) and rate-limited (ERROR_BURST at
 once, ERROR_RATE a second after that; the ones left out are counted in the next).
+
+When the bridge closes a connection itself (1008, 1001, 1009, 1013) it sends its close frame, sends
+nothing after it, and waits up to CLOSE_WAIT seconds for the client's close frame before it closes
+the TCP connection (TLS close_notify, FIN): the client reads the code and reason, and its reply
+does not meet a closed socket. `end()` comes from another task (the credential watcher, a logout,
+a reload) while the session's reader waits for a frame; aiohttp's `close()` called from there
+breaks the reader's wait and then drops the connection at once, so `end()` stops the reader and
+the session's own task closes.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ LOW_WATER = 256 * 1024
 REPLY_MARGIN = 256 * 1024  # over client_buffer: output alone never queues this much
 MAX_ERROR = 200
 ERROR_BURST, ERROR_RATE = 10, 5.0
+CLOSE_WAIT = 2.0  # seconds a closing server waits for the client's close frame, then drops it
 _detached: set[asyncio.Task[None]] = set()  # actions of closed sessions, running to their end
 
 
@@ -52,20 +61,24 @@ class WsViewer:
         assert transport is not None
         self.transport = transport
         self.protocol: Any = request.protocol
+        self.stopped = False  # a close frame is (about to be) sent: nothing may follow it
+
+    def _open(self) -> bool:
+        return not self.stopped and not self.transport.is_closing()
 
     def send_chunk(self, chunk: Chunk) -> None:
-        if not self.transport.is_closing():
+        if self._open():
             self.transport.write(chunk.encoded(binary_frame))
 
     def send_history(self, offset: int, data: bytes) -> None:
-        if not self.transport.is_closing():
+        if self._open():
             self.transport.write(binary_frame(data))
 
     def send_gap(self, start: int, end: int) -> None:
         self.send_message({"type": "gap", "from": start, "to": end})
 
     def send_message(self, message: dict[str, Any]) -> None:
-        if not self.transport.is_closing():
+        if self._open():
             self.transport.write(text_frame(message))
 
     def backlog(self) -> int:
@@ -125,6 +138,9 @@ class ConsoleSession:
         self._errors = float(ERROR_BURST)  # error replies that may go out now (a token bucket)
         self._errors_at = time.monotonic()
         self._errors_left_out = 0
+        self._closing: tuple[int, bytes] | None = None  # the close frame to send: code, reason
+        self._reader: asyncio.Task[None] | None = None
+        self._idle = False  # the reader waits for a frame (not in the middle of handling one)
 
     # as an OpenConsole (bridge.access.consoles)
     @property
@@ -140,9 +156,17 @@ class ConsoleSession:
         return self.ws.closed
 
     async def end(self, reason: str, going_away: bool = False) -> None:
-        """Close 1008 (policy: the credential ended) or 1001 (going away) with `reason`."""
-        code = 1001 if going_away else 1008
-        await self.ws.close(code=code, message=reason.encode()[:120])
+        """Close 1008 (policy: the credential ended) or 1001 (going away) with `reason`: the
+        reader stops (at once if it waits for a frame, else after the one it handles) and `run`
+        closes. Output stops now."""
+        self._close_with(1001 if going_away else 1008, reason)
+        if self._idle and self._reader is not None:
+            self._reader.cancel()
+
+    def _close_with(self, code: int, reason: str) -> None:
+        if self._closing is None and not self.ws.closed:
+            self._closing = (code, reason.encode()[:120])
+            self.viewer.stopped = True
 
     def reply(self, message: dict[str, Any]) -> None:
         """Answer something the client sent, or cut it off if it is not reading its answers."""
@@ -235,17 +259,35 @@ class ConsoleSession:
         self.reply({"type": "result", **result})
 
     async def run(self) -> None:
-        async for msg in self.ws:
+        """Handle the client's frames until it closes or breaks, or the session is closed (then
+        send the close frame and wait up to CLOSE_WAIT for the client's)."""
+        reader = self._reader = asyncio.get_running_loop().create_task(self._read())
+        try:
+            await asyncio.wait([reader])
+        finally:
+            reader.cancel()  # this handler was cancelled (the server is stopping)
+        if self._closing is not None:
+            code, reason = self._closing
+            await self.ws.close(code=code, message=reason)
+        if not reader.cancelled():
+            reader.result()  # a failure in handling a frame is this handler's
+
+    async def _read(self) -> None:
+        while self._closing is None:
+            self._idle = True
+            try:
+                msg = await self.ws.receive()
+            finally:
+                self._idle = False
             if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT) and len(msg.data) > MAX_FRAME:
                 self.error(f"frame of {len(msg.data)} bytes refused (at most {MAX_FRAME})")
-                await self.ws.close(code=1009, message=b"frame too large")
-                break
-            if msg.type == WSMsgType.BINARY:
+                self._close_with(1009, "frame too large")
+            elif msg.type == WSMsgType.BINARY:
                 await self.keystrokes(msg.data)
             elif msg.type == WSMsgType.TEXT:
                 await self.control(msg.data)
-            elif msg.type == WSMsgType.ERROR:
-                break
+            else:  # the client closed (aiohttp answered it) or the connection broke
+                return
 
     async def close(self) -> None:
         # An action already started (a REISUB sequence, say) runs to its end and is audited even
@@ -279,7 +321,9 @@ async def console(request: web.Request) -> web.StreamResponse:
 
     # aiohttp drops a connection abruptly above max_msg_size; up to twice the cap we refuse a
     # frame politely (error message + close 1009 with a reason).
-    ws = web.WebSocketResponse(compress=False, max_msg_size=2 * MAX_FRAME, heartbeat=30.0)
+    ws = web.WebSocketResponse(
+        compress=False, max_msg_size=2 * MAX_FRAME, heartbeat=30.0, timeout=CLOSE_WAIT
+    )
     await ws.prepare(request)
     viewer = WsViewer(request)
     may_write = allowed(identity, Permission.WRITE, name)
