@@ -16,7 +16,7 @@ import pytest
 from bridge.access.sshkeys import parse_key
 from bridge.access.store import UserStore
 from bridge.access.totp import code_at, new_secret
-from tests.conftest import PASSWORDS, BridgeFactory, PtyDevice, wait_for
+from tests.conftest import PASSWORDS, Bridge, BridgeFactory, PtyDevice, wait_for
 from tests.ssh_helpers import (
     PASSWORD_ONLY,
     SshTarget,
@@ -25,6 +25,7 @@ from tests.ssh_helpers import (
     sign,
     ssh_bridge,
 )
+from tests.test_metrics import samples, scrape, value
 from tests.test_security_support import FakeClock, login
 
 
@@ -232,6 +233,16 @@ def fingerprints(keys: list[Path]) -> set[str]:
     return {parse_key(Path(f"{key}.pub").read_text()).fingerprint for key in keys}
 
 
+async def key_logins(bridge: Bridge) -> tuple[float, float, float]:
+    """`serial_bridge_auth_attempts_total{method="ssh-key"}` as scraped: success, failure,
+    throttled."""
+    found = samples(await scrape(bridge, "admin"))
+    return tuple(  # type: ignore[return-value]
+        value(found, "serial_bridge_auth_attempts_total", method="ssh-key", result=result)
+        for result in ("success", "failure", "throttled")
+    )
+
+
 async def test_connections_offering_only_refused_keys_lock_the_address_out(
     bridge_factory: BridgeFactory, pty_device: PtyDevice, tmp_path: Path, keys: dict[str, Path]
 ) -> None:
@@ -249,17 +260,17 @@ async def test_connections_offering_only_refused_keys_lock_the_address_out(
     for _ in range(10):
         status, _out, err = await door.run(strangers[0], "operator:lab", "who", extra=more)
         assert status == 255 and "Permission denied (publickey)" in err, err
-    assert gate.auth_counts["ssh-key", "failure"] == 30
+    await wait_for(lambda: len(key_failures(door)) == 10)  # the connections have ended
+    assert await key_logins(bridge) == (0, 10, 0)  # a failure per connection, as throttled
     status, _out, err = await door.run(keys["operator"], "operator:lab", "who")
     assert status == 255 and "too many failed logins; try again in 60 s" in err, err
-    assert gate.auth_counts["ssh-key", "failure"] == 30  # refused before the key was looked at
-    assert gate.auth_counts["ssh-key", "throttled"] == 1
+    assert await key_logins(bridge) == (0, 10, 1)  # refused before the key was looked at
     async with bridge.session() as http:
         assert (await login(bridge, http, "operator"))[0] == 429
     elsewhere = ("-o", "BindAddress=127.0.0.2")
     status, out, err = await door.run(keys["operator"], "operator:lab", "who", extra=elsewhere)
     assert status == 0 and out.startswith("lab: online"), err
-    await wait_for(lambda: len(key_failures(door)) == 10)
+    assert await key_logins(bridge) == (1, 10, 1)
     for entry in key_failures(door):
         assert (entry["user"], entry["peer"], entry["via"]) == ("operator", "127.0.0.1", "ssh")
         assert entry["reason"] == "key refused"
@@ -279,7 +290,8 @@ async def test_a_user_with_several_keys_the_last_authorised_is_never_locked_out(
     """OpenSSH offers each key it has in turn: with the authorised key third, two are refused at
     every login. Only connections that end without logging in count, so six such logins (twelve
     refused keys: per offer, more than the address's ten a minute) leave the address all its
-    failures; a connection offering only the other two is one failure, like a wrong password."""
+    failures; a connection offering only the other two is one failure, like a wrong password.
+    The metrics count the same: six successes, then one failure, never a refused offer."""
     bridge, door = await ssh_bridge(bridge_factory, pty_device, tmp_path, keys=keys)
     gate = bridge.daemon.state.gate
     gate.throttle.clock = FakeClock()
@@ -288,7 +300,7 @@ async def test_a_user_with_several_keys_the_last_authorised_is_never_locked_out(
         identities = ("-i", str(old[1]), "-i", str(keys["operator"]))
         status, out, err = await door.run(old[0], "operator:lab", "who", extra=identities)
         assert status == 0 and out.startswith("lab: online"), err
-    assert gate.auth_counts["ssh-key", "failure"] == 12
+    assert await key_logins(bridge) == (6, 0, 0)  # not 12 failures: one per refused offer
     assert key_failures(door) == []
     async with bridge.session() as http:
         for i in range(9):  # one short of the address's limit
@@ -298,6 +310,7 @@ async def test_a_user_with_several_keys_the_last_authorised_is_never_locked_out(
         assert (await login(bridge, http, "operator"))[0] == 429  # the tenth failure
     await wait_for(lambda: len(key_failures(door)) == 1)
     assert set(key_failures(door)[0]["keys"]) == fingerprints(old)
+    assert await key_logins(bridge) == (6, 1, 0)
 
 
 async def _banner(sock: socket.socket) -> bytes:

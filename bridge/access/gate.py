@@ -24,7 +24,8 @@ holds at every door.
 
 Every identification and login is counted in `auth_counts` by method (`AUTH_METHODS`: how the
 credential came) and result (`AUTH_RESULTS`; a login refused by the throttle before any check is
-"throttled"), whichever door asked; the metrics read them.
+"throttled"), whichever door asked; the metrics read them. SSH keys and certificates are counted
+as the throttle counts them, once per connection (bridge.ssh.auth), not per refused offer.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ AUTH_METHODS = (
     "password", "token", "session", "certificate", "ssh-key", "ssh-certificate", "oidc",
 )  # fmt: skip
 AUTH_RESULTS = ("success", "failure", "throttled")
+THROTTLED_METHODS = ("password", "ssh-key", "ssh-certificate")  # the login throttle's
 
 
 class Refusal(enum.Enum):
@@ -92,8 +94,12 @@ class Gate:
 
     def count(self, method: str, identity: Identity | None) -> Identity | None:
         """Count one identification by `method` as a success or failure; returns `identity`."""
-        self.auth_counts[method, "success" if identity is not None else "failure"] += 1
+        self.count_login(method, identity is not None)
         return identity
+
+    def count_login(self, method: str, ok: bool) -> None:
+        """Count one login or identification by `method` as a success or failure."""
+        self.auth_counts[method, "success" if ok else "failure"] += 1
 
     def _second_factor_ok(self, identity: Identity | None) -> Identity | None:
         if identity is not None and needs_second_factor(
@@ -192,7 +198,8 @@ class Gate:
     ) -> Identity | None:
         """The identity behind an SSH login as `username`: a key or certificate the SSH server
         verified (checked again against the keys and CAs trusted now), or a password (None) of
-        credential `generation`. None when no longer valid, or when TOTP is required but absent."""
+        credential `generation`. None when no longer valid, or when TOTP is required but absent.
+        Not counted: the login was (bridge.ssh.auth), and this only checks it again."""
         user = self.users.get(username)
         if user is None:
             return None
@@ -201,7 +208,6 @@ class Gate:
                 return None
             identity = identity_for(user, "ssh-password", mfa, generation=generation)
             return self._second_factor_ok(identity)
-        method = "ssh-certificate" if credential.certificate else "ssh-key"
         if credential.certificate:
             trusted = credential.ca in {ca.fingerprint for ca in self.trusted_cas()}
             identity = identity_for(user, "ssh-cert", mfa, credential=credential.ca)
@@ -210,7 +216,7 @@ class Gate:
                 k.fingerprint for k in self.users.ssh_keys(user.name)
             }
             identity = identity_for(user, "ssh-key", mfa, credential=credential.fingerprint)
-        return self.count(method, self._second_factor_ok(identity) if trusted else None)
+        return self._second_factor_ok(identity) if trusted else None
 
     async def check_code(
         self, username: str, code: str, peer: str, first: Attempt | None = None

@@ -24,7 +24,9 @@ asyncssh facts this module is built on (docs: /work/shared/front-doors.md):
   per refused offer: OpenSSH offers each key it has in turn, so a user with several keys would
   spend the address's 10 failures a minute in a few logins, while an attacker is still held to
   `max_auth_tries` offers in each of 10 connections a minute. Such a connection is audited once,
-  with the fingerprints of the keys it offered and had refused.
+  with the fingerprints of the keys it offered and had refused, and counted once in the metrics
+  (`ssh-key` or `ssh-certificate`, by the first credential it offered, `failure`); a connection
+  that logs in with a key or certificate counts one `success`.
 - There is no partial success ("key, then password"): a second factor after a key is asked for
   inside the session (bridge.ssh.session). Keyboard-interactive asks for the password, then — for
   a user with TOTP — for the code in a second round.
@@ -78,6 +80,7 @@ class Connection(asyncssh.SSHServer):
         self._code_round = False
         self._first: Attempt | None = None  # the password attempt, counted until the code is right
         self._key_attempt: Attempt | None = None  # the keys' throttle attempt, until logged in
+        self._key_method = "ssh-key"  # the first credential's kind: whose failure it counts as
         self._refused_keys: list[str] = []  # fingerprints of the keys offered and refused
         self._failure_audited = False
         self.forwards: dict[str, Forward] = {}  # port -> its allowed RFC 2217 forwarding
@@ -116,7 +119,6 @@ class Connection(asyncssh.SSHServer):
                 and await original(username, key_data, msg, signature)
             )
             if not ok:
-                self.door.gate.count(method, None)
                 if credential is not None and credential.fingerprint not in self._refused_keys:
                     self._refused_keys.append(credential.fingerprint)
                 self._failed()
@@ -129,7 +131,8 @@ class Connection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.door.connections.discard(self)
         self._not_pending()
-        if self.login is None and self._key_attempt is not None:
+        if self.login is None and self._key_attempt is not None:  # one failure, as throttled
+            self.door.gate.count_login(self._key_method, ok=False)
             self._audit_failure("key refused" if self._refused_keys else "no key signed")
         for forward in self.forwards.values():
             self.door.consoles.remove(forward)
@@ -154,6 +157,7 @@ class Connection(asyncssh.SSHServer):
             return True
         try:
             self._key_attempt = self.door.gate.reserve_ssh_key(self.user, self.peer, method)
+            self._key_method = method
         except Denied as denied:
             if self.conn is not None:
                 self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, denied.message)
@@ -240,6 +244,9 @@ class Connection(asyncssh.SSHServer):
             method = "password"
         elif credential is not None:
             method = "certificate" if credential.certificate else "publickey"
+            self.door.gate.count_login(
+                "ssh-certificate" if credential.certificate else "ssh-key", ok=True
+            )
         else:  # pragma: no cover - asyncssh completes auth only after a method succeeded
             raise asyncssh.DisconnectError(asyncssh.DISC_PROTOCOL_ERROR, "no credential")
         self.login = Login(

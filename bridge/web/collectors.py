@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge.access.gate import AUTH_METHODS, AUTH_RESULTS, Gate
+from bridge.access.gate import AUTH_METHODS, AUTH_RESULTS, THROTTLED_METHODS, Gate
 from bridge.console.port import Port
 from bridge.history.health import WriteHealth
 from bridge.history.shipping import Sink
@@ -207,7 +207,7 @@ class AuthCollector:
         )
         counts = self.gate.auth_counts
         seen = {(m, r) for m in AUTH_METHODS for r in AUTH_RESULTS if r != "throttled"}
-        seen |= {("password", "throttled")} | set(counts)
+        seen |= {(m, "throttled") for m in THROTTLED_METHODS} | set(counts)
         for method, result in sorted(seen):
             family.add_metric([method, result], counts.get((method, result), 0))
         yield family
