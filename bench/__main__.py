@@ -4,7 +4,8 @@
 
 Workloads: throughput, echo, idle, linerate, stalled, cold (default: all). Systems: raw-pty,
 ser2net-{shipped,64k,nodelay}-{tcp,tls}, serial-bridge, serial-bridge+log (default: all that
-exist; serial-bridge is skipped with a note if `serial-bridge serve` is not available).
+exist; serial-bridge is skipped with a note if `serial-bridge serve` is not available), and when
+named serial-bridge+asyncio / serial-bridge+uvloop (throughput and echo on that event loop).
 Throughput and echo are repeated --runs times with the systems interleaved run by run, so drift on
 a shared machine hits every system alike; the other workloads run once per system.
 """
@@ -43,6 +44,8 @@ ALL_SYSTEMS = (
     "serial-bridge",
     "serial-bridge+log",
 )
+# Only when named: serial-bridge on one event loop, whichever the default is (uvloop vs asyncio).
+LOOP_SYSTEMS = ("serial-bridge+asyncio", "serial-bridge+uvloop")
 # Which workloads make sense where: the raw pty has no fan-out and no server process; the raw-TCP
 # ser2net variants are only the cheap reference rows; the log variant answers issue 8 item 3.
 APPLIES: dict[str, set[str]] = {
@@ -51,6 +54,8 @@ APPLIES: dict[str, set[str]] = {
     "tls": set(WORKLOADS),
     "serial-bridge": set(WORKLOADS),
     "serial-bridge+log": {"throughput"},
+    "serial-bridge+asyncio": {"throughput", "echo"},
+    "serial-bridge+uvloop": {"throughput", "echo"},
 }
 LINE_RATES = (
     ("115200x10", RATE_115200, 10),
@@ -64,7 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="8 MiB, 1 run, 10 s line rates")
     p.add_argument("--only", default="", help="comma list of workloads: " + ",".join(WORKLOADS))
-    p.add_argument("--systems", default="", help="comma list of systems: " + ",".join(ALL_SYSTEMS))
+    p.add_argument(
+        "--systems",
+        default="",
+        help="comma list of systems: " + ",".join(ALL_SYSTEMS + LOOP_SYSTEMS),
+    )
     p.add_argument("--runs", type=int, default=None, help="repetitions (default 5; quick 1)")
     p.add_argument("--size-mib", type=int, default=None, help="throughput bytes (default 64)")
     p.add_argument("--clients", default="1,10,50,100", help="throughput client counts")
@@ -94,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"unknown workload {w!r}")
     a.system_names = [s for s in (a.systems.split(",") if a.systems else ALL_SYSTEMS) if s]
     for s in a.system_names:
-        if s not in ALL_SYSTEMS:
+        if s not in ALL_SYSTEMS + LOOP_SYSTEMS:
             p.error(f"unknown system {s!r}")
     a.client_counts = [int(x) for x in a.clients.split(",") if x]
     return a
@@ -127,7 +136,9 @@ def build_systems(names: list[str], workdir: Path, notes: list[str]) -> dict[str
             if not ok:
                 notes.append(f"{name}: skipped, `serial-bridge serve` not available ({why})")
                 continue
-            systems[name] = SerialBridge(workdir, log_enabled=name.endswith("+log"))
+            systems[name] = SerialBridge(workdir, log_enabled=name.endswith("+log"), name=name)
+            if name in LOOP_SYSTEMS:
+                systems[name].extra_env = {"SERIAL_BRIDGE_LOOP": name.partition("+")[2]}
     return systems
 
 

@@ -13,9 +13,10 @@ gaps or missing/corrupt bytes. `--with-12m` repeats each N
 with port 0 at the 12-Mbaud line rate (1.14 MiB/s) among them.
 
 Systems: `serial-bridge` (TLS websocket, ring log on: the appliance's configuration),
-`serial-bridge+uvloop` (the same under uvloop, SERIAL_BRIDGE_LOOP=uvloop), `ser2net` (4.3, TLS,
+`serial-bridge+asyncio` / `serial-bridge+uvloop` (the same on that event loop; the default is
+uvloop where installed), `ser2net` (4.3, TLS,
 as shipped apart from max-connections) and `ser2net-nodelay` (64 KiB buffers, chardelay off).
-`serial-bridge-nolog` keeps no ring log. `serial-bridge@REV` (or `serial-bridge+uvloop@REV`)
+`serial-bridge-nolog` keeps no ring log. `serial-bridge@REV` (or `serial-bridge+asyncio@REV`)
 runs git revision REV's bridge/: before and after a change in one run, e.g.
 `--systems serial-bridge@main,serial-bridge,ser2net`.
 """
@@ -68,6 +69,7 @@ from bench.workloads import ClientGroup
 SYSTEMS = (
     "serial-bridge",
     "serial-bridge-nolog",
+    "serial-bridge+asyncio",
     "serial-bridge+uvloop",
     "ser2net",
     "ser2net-nodelay",
@@ -90,8 +92,9 @@ class ScaleBridge(SerialBridge):
         self.bauds: list[int] = []
         self.paths: list[str] = []
         self.echo_path = ""
-        if "+uvloop" in name:
-            self.extra_env = {"SERIAL_BRIDGE_LOOP": "uvloop"}
+        for loop in ("asyncio", "uvloop"):
+            if f"+{loop}" in name:
+                self.extra_env = {"SERIAL_BRIDGE_LOOP": loop}
         if "@" in name:  # serial-bridge@REV: that git revision's bridge/
             rev = name.split("@", 1)[1]
             self.code = export_revision(rev, workdir / "code")

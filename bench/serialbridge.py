@@ -143,9 +143,9 @@ def parse_token(stdout: str) -> str:
 class SerialBridge:
     """One serial-bridge configuration (ring log on or off)."""
 
-    def __init__(self, workdir: Path, log_enabled: bool) -> None:
+    def __init__(self, workdir: Path, log_enabled: bool, name: str = "") -> None:
         self.log_enabled = log_enabled
-        self.name = "serial-bridge" + ("+log" if log_enabled else "")
+        self.name = name or "serial-bridge" + ("+log" if log_enabled else "")
         self.workdir = workdir / self.name.replace("+", "-")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state = self.workdir / "state"

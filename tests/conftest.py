@@ -22,17 +22,16 @@ from bridge.access.passwords import hash_password
 from bridge.access.store import UserStore
 from bridge.client.http import KEEPALIVE
 from bridge.config import Config, parse_config
+from bridge.service import eventloop
 from bridge.service.daemon import Daemon
 
 PASSWORDS = {"admin": "admin-pass-1", "operator": "operator-pass-1", "viewer": "viewer-pass-1"}
 
-if os.environ.get("SERIAL_BRIDGE_LOOP") == "uvloop":
-    # The suite under uvloop (the daemons it starts read the same variable): in-process tests run
-    # on a uvloop loop too. `SERIAL_BRIDGE_LOOP=uvloop pytest ...`
-    from bridge.service.eventloop import loop_factory
-
+if eventloop.chosen() == "uvloop":
+    # The suite runs on the daemon's loop (uvloop where installed; SERIAL_BRIDGE_LOOP=asyncio
+    # pytest for asyncio's): the daemons it starts choose the same way, in-process tests follow.
     def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
-        return {"uvloop": loop_factory("uvloop")}
+        return {"uvloop": eventloop.loop_factory("uvloop")}
 
 
 _HASHES: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""The daemon's event loop: asyncio's by default, uvloop when SERIAL_BRIDGE_LOOP asks for it."""
+"""The daemon's event loop: uvloop's where installed, else asyncio's; SERIAL_BRIDGE_LOOP chooses."""
 
 from __future__ import annotations
 
@@ -11,14 +11,37 @@ from pathlib import Path
 import pytest
 
 from bridge.service import eventloop
+from tests.served import Served, make_state
 
 
 async def _loop_module() -> str:
     return type(asyncio.get_running_loop()).__module__
 
 
-def test_asyncio_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uvloop_by_default_where_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("uvloop")
     monkeypatch.delenv(eventloop.ENV, raising=False)
+    assert eventloop.run(_loop_module()).startswith("uvloop")
+
+
+def test_asyncio_by_default_where_uvloop_is_not_installed() -> None:
+    """32-bit Raspberry Pi OS has no uvloop wheel: the daemon runs on asyncio's loop there."""
+    script = (
+        "import sys; sys.modules['uvloop'] = None  # as if not installed\n"
+        "import asyncio; from bridge.service import eventloop\n"
+        "async def main(): return type(asyncio.get_running_loop()).__module__\n"
+        "print(eventloop.chosen(), eventloop.run(main()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != eventloop.ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["asyncio", "asyncio.unix_events"]
+
+
+def test_asyncio_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(eventloop.ENV, "asyncio")
     assert eventloop.run(_loop_module()).startswith("asyncio")
 
 
@@ -48,7 +71,24 @@ def test_an_unknown_loop_stops_serve_with_one_line(tmp_path: Path) -> None:
 
 
 async def test_the_suite_runs_on_the_loop_asked_for() -> None:
-    """`SERIAL_BRIDGE_LOOP=uvloop pytest` (a pass of `./dev test`) runs the in-process tests on
-    uvloop too (tests/conftest.py), not silently on asyncio's loop."""
-    wanted = os.environ.get(eventloop.ENV) or "asyncio"
+    """The in-process tests run on the loop the daemons they start choose (tests/conftest.py):
+    uvloop by default where installed, asyncio's under `SERIAL_BRIDGE_LOOP=asyncio pytest` (a
+    pass of `./dev test`), never silently on the other one."""
+    wanted = eventloop.chosen()
     assert type(asyncio.get_running_loop()).__module__.split(".")[0] == wanted
+
+
+@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
+async def test_serve_says_which_loop_it_runs_on(tmp_path: Path, choice: str) -> None:
+    """The first thing to know when a problem might be the loop's: one line at start."""
+    if choice == "uvloop":
+        pytest.importorskip("uvloop")
+    state = tmp_path / "state"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "{state}"\n')
+    served = Served(config, make_state(state))
+    await served.start(env={eventloop.ENV: choice})
+    try:
+        assert served.count(f"event loop: {choice}") == 1
+    finally:
+        assert await served.stop() == 0
