@@ -147,3 +147,49 @@ async def test_kill_9_then_restart_shows_the_output_from_before_the_crash(
             screen.close()
     finally:
         assert await served.stop() == 0
+
+
+async def test_kill_9_before_the_first_flush_after_a_clean_restart_reuses_no_offset(
+    tmp_path: Path, pty_device: PtyDevice
+) -> None:
+    """Stopped cleanly, started again, killed before any of its output reached the card (the
+    first flush interval): the next start still says the log was not closed cleanly, and the
+    offsets the killed daemon handed out are not handed out again (its open record, on the card
+    before it handed out any)."""
+    state = tmp_path / "state"
+    token = make_state(state)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "{state}"\n'
+        f'[log]\nflush_interval = "1h"\n[ports.lab]\ndevice = "{pty_device.path}"\n'
+    )
+    ring = state / "logs" / "lab.ring"
+    served = Served(config, token)
+    await served.start()
+    await served.wait_port("lab", lambda p: p["online"])
+    pty_device.write(BEFORE)
+    await served.wait_port("lab", lambda p: p["offset"] == len(BEFORE))
+    assert await served.stop() == 0  # clean: flushed, closed
+
+    await served.start()
+    await served.wait_port("lab", lambda p: p["online"] and p["offset"] == len(BEFORE))
+    pty_device.write(b"never on the card\r\n")
+    handed_out = len(BEFORE) + len(b"never on the card\r\n")
+    await served.wait_port("lab", lambda p: p["offset"] == handed_out)
+    assert b"never on the card" not in ring.read_bytes()
+    assert await served.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    await served.start()
+    try:
+        port = await served.wait_port("lab", lambda p: p["online"])
+        assert port["offset"] == len(BEFORE) + CRASH_GAP >= handed_out
+        assert f"output received after offset {len(BEFORE)} may be lost" in await served.wait_line(
+            "not closed cleanly"
+        )
+        start, body = await log_of(served, "from=-4096&format=raw")
+        assert (start, body) == ("0", BEFORE)
+        _, jsonl = await log_of(served, "from=0&format=jsonl&events=1")
+        stops = [x for x in map(json.loads, jsonl.splitlines()) if x["event"] == "unclean-stop"]
+        assert [(x["from"], x["to"]) for x in stops] == [(len(BEFORE), len(BEFORE) + CRASH_GAP)]
+    finally:
+        assert await served.stop() == 0

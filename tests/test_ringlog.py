@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,13 +158,16 @@ def test_wraparound_keeps_exactly_the_newest_bytes(tmp_path: Path) -> None:
         assert start == ring.oldest_offset > 0
         assert data == bytes(ref[start:])  # a suffix: the newest bytes, nothing missing
         # The clock did not move: one record per block, so every block holds 4096 - 48 bytes
-        # and the ring keeps the NBLOCKS - 1 written blocks plus the block being filled.
+        # (the first also the open record, 24 + 1) and the ring keeps the NBLOCKS - 1 written
+        # blocks plus the block being filled.
         per_block = BLOCK_SIZE - 2 * 24
         assert (NBLOCKS - 1) * per_block < len(data) <= NBLOCKS * per_block
-        assert len(data) == (NBLOCKS - 1) * per_block + len(ref) % per_block
+        assert len(data) == (NBLOCKS - 1) * per_block + (25 + len(ref)) % per_block
         assert ring.offset_at(0.0) == start  # older than the ring: its oldest byte
     with open_ring(tmp_path / "p.log", clock) as ring:
-        assert held(ring) == (start, data)
+        # the newest block had no room left for the open record: it starts the next block, in
+        # the position of the oldest, whose bytes go (as the first byte of output would do)
+        assert held(ring) == (start + per_block, data[per_block:])
 
 
 def test_whole_blocks_in_one_append_are_the_blocks_small_appends_build(tmp_path: Path) -> None:
@@ -387,8 +391,6 @@ def test_kill_9_while_the_writer_thread_is_busy(tmp_path: Path) -> None:
             i += 1
             if i % 500 == 0:
                 ring.flush()
-                if i == 500:  # the first page on disk: see the ring's "Crash semantics"
-                    ring.wait_idle()
                 print(ring.next_offset, flush=True)
         """
     )
@@ -398,7 +400,8 @@ def test_kill_9_while_the_writer_thread_is_busy(tmp_path: Path) -> None:
     )
     try:
         assert child.stdout is not None
-        handed_out = max(int(child.stdout.readline()) for _ in range(40))
+        # killed after 1 to 40 flushes: early on, none of its pages may have reached the disk yet
+        handed_out = max(int(child.stdout.readline()) for _ in range(random.randint(1, 40)))
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -408,12 +411,104 @@ def test_kill_9_while_the_writer_thread_is_busy(tmp_path: Path) -> None:
     with RingLog.open(path, 64 * 4096) as ring:
         assert ring.next_offset >= handed_out
         start, data = held(ring)
-        assert data and data == expected[start : start + len(data)]
+        assert data == expected[start : start + len(data)]  # (none if killed before a page)
         previous = -1
         for rec in ring.records(0):
             assert rec.offset >= previous
             assert rec.data == expected[rec.offset : rec.offset + len(rec.data)]
             previous = rec.offset + len(rec.data)
+
+
+@pytest.mark.parametrize("before", ["a new file", "a cleanly closed ring"])
+def test_kill_9_before_any_page_of_the_process_reached_the_disk_reuses_no_offset(
+    tmp_path: Path, before: str
+) -> None:
+    """Killed within its first flush interval, before any page of its own was written: the file
+    is as the process found it (new, or closed cleanly), yet the next open knows the process had
+    it open (its open record), reports the unclean stop and goes on CRASH_GAP further."""
+    path = tmp_path / "p.log"
+    earlier = b""
+    if before == "a cleanly closed ring":
+        earlier = b"from an earlier run\r\n"
+        with RingLog.open(path, 16 * BLOCK_SIZE) as ring:
+            ring.append(earlier)
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from pathlib import Path
+        from bridge.history.ringlog import RingLog
+        ring = RingLog.open(Path(sys.argv[1]), 16 * 4096)
+        ring.append(b"handed out, never written")  # less than a page, no flush
+        print(ring.next_offset, flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        handed_out = int(child.stdout.readline())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert handed_out == len(earlier) + len(b"handed out, never written")
+    assert b"handed out" not in path.read_bytes()  # no page of the killed process was written
+    with RingLog.open(path, 16 * BLOCK_SIZE) as ring:
+        assert ring.crash_gap == (len(earlier), len(earlier) + ringlog.CRASH_GAP)
+        assert ring.next_offset == len(earlier) + ringlog.CRASH_GAP >= handed_out
+        assert held(ring)[1] == earlier
+        ring.append(b"after")
+        assert ring.read(len(earlier), 100) == (ring.next_offset - 5, b"after")
+
+
+def old_layout(path: Path, nblocks: int, blocks: list[list[tuple[int, int, bytes]]]) -> None:
+    """A ring file as versions before the open record (kind 4) wrote it: block ``i`` holds the
+    records ``blocks[i]`` (kind, offset, payload), all dated 1000.0. (For the closed ring below
+    it is byte for byte the file the version before, ffec2c3, writes for that output.)"""
+    image = bytearray(nblocks * BLOCK_SIZE)
+    for seq, recs in enumerate(blocks):
+        page = bytearray(BLOCK_SIZE)
+        page[: ringformat.BH] = ringformat.block_header(nblocks, seq)
+        at = ringformat.BH
+        for kind, offset, payload in recs:
+            rec = ringformat.Rec(kind, offset, 1000.0, at + ringformat.RH, len(payload))
+            page[rec.pos : rec.pos + rec.length] = payload
+            ringformat.seal_record(page, seq, rec)
+            at = rec.pos + rec.length
+        image[seq * BLOCK_SIZE : (seq + 1) * BLOCK_SIZE] = page
+    path.write_bytes(image)
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_a_ring_written_before_the_open_record_reads_back_whole(
+    tmp_path: Path, closed: bool
+) -> None:
+    """Rings written by earlier versions (no open record) open and read as before: closed
+    cleanly, offsets go on where they stopped; left by a crash, CRASH_GAP further on."""
+    data, marker = ringformat.KIND_DATA, ringformat.KIND_MARKER
+    text = b"".join(b"line %d\r\n" % i for i in range(600))  # 5,490 bytes: two blocks
+    first = BLOCK_SIZE - 2 * 24
+    event = b'{"event":"offline"}'
+    last = [(data, first, text[first:]), (marker, len(text), event)]
+    if closed:
+        last.append((ringformat.KIND_CLOSE, len(text), b"\x00"))
+    path = tmp_path / "old.ring"
+    old_layout(path, 16, [[(data, 0, text[:first])], last])
+    with RingLog.open(path, 16 * BLOCK_SIZE, clock=Clock()) as ring:
+        assert ring.crash_gap == (None if closed else (len(text), len(text) + ringlog.CRASH_GAP))
+        assert ring.next_offset == len(text) + (0 if closed else ringlog.CRASH_GAP)
+        assert held(ring) == (0, text)
+        assert [r.marker for r in ring.records(0) if r.marker] == [{"event": "offline"}]
+        assert ring.offset_at(0) == 0 and ring.start_of_last(10) == len(text) - 10
+        end = ring.next_offset
+        ring.append(b"and on")
+    with RingLog.open(path, 16 * BLOCK_SIZE, clock=Clock()) as ring:
+        assert ring.crash_gap is None and ring.next_offset == end + len(b"and on")
+        assert ring.read(0, 1 << 20) == (0, text + (b"and on" if closed else b""))
+        assert ring.read(len(text), 100) == (end, b"and on")  # across the gap, if any
 
 
 # ---------------------------------------------------------------------------- crash safety
@@ -458,8 +553,27 @@ def run_workload(ring: RingLog, clock: Clock, ops: list[tuple[str, int, float]])
 
 
 def recovered(path: Path, clock: Clock, run: Run, size: int = SIZE) -> tuple[RingLog, bytearray]:
-    """Open the damaged file; check nothing wrong comes back; return which offsets came back."""
+    """Open the damaged file as the bridge does; check nothing wrong comes back; return the ring
+    and which offsets the recovery scan brought back. (A copy opened without the open record
+    shows what the scan brought back: the open record may need a new block, in the position of
+    the oldest, whose bytes then go as they would with the first byte of new output.)"""
+    copy = path.with_name(path.name + ".scanned")
+    shutil.copyfile(path, copy)
+    with RingLog.open(copy, size, clock=clock, durable=False, record_open=False) as scanned:
+        have = check_held(scanned, run)
+        found = [b.seq for b in scanned._blocks]
+        expected = (scanned.next_offset, scanned.crash_gap)
     ring = open_ring(path, clock, size)
+    assert (ring.next_offset, ring.crash_gap) == expected
+    kept = [b.seq for b in ring._blocks]
+    new_block = ring._blocks.items[-1].seq  # the open record's
+    assert [seq for seq in found if seq not in kept] in ([], [new_block - size // BLOCK_SIZE])
+    check_held(ring, run)
+    return ring, have
+
+
+def check_held(ring: RingLog, run: Run) -> bytearray:
+    """Which offsets of ``run`` the ring holds; checks every record and read() against it."""
     have = bytearray(len(run.ref))
     previous = -1
     for rec in ring.records(0):
@@ -483,7 +597,7 @@ def recovered(path: Path, clock: Clock, run: Run, size: int = SIZE) -> tuple[Rin
         assert not any(have[at:start]), "read skipped bytes that are held"
         assert data == run.ref[start : start + len(data)]
         at = start + len(data)
-    return ring, have
+    return have
 
 
 def recovered_markers(ring: RingLog) -> list[tuple[int, dict[str, Any]]]:
@@ -511,6 +625,7 @@ def test_torn_write_loses_nothing_that_was_complete(
     clock = Clock()
     src = fresh(tmp_path) / "src.log"
     ring = open_ring(src, clock)
+    opened = src.read_bytes()  # the open record is on disk before any offset is handed out
     recorder = Recorder(ring).install(monkeypatch)
     run = run_workload(ring, clock, ops)
     ring.close()
@@ -522,7 +637,7 @@ def test_torn_write_loses_nothing_that_was_complete(
     torn = recorder.writes[k]
     rewrite = torn.position in {w.position for w in recorder.writes[:k]}
     hypothesis.event(f"torn write: rewrite={rewrite}, older lap held={torn.oldest_offset > 0}")
-    image = bytearray(SIZE)
+    image = bytearray(opened)
     for w in recorder.writes[:k]:
         image[w.position : w.position + BLOCK_SIZE] = w.page
     torn = recorder.writes[k]
@@ -533,8 +648,7 @@ def test_torn_write_loses_nothing_that_was_complete(
     complete_end = recorder.writes[k - 1].next_offset if k else 0
     oldest = torn.oldest_offset
     ring2, have = recovered(path, clock, run)
-    if complete_end:  # no offset handed out before the crash is handed out again
-        assert ring2.next_offset >= torn.next_offset
+    assert ring2.next_offset >= torn.next_offset  # no offset handed out is handed out again
     assert all(have[oldest:complete_end]), "lost a complete record"
     got = recovered_markers(ring2)
     for offset, event in run.markers:
@@ -792,6 +906,28 @@ def test_silent_console_causes_no_writes(tmp_path: Path, monkeypatch: pytest.Mon
     assert io.calls == ["pwrite", "fdatasync"]  # the clean-close record, once at shutdown
 
 
+def test_opening_puts_one_page_on_the_card_before_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open record costs one page write and one fdatasync per open, done before open()
+    returns (before any offset is handed out); the file then ends with it."""
+    path = tmp_path / "p.log"
+    with RingLog.open(path, SIZE) as ring:
+        ring.append(b"earlier\r\n")
+    io = IoCounter(monkeypatch)
+    ring = RingLog.open(path, SIZE)
+    assert io.calls == ["pwrite", "fdatasync"] and ring.stats.syncs == 1
+    page = path.read_bytes()[:BLOCK_SIZE]
+    recs = ringformat.parse_records(page, 0)
+    assert [(r.kind, r.offset) for r in recs] == [
+        (ringformat.KIND_OPEN, 0),  # the first open
+        (ringformat.KIND_DATA, 0),
+        (ringformat.KIND_CLOSE, 9),
+        (ringformat.KIND_OPEN, 9),  # this one
+    ]
+    ring.close()
+
+
 def test_blocks_are_written_only_when_full_until_flush(tmp_path: Path) -> None:
     clock = Clock()
     with open_ring(tmp_path / "p.log", clock, size=64 * BLOCK_SIZE) as ring:
@@ -799,11 +935,12 @@ def test_blocks_are_written_only_when_full_until_flush(tmp_path: Path) -> None:
             ring.append(b"x" * 100)
             clock.now += 0.01
         assert ring.wait_idle(10)
-        assert ring.stats.writes == 30_000 // (BLOCK_SIZE - 48)
+        full = (25 + 30_000) // (BLOCK_SIZE - 48)  # (the first block holds the open record)
+        assert ring.stats.writes == 1 + full  # the open record's page, then the full blocks
         assert ring.dirty
         ring.flush()
         assert ring.wait_idle(10)
-        assert ring.stats.writes == 30_000 // (BLOCK_SIZE - 48) + 1
+        assert ring.stats.writes == 1 + full + 1
         assert not ring.dirty
 
 
@@ -948,7 +1085,7 @@ def test_reads_see_pages_still_queued_for_the_writer(
         times = [clock.now - 100 + k * 7.5 for k in range(20)]
         return held(ring), list(ring.records(0)), [ring.offset_at(t) for t in times]
 
-    assert ring.stats.writes == 0 and ring._writer._queued > 1  # nothing has reached the file yet
+    assert ring.stats.writes == 1 and ring._writer._queued > 1  # only the open record is on disk
     queued = answers()
     assert queued[0] == (0, bytes(ref))
     gate.open.set()
@@ -1127,14 +1264,15 @@ def test_full_pages_wait_to_be_written_together(
     the flush that follows, instead of a write and a writer wake-up each."""
     monkeypatch.setattr(ringwriter, "HOLD", 60.0)
     ring = RingLog.open(tmp_path / "r.log", 64 * BLOCK_SIZE, clock=Clock(), durable=True)
+    assert (ring.stats.write_calls, ring.stats.syncs) == (1, 1)  # the open record
     data = random.Random(3).randbytes(2 * BLOCK_SIZE + 500)
     for i in range(0, len(data), 300):
         ring.append(data[i : i + 300])
     assert held(ring) == (0, data)
-    assert ring.stats.write_calls == 0  # two full pages held
+    assert ring.stats.write_calls == 1  # two full pages held
     ring.flush()
     assert ring.wait_idle(10)
-    assert ring.stats.write_calls == 1 and ring.stats.writes == 3 and ring.stats.syncs == 1
+    assert ring.stats.write_calls == 2 and ring.stats.writes == 4 and ring.stats.syncs == 2
     ring.close()
     with RingLog.open(tmp_path / "r.log", 64 * BLOCK_SIZE, clock=Clock()) as again:
         assert held(again) == (0, data)

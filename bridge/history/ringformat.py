@@ -18,7 +18,9 @@ Then records, back to back; a kind byte of 0 (the zero padding) ends the block. 
 24 bytes, followed by ``length`` payload bytes::
 
     kind    B   1 = console data, 2 = event marker (payload: a JSON object, UTF-8),
-                3 = clean close (payload: one zero byte; written by close())
+                3 = clean close (payload: one zero byte; written by close()),
+                4 = open (payload: one zero byte; written and synced by open(), before it
+                hands out an offset: the writer that follows has the log open from there)
     pad     x
     length  H   payload length (>= 1)
     offset  Q   console offset of the first payload byte (a marker: the offset it sits at)
@@ -31,6 +33,11 @@ handed to the disk, so rewriting the current block on flush only ever adds bytes
 previous write held: a write torn at any byte cannot damage records that were already on disk.
 Mixing the block ``seq`` into every record checksum means stale records from an older lap that
 survive a torn write can never be mistaken for current ones.
+
+A ring was closed cleanly when its newest record is a close record; an open record after it says
+a writer had the ring open since, so a crash that left no page of that writer on disk is still
+seen as one (bridge.history.ringscan). Rings written before kind 4 existed read as before; a
+version that predates it stops reading a block at an open record (the rest of that block).
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ FULL = BLOCK_SIZE - BH - RH  # payload of a data record that fills a block alone
 KIND_DATA = 1
 KIND_MARKER = 2
 KIND_CLOSE = 3
+KIND_OPEN = 4
 
 Page = bytes | bytearray | memoryview | mmap.mmap
 
@@ -114,7 +122,7 @@ def parse_records(page: Page, seq: int) -> list[Rec]:
     end = -1
     while pos + RH < BLOCK_SIZE:
         kind, length, offset, when, crc = REC_HDR.unpack_from(page, pos)
-        if kind not in (KIND_DATA, KIND_MARKER, KIND_CLOSE) or length == 0:
+        if kind not in (KIND_DATA, KIND_MARKER, KIND_CLOSE, KIND_OPEN) or length == 0:
             break
         p = pos + RH
         if p + length > BLOCK_SIZE or offset < end or not math.isfinite(when):

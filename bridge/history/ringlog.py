@@ -22,8 +22,10 @@ it again until the disk works (reads see it meanwhile) and reports the fault onc
 ``health`` (bridge.history.health, bridge.history.ringwriter); ``stats`` counts them.
 
 Crash semantics: a kill -9 loses the block being filled and the queue (QUEUE_PAGES); a power cut
-also the last ``flush_interval``. Offsets go on CRASH_GAP further (ringscan) unless none of this
-process's pages reached the disk: the scan then sees the ring as opened and reuses its offsets.
+also the last ``flush_interval``. After either, offsets go on CRASH_GAP further (ringscan), also
+when none of the process's pages reached the disk: before it returns, open() has an open record
+written and synced (one page, one fdatasync; a failed write is kept and retried as any page is),
+so the newest record on disk is a close record only after a clean close().
 
 Consecutive appends within ``time_resolution`` seconds share one record (times are kept at that
 granularity). Disk use is exactly ``nblocks * 4096 <= size`` bytes. The ring keeps the newest
@@ -53,6 +55,7 @@ from bridge.history.ringformat import (
     KIND_CLOSE,
     KIND_DATA,
     KIND_MARKER,
+    KIND_OPEN,
     MAX_MARKER_BYTES,
     RH,
     LogRecord,
@@ -110,6 +113,7 @@ class RingLog:
         *,
         time_resolution: float = 1.0,
         durable: bool = True,
+        record_open: bool = True,
     ) -> RingLog:
         """Create and preallocate the ring file, or open it and recover its records by scanning.
 
@@ -119,7 +123,9 @@ class RingLog:
         ``durable``: pages are written with O_DIRECT where the file system allows it and flush()
         has the writer thread call fdatasync (bridge.history.ringwriter). Only tests turn it off.
 
-        Opening scans (and, for a new file, preallocates) the whole file on the calling thread.
+        Opening scans (and, for a new file, preallocates) the whole file on the calling thread,
+        then writes the open record (``record_open``; see Crash semantics) and waits until the
+        writer has written and synced it. A resize's copies do without: they hand out no offset.
         """
         nblocks = size // BLOCK_SIZE
         if nblocks < 2:
@@ -142,6 +148,10 @@ class RingLog:
             return cls.open(
                 path, size, flush_interval, clock, time_resolution=time_resolution, durable=durable
             )
+        if record_open:  # on the card before an offset is handed out (see Crash semantics)
+            ring._put(KIND_OPEN, b"\x00", ring._next, ring._clock(), coalesce=False)
+            ring._flush_submit()
+            ring._writer.wait_idle()
         return ring
 
     def _recover(self) -> int | None:
@@ -165,8 +175,10 @@ class RingLog:
         tmp.unlink(missing_ok=True)
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         with (
-            cls.open(path, old_nblocks * BLOCK_SIZE, durable=durable) as old,
-            cls.open(tmp, size, time_resolution=time_resolution, durable=durable) as new,
+            cls.open(path, old_nblocks * BLOCK_SIZE, durable=durable, record_open=False) as old,
+            cls.open(
+                tmp, size, time_resolution=time_resolution, durable=durable, record_open=False
+            ) as new,
         ):
             for rec in old.records(old.oldest_offset):
                 kind, data = KIND_DATA, rec.data

@@ -19,6 +19,7 @@ from bridge.history.ringformat import (
     KIND_CLOSE,
     KIND_DATA,
     KIND_MARKER,
+    KIND_OPEN,
     LogRecord,
     Rec,
     marker,
@@ -104,7 +105,7 @@ def records(
             if end is not None and rec.offset >= end:
                 stop = True
                 break
-            if rec.kind == KIND_CLOSE:
+            if rec.kind in (KIND_CLOSE, KIND_OPEN):  # no console bytes, no event
                 idx = j + 1
                 continue
             if rec.kind == KIND_MARKER:
@@ -178,6 +179,6 @@ def offset_at(index: BlockIndex, page_of: PageSource, when: float, end: int) -> 
         if block.tmax >= when:
             _page, recs = page_of(block)
             for rec in recs:
-                if rec.time >= when and rec.kind != KIND_CLOSE:
+                if rec.time >= when and rec.kind not in (KIND_CLOSE, KIND_OPEN):
                     return rec.offset
     return end

@@ -7,7 +7,9 @@ highest recovered offset, and when the newest record is not a clean-close record
 cut) CRASH_GAP (2 MiB) further on, so offsets handed out for data that never reached the disk are
 not reused: CRASH_GAP covers everything a kill -9 can lose (the writer queue plus one block, see
 bridge.history.ringwriter) and a power cut's ``flush_interval`` (5 s) at up to 3 Mbaud. Readers see
-the gap as a hole.
+the gap as a hole. Every writer puts an open record on disk before it hands out an offset, so a
+crash that left none of its pages there is still seen as one: the newest record is that open
+record, not the close record (or nothing) the ring held before.
 
 A file shorter than its geometry is preallocated (zeros written once, page by page). A file whose
 newest block was written with another ``nblocks`` is reported (`Recovered.other_geometry`) for the
