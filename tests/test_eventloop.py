@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,29 @@ async def test_serve_says_which_loop_it_runs_on(tmp_path: Path, choice: str) -> 
         assert served.count(f"event loop: {choice}") == 1
     finally:
         assert await served.stop() == 0
+
+
+def test_the_demo_runs_on_the_loop_serve_runs_on() -> None:
+    wanted = eventloop.chosen()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "demo", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stderr is not None
+        seen = []
+        for line in demo.stderr:  # ends when the demo exits: bounded
+            seen.append(line)
+            if "listening on https://" in line:
+                break
+        assert sum(f"event loop: {wanted}" in line for line in seen) == 1, seen
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.communicate()
+            raise AssertionError("the demo did not stop on SIGINT") from None

@@ -212,11 +212,16 @@ async def run_demo_async(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from bridge.service import eventloop
     from bridge.service.cli import setup_logging
 
     setup_logging(args.verbose)
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run_demo_async(args))
+        try:
+            return eventloop.run(run_demo_async(args))  # the loop `serve` runs on
+        except eventloop.LoopChoiceError as exc:
+            print(f"serial-bridge: cannot start: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
