@@ -81,7 +81,7 @@ async def test_the_suite_runs_on_the_loop_asked_for() -> None:
 
 @pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
 async def test_serve_says_which_loop_it_runs_on(tmp_path: Path, choice: str) -> None:
-    """The first thing to know when a problem might be the loop's: one line at start."""
+    """The first thing to know when a problem might be the loop's: one line once it listens."""
     if choice == "uvloop":
         pytest.importorskip("uvloop")
     state = tmp_path / "state"

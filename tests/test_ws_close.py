@@ -98,7 +98,7 @@ async def test_ended_console_completes_the_close_handshake(
     consoles = bridge.daemon.state.consoles
     ws = await raw_console(bridge)
     session = next(iter(consoles))
-    await consoles.end([session], "token revoked", going_away)
+    ending = asyncio.create_task(consoles.end([session], "token revoked", going_away))
     code, reason = await ws.until_close()
     assert (code, reason) == (1001 if going_away else 1008, "token revoked")
     assert len(consoles) == 1  # still waiting for the client's close frame
@@ -107,6 +107,7 @@ async def test_ended_console_completes_the_close_handshake(
     ws.send(0x8, struct.pack("!H", code))
     assert await ws.rest() == b""  # close_notify and FIN, no reset, no frame after the close
     await wait_for(lambda: len(consoles) == 0)
+    await ending  # end() returns once the session is over
 
 
 async def test_aiohttp_client_reads_the_code_and_its_reply_goes_out(bridge: Bridge) -> None:
@@ -117,12 +118,14 @@ async def test_aiohttp_client_reads_the_code_and_its_reply_goes_out(bridge: Brid
     async with bridge.session(token_user="operator") as s:
         ws = await bridge.ws(s, "lab", mode="rw")
         await WsReader(ws).message("hello")
-        await consoles.end(list(consoles), "token revoked")
+        # end() returns once the session is over, which takes the client's reply: another task
+        ending = asyncio.create_task(consoles.end(list(consoles), "token revoked"))
         msg = await ws.receive(timeout=10)
         while msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             msg = await ws.receive(timeout=10)
         assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1008, "token revoked")
         assert ws.exception() is None and ws.close_code == 1008
+        await ending
     await wait_for(lambda: len(consoles) == 0)
 
 

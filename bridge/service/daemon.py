@@ -37,7 +37,7 @@ from bridge.hw.factory import make_lines, make_transport
 from bridge.hw.interfaces import ConsoleTransport
 from bridge.hw.lines import LineSetupError
 from bridge.rfc2217.server import EndpointError, Rfc2217Server
-from bridge.service import sdnotify
+from bridge.service import eventloop, sdnotify
 from bridge.service.clockwatch import watch_clock
 from bridge.service.listener import BoundedTLSSite, limit_tls_read_buffers
 from bridge.service.startup import StartupError, bind_error, check_tls_files, describe, step
@@ -207,6 +207,7 @@ class Daemon:
             except OSError as exc:
                 raise bind_error(_hostport((host, port_number)), exc) from exc
             self.addresses += [sock.getsockname()[:2] for sock in site.sockets]
+        log.info("event loop: %s", eventloop.running())  # started: the listeners are bound
         log.info("listening on %s", ", ".join(f"https://{_hostport(a)}" for a in self.addresses))
         self.rfc2217 = Rfc2217Server(ports, audit)
         try:

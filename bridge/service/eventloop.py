@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import logging
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 ENV = "SERIAL_BRIDGE_LOOP"
 CHOICES = ("asyncio", "uvloop")
 
@@ -52,6 +50,11 @@ def loop_factory(choice: str | None = None) -> Callable[[], asyncio.AbstractEven
     return factory
 
 
+def running() -> str:
+    """The running loop's name, as SERIAL_BRIDGE_LOOP spells it (the daemon logs it)."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run(main) on the chosen loop (LoopChoiceError before anything runs)."""
     try:
@@ -59,6 +62,5 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except LoopChoiceError:
         main.close()
         raise
-    log.info("event loop: %s", "asyncio" if factory is None else "uvloop")
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

@@ -18,12 +18,15 @@ the TCP connection (TLS close_notify, FIN): the client reads the code and reason
 does not meet a closed socket. `end()` comes from another task (the credential watcher, a logout,
 a reload) while the session's reader waits for a frame; aiohttp's `close()` called from there
 breaks the reader's wait and then drops the connection at once, so `end()` stops the reader and
-the session's own task closes.
+the session's own task closes. `end()` returns once the session has left the port (its writer's
+`on_release` sent), at most CLOSE_WAIT + END_MARGIN later: a stopping bridge closes its ports
+right after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from functools import partial
@@ -50,6 +53,7 @@ REPLY_MARGIN = 256 * 1024  # over client_buffer: output alone never queues this 
 MAX_ERROR = 200
 ERROR_BURST, ERROR_RATE = 10, 5.0
 CLOSE_WAIT = 2.0  # seconds a closing server waits for the client's close frame, then drops it
+END_MARGIN = 1.0  # end() waits CLOSE_WAIT + this at most for the session to be over
 _detached: set[asyncio.Task[None]] = set()  # actions of closed sessions, running to their end
 
 
@@ -141,6 +145,7 @@ class ConsoleSession:
         self._closing: tuple[int, bytes] | None = None  # the close frame to send: code, reason
         self._reader: asyncio.Task[None] | None = None
         self._idle = False  # the reader waits for a frame (not in the middle of handling one)
+        self.over = asyncio.Event()  # closed and detached from the port
 
     # as an OpenConsole (bridge.access.consoles)
     @property
@@ -158,10 +163,13 @@ class ConsoleSession:
     async def end(self, reason: str, going_away: bool = False) -> None:
         """Close 1008 (policy: the credential ended) or 1001 (going away) with `reason`: the
         reader stops (at once if it waits for a frame, else after the one it handles) and `run`
-        closes. Output stops now."""
+        closes. Output stops now; returns once the session is over (at most CLOSE_WAIT +
+        END_MARGIN later)."""
         self._close_with(1001 if going_away else 1008, reason)
         if self._idle and self._reader is not None:
             self._reader.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.over.wait(), CLOSE_WAIT + END_MARGIN)
 
     def _close_with(self, code: int, reason: str) -> None:
         if self._closing is None and not self.ws.closed:
@@ -360,7 +368,10 @@ async def console(request: web.Request) -> web.StreamResponse:
         await session.run()
     finally:
         state.consoles.remove(session)
-        await session.close()
+        try:
+            await session.close()
+        finally:
+            session.over.set()
     return ws
 
 
