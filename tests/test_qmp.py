@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ class FakeQemu:
         self.nmi_started = asyncio.Event()
         self.no_nmi = False  # like qemu-system-aarch64 -M virt
         self.greet = True
+        self.before_greeting: list[dict[str, Any]] = []  # sent ahead of the greeting
         self.hang_up_after_greeting = False
         self.server: asyncio.Server | None = None
         self.clients: list[asyncio.StreamWriter] = []
@@ -51,6 +53,8 @@ class FakeQemu:
         if not self.greet:
             await reader.read()  # say nothing at all
             return
+        for message in self.before_greeting:
+            send(message)
         send(GREETING)
         if self.hang_up_after_greeting:
             writer.close()
@@ -210,3 +214,24 @@ async def test_qemu_hanging_up_is_device_unavailable(qemu: FakeQemu) -> None:
     qemu.hang_up_after_greeting = True
     with pytest.raises(DeviceUnavailable, match=r"qmp\.sock: (Connection lost|QEMU closed)"):
         await QmpLines(str(qemu.path)).nmi()
+
+
+async def test_a_late_reply_of_the_previous_connection_before_the_greeting_is_skipped(
+    qemu: FakeQemu,
+) -> None:
+    """QEMU's monitor outlives a connection: what it answered or announced to the client before
+    can reach the next one ahead of its greeting (a power-status poll in CI met it)."""
+    qemu.before_greeting = [
+        {"return": {"status": "shutdown", "running": False}, "id": "sb-2"},
+        {"event": "SHUTDOWN", "data": {}, "timestamp": {"seconds": 1, "microseconds": 0}},
+    ]
+    async with QmpClient(str(qemu.path)) as qmp:
+        assert qmp.greeting == GREETING
+        assert await qmp.execute("query-status") == {"status": "running", "running": True}
+
+
+async def test_a_server_that_is_not_qmp_is_named_in_the_error(qemu: FakeQemu) -> None:
+    qemu.before_greeting = [{"hello": "I am not QEMU"}]
+    wanted = re.escape('not a QMP greeting: {"hello": "I am not QEMU"}')
+    with pytest.raises(DeviceUnavailable, match=wanted):
+        await qmp_execute(str(qemu.path), "query-status")

@@ -53,9 +53,7 @@ class QmpClient:
                 self._reader, self._writer = await asyncio.open_unix_connection(
                     self.path, limit=_LINE_LIMIT
                 )
-                self.greeting = await self._read_message()
-                if "QMP" not in self.greeting:
-                    raise DeviceUnavailable(f"QMP {self.path}: not a QMP greeting")
+                self.greeting = await self._read_greeting()
                 await self._command("qmp_capabilities", None)
         except TimeoutError as exc:
             await self.close()
@@ -127,6 +125,19 @@ class QmpClient:
                     raise QmpError(command, str(err.get("class")), str(err.get("desc")))
                 if "return" in reply:
                     return reply["return"]
+
+    async def _read_greeting(self) -> dict[str, Any]:
+        """The greeting, after any late reply or event of the monitor's previous connection:
+        QEMU's monitor outlives a connection, and what it answers a client that just left can
+        reach the next one first (seen once in CI, polling power status right after a power-off)."""
+        while True:
+            message = await self._read_message()
+            if "QMP" in message:
+                return message
+            if not {"return", "error", "event"} & message.keys():
+                raise DeviceUnavailable(
+                    f"QMP {self.path}: not a QMP greeting: {json.dumps(message)[:80]}"
+                )
 
     async def _read_message(self) -> dict[str, Any]:
         assert self._reader is not None
