@@ -52,17 +52,21 @@ async def cli_log(served: Served, *args: str) -> bytes:
     return out
 
 
+def served_lab(tmp_path: Path, state: Path, pty_device: PtyDevice, flush: str) -> Served:
+    """`serve` (not started) with one port, `lab`, on the pty, its log flushed every `flush`."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "{state}"\n'
+        f'[log]\nflush_interval = "{flush}"\n[ports.lab]\ndevice = "{pty_device.path}"\n'
+    )
+    return Served(config, make_state(state))
+
+
 async def test_kill_9_then_restart_shows_the_output_from_before_the_crash(
     tmp_path: Path, pty_device: PtyDevice
 ) -> None:
     state = tmp_path / "state"
-    token = make_state(state)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "{state}"\n'
-        f'[log]\nflush_interval = "100ms"\n[ports.lab]\ndevice = "{pty_device.path}"\n'
-    )
-    served = Served(config, token)
+    served = served_lab(tmp_path, state, pty_device, "100ms")
     await served.start()
     await served.wait_port("lab", lambda p: p["online"])
     pty_device.write(b"booting\r\n" + BEFORE)
@@ -157,14 +161,8 @@ async def test_kill_9_before_the_first_flush_after_a_clean_restart_reuses_no_off
     offsets the killed daemon handed out are not handed out again (its open record, on the card
     before it handed out any)."""
     state = tmp_path / "state"
-    token = make_state(state)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "{state}"\n'
-        f'[log]\nflush_interval = "1h"\n[ports.lab]\ndevice = "{pty_device.path}"\n'
-    )
     ring = state / "logs" / "lab.ring"
-    served = Served(config, token)
+    served = served_lab(tmp_path, state, pty_device, "1h")
     await served.start()
     await served.wait_port("lab", lambda p: p["online"])
     pty_device.write(BEFORE)

@@ -337,6 +337,22 @@ def test_the_last_n_bytes_are_counted_across_holes(tmp_path: Path) -> None:
         assert ring.start_of_last(10, end=0) is None
 
 
+def offsets_until_killed(script: str, path: Path, lines: int) -> list[int]:
+    """Run `script` (argv[1]: `path`) in a child process, read the first `lines` offsets it
+    prints, then kill -9 it at once."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        return [int(child.stdout.readline()) for _ in range(lines)]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
 def test_kill_9_keeps_everything_flushed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
@@ -354,17 +370,7 @@ def test_kill_9_keeps_everything_flushed(tmp_path: Path) -> None:
         """
     )
     path = tmp_path / "p.log"
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        flushed = int(child.stdout.readline())
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+    flushed = offsets_until_killed(script, path, 1)[-1]
     expected = b"".join(b"line %d\r\n" % i for i in range(2000))
     assert flushed == len(expected) + len(b"lost in the crash")
     with RingLog.open(path, 16 * 4096) as ring:
@@ -395,18 +401,8 @@ def test_kill_9_while_the_writer_thread_is_busy(tmp_path: Path) -> None:
         """
     )
     path = tmp_path / "p.log"
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        # killed after 1 to 40 flushes: early on, none of its pages may have reached the disk yet
-        handed_out = max(int(child.stdout.readline()) for _ in range(random.randint(1, 40)))
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+    # killed after 1 to 40 flushes: early on, none of its pages may have reached the disk yet
+    handed_out = max(offsets_until_killed(script, path, random.randint(1, 40)))
     expected = b"".join(b"line %d\r\n" % i for i in range(handed_out // 6 + 1000))
     with RingLog.open(path, 64 * 4096) as ring:
         assert ring.next_offset >= handed_out
@@ -443,17 +439,7 @@ def test_kill_9_before_any_page_of_the_process_reached_the_disk_reuses_no_offset
         time.sleep(60)
         """
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        handed_out = int(child.stdout.readline())
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+    handed_out = offsets_until_killed(script, path, 1)[-1]
     assert handed_out == len(earlier) + len(b"handed out, never written")
     assert b"handed out" not in path.read_bytes()  # no page of the killed process was written
     with RingLog.open(path, 16 * BLOCK_SIZE) as ring:
