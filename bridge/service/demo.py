@@ -155,6 +155,14 @@ async def run_demo_async(args: argparse.Namespace) -> int:
                 config = demo_config(state_dir, port)
             password = secrets.token_urlsafe(12)
             UserStore(state_dir).add("admin", "admin", hash_password(password), None)
+            # Ctrl-C is ours from before the bridge starts until the demo stops: one pressed (or
+            # sent by a script) while it starts or as soon as the banner shows is not lost (a
+            # shell that starts the demo in the background has SIGINT ignored until this handler
+            # replaces that; one that came while the daemon started was lost, seen in CI)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
             daemon = Daemon(config)
             await daemon.start()
             stack.push_async_callback(daemon.stop, "the demo is stopping")
@@ -182,13 +190,6 @@ async def run_demo_async(args: argparse.Namespace) -> int:
                     f"                {cmd} nmi {target} {auth}\n"
                     f"                {cmd} power {target} reset {auth}\n"
                 )
-            # Ctrl-C is ours before the banner says "Press Ctrl-C": one pressed (or sent by a
-            # script) as soon as the banner shows is not lost (a shell that starts the demo in
-            # the background has SIGINT ignored until this handler replaces that)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, stop.set)
             print(
                 f"\nserial-bridge demo is running (state in {state_dir}, removed on exit)\n\n"
                 f"  browser:      {url}/  (accept the self-signed certificate)\n"
