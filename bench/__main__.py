@@ -137,8 +137,6 @@ def build_systems(names: list[str], workdir: Path, notes: list[str]) -> dict[str
                 notes.append(f"{name}: skipped, `serial-bridge serve` not available ({why})")
                 continue
             systems[name] = SerialBridge(workdir, log_enabled=name.endswith("+log"), name=name)
-            if name in LOOP_SYSTEMS:
-                systems[name].extra_env = {"SERIAL_BRIDGE_LOOP": name.partition("+")[2]}
     return systems
 
 

@@ -92,9 +92,6 @@ class ScaleBridge(SerialBridge):
         self.bauds: list[int] = []
         self.paths: list[str] = []
         self.echo_path = ""
-        for loop in ("asyncio", "uvloop"):
-            if f"+{loop}" in name:
-                self.extra_env = {"SERIAL_BRIDGE_LOOP": loop}
         if "@" in name:  # serial-bridge@REV: that git revision's bridge/
             rev = name.split("@", 1)[1]
             self.code = export_revision(rev, workdir / "code")

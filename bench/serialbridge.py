@@ -140,6 +140,12 @@ def parse_token(stdout: str) -> str:
     return found[-1]
 
 
+def loop_env(name: str) -> dict[str, str]:
+    """SERIAL_BRIDGE_LOOP for a system named `...+asyncio` or `...+uvloop` (else the default)."""
+    loops = [loop for loop in ("asyncio", "uvloop") if f"+{loop}" in name]
+    return {"SERIAL_BRIDGE_LOOP": loops[0]} if loops else {}
+
+
 class SerialBridge:
     """One serial-bridge configuration (ring log on or off)."""
 
@@ -156,7 +162,6 @@ class SerialBridge:
         self.t_spawn = 0.0
         self.device = ""
         self.tls = True
-        self.extra_env: dict[str, str] = {}  # e.g. SERIAL_BRIDGE_LOOP=uvloop
         self.code: Path | None = None  # run bridge/ from here (another revision) instead
 
     def _cmd(self) -> list[str]:
@@ -164,8 +169,8 @@ class SerialBridge:
 
     def _where(self) -> tuple[Path, dict[str, str]]:
         if self.code is None:
-            return _cwd(), {**_env(), **self.extra_env}
-        return self.code, {**os.environ, "PYTHONPATH": str(self.code), **self.extra_env}
+            return _cwd(), {**_env(), **loop_env(self.name)}
+        return self.code, {**os.environ, "PYTHONPATH": str(self.code), **loop_env(self.name)}
 
     @property
     def pid(self) -> int:
