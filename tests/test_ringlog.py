@@ -99,10 +99,10 @@ class Recorder:
 
         def record(*jobs: Any) -> None:
             r = self.ring
-            for job in jobs:
-                if job.seq >= 0:  # (an append hands over all the pages it filled at its end)
-                    end = job.recs[-1].end  # complete once this page is written
-                    self.writes.append(Write(job.position, job.page, end, r.oldest_offset))
+            pages = [page for job in jobs if job.seq >= 0 for page in job.pages()]
+            for page in pages:  # (an append hands over all the pages it filled at its end)
+                end = page.recs[-1].end  # complete once this page is written
+                self.writes.append(Write(page.position, page.page, end, r.oldest_offset))
             submit(*jobs)
 
         def record_written(position: int, data: bytes | memoryview) -> None:
@@ -170,20 +170,34 @@ def test_wraparound_keeps_exactly_the_newest_bytes(tmp_path: Path) -> None:
         assert held(ring) == (start + per_block, data[per_block:])
 
 
-def test_whole_blocks_in_one_append_are_the_blocks_small_appends_build(tmp_path: Path) -> None:
-    """Appends spanning whole blocks take a fast path that builds each block in one go: the file,
-    the reads (while in memory, queued or on disk, across wraparounds) and the recovery are exactly
-    those of the same bytes appended in pieces smaller than a block."""
+@pytest.mark.parametrize("blocks", [16, 160])
+def test_whole_blocks_in_one_append_are_the_blocks_small_appends_build(
+    tmp_path: Path, blocks: int
+) -> None:
+    """Appends spanning whole blocks take a fast path that builds them in one go, as runs of up
+    to RUN_PAGES consecutive pages (160 blocks: runs cut at 64 pages and at the file's end): the
+    file, the reads (while in memory, queued or on disk, across wraparounds) and the recovery
+    are exactly those of the same bytes appended in pieces smaller than a block."""
     clock = Clock()
     rnd = random.Random(19)
     full = BLOCK_SIZE - 2 * 24  # a data record that fills a block alone
-    size = 16 * BLOCK_SIZE
+    size = blocks * BLOCK_SIZE
     fast = open_ring(tmp_path / "fast.log", clock, size=size)
     slow = open_ring(tmp_path / "slow.log", clock, size=size)
     fast.keep(2 * BLOCK_SIZE)  # the older blocks are read from the queue or the file
     slow.keep(2 * BLOCK_SIZE)
     ref = bytearray()
-    sizes = [full, 2 * full, full - 1, full + 1, 3 * full + 7, 5 * full, 300, 17 * full + 5]
+    sizes = [
+        full,
+        2 * full,
+        full - 1,
+        full + 1,
+        3 * full + 7,
+        5 * full,
+        300,
+        (blocks + 1) * full + 5,
+    ]
+    sizes += [ringwriter.RUN_PAGES * full + 9 * full] if blocks > ringwriter.RUN_PAGES else []
     for n in sizes * 4:
         chunk = rnd.randbytes(n)
         fast.append(chunk)

@@ -146,22 +146,29 @@ def seal_record(page: bytearray | mmap.mmap, seq: int, rec: Rec) -> None:
     CRC.pack_into(page, rec.pos - 4, crc)
 
 
-def full_blocks(nblocks: int, seq: int, offset: int, when: float, payload: Page) -> list[bytes]:
-    """The images of blocks ``seq``, ``seq + 1``, ... each holding one data record of ``FULL``
-    bytes of ``payload`` (a whole number of them): the bytes block_header() and seal_record()
-    make of them, built in one go (no zero-fill, no page to patch: a console writing fast fills
-    most blocks so)."""
-    rec, seq_of, crc_of = _REC.pack, SEQ.pack, CRC.pack
-    pages = []
+_SEQ_REC = struct.Struct("<Q" + _REC.format[1:])  # what a record's crc covers before its payload
+_HEAD_CRC_REC = struct.Struct("<I" + REC_HDR.format[1:])  # a block header's crc, a record header
+
+
+def full_blocks(nblocks: int, seq: int, offset: int, when: float, payload: Page) -> bytes:
+    """The image of blocks ``seq``, ``seq + 1``, ... (consecutive pages) each holding one data
+    record of ``FULL`` bytes of ``payload`` (a whole number of them): the bytes block_header()
+    and seal_record() make of them, built in one go (no zero-fill, no page to patch: a console
+    writing fast fills most blocks so)."""
+    head_of, seq_rec, tail_of = _HEAD.pack, _SEQ_REC.pack, _HEAD_CRC_REC.pack
+    parts: list[bytes | memoryview] = []
+    add = parts.append
     view = memoryview(payload)
     for at in range(0, len(view), FULL):
-        r = rec(KIND_DATA, FULL, offset, when)
+        head = head_of(MAGIC, VERSION, nblocks, seq)
         body = view[at : at + FULL]
-        crc = crc32(body, crc32(r, crc32(seq_of(seq))))
-        pages.append(b"".join((block_header(nblocks, seq), r, crc_of(crc), body)))
+        crc = crc32(body, crc32(seq_rec(seq, KIND_DATA, FULL, offset, when)))
+        add(head)
+        add(tail_of(crc32(head), KIND_DATA, FULL, offset, when, crc))
+        add(body)
         seq += 1
         offset += FULL
-    return pages
+    return b"".join(parts)
 
 
 def marker(page: Page, rec: Rec) -> dict[str, Any]:

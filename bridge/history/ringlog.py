@@ -43,7 +43,6 @@ import json
 import mmap
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,9 +60,10 @@ from bridge.history.ringformat import (
     LogRecord,
     Rec,
 )
+from bridge.history.ringjob import SYNC, Job, RecentPages
 from bridge.history.ringscan import CRASH_GAP, Block, open_locked, scan
 from bridge.history.ringstats import WriteStats
-from bridge.history.ringwriter import QUEUE_PAGES, SYNC, Job, PageWriter
+from bridge.history.ringwriter import QUEUE_PAGES, PageWriter
 
 __all__ = ["BLOCK_SIZE", "CRASH_GAP", "QUEUE_PAGES", "LogRecord", "RingLog", "WriteStats"]
 
@@ -97,7 +97,7 @@ class RingLog:
         self._clean = False  # the newest record is a close record: nothing new since
         self.crash_gap: tuple[int, int] | None = None  # offsets skipped by recovery after a crash
         self._cache: tuple[int, bytes, list[Rec]] | None = None
-        self._recent: deque[Job] = deque(maxlen=1)  # newest page images handed over (see keep)
+        self._recent = RecentPages()  # newest page images handed over (see keep)
         self._writer = PageWriter(fd, path, durable)
         self.stats: WriteStats = self._writer.stats
         self.health = self._writer.health
@@ -211,8 +211,11 @@ class RingLog:
     def keep(self, nbytes: int) -> None:
         """Keep the page images of the newest ``nbytes`` (whole pages) in memory once written:
         recent history (replays, clients catching up) is read without the file. They are the
-        images built for the writer, so this is the port's only in-memory copy of its output."""
-        self._recent = deque(self._recent, maxlen=max(1, -(-nbytes // BLOCK_SIZE)))
+        images built for the writer, so this is the port's only in-memory copy of its output
+        (a fast console's are built in runs of up to RUN_PAGES pages, and a run's memory goes
+        with its last page kept: up to RUN_PAGES - 1 pages more)."""
+        self._recent.limit = max(1, -(-nbytes // BLOCK_SIZE))
+        self._recent.trim()
 
     # ------------------------------------------------------------------ writing
     def append(self, data: bytes | bytearray | memoryview) -> None:
@@ -311,9 +314,7 @@ class RingLog:
 
     def _hand_over(self, *jobs: Job) -> None:
         """Hand page images to the writer thread, and keep them among the newest (see keep)."""
-        if self._recent and self._recent[-1].seq == jobs[0].seq:
-            self._recent.pop()  # an older image of the partial block a flush wrote
-        self._recent.extend(jobs)
+        self._recent.add(jobs)
         self._writer.submit(*jobs)
         self._unsynced = True
 
@@ -367,15 +368,12 @@ class RingLog:
             raise ValueError("ring log is closed")
 
     # ------------------------------------------------------------------ reading
-    def _block_data(self, b: Block) -> tuple[bytes | mmap.mmap, list[Rec]]:
+    def _block_data(self, b: Block) -> tuple[bytes | memoryview | mmap.mmap, list[Rec]]:
         p = self._pend
         if p is not None and p.seq == b.seq:
             return p.page, p.recs
-        i = b.seq - self._recent[0].seq if self._recent else -1
-        if 0 <= i < len(self._recent) and (kept := self._recent[i]).seq == b.seq:
-            return kept.page, kept.recs
-        if (job := self._writer.in_flight(b.seq)) is not None:
-            return job.page, job.recs
+        if (image := self._recent.image(b.seq) or self._writer.in_flight(b.seq)) is not None:
+            return image
         if self._cache is None or self._cache[0] != b.seq:
             self._cache = (b.seq, *ringread.read_block(self._fd, self._n, b.seq))
         return self._cache[1], self._cache[2]

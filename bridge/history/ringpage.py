@@ -12,16 +12,15 @@ from bridge.history.ringformat import (
     BH,
     BLOCK_SIZE,
     FULL,
-    KIND_DATA,
-    RH,
     Rec,
     block_header,
     full_blocks,
     seal_record,
 )
+from bridge.history.ringjob import Job
 from bridge.history.ringread import BlockIndex
 from bridge.history.ringscan import Block, Resume
-from bridge.history.ringwriter import Job
+from bridge.history.ringwriter import RUN_PAGES
 
 _ZEROS = bytes(BLOCK_SIZE)
 
@@ -67,13 +66,19 @@ def full_jobs(
     """The ring's append fast path for data that fills fresh blocks: blocks ``first``,
     ``first + 1``, ... (at most a ring's worth) each holding one data record of FULL bytes of
     ``payload`` from ``offset`` on, as the general path would build them, as jobs for the
-    writer; their entries join ``blocks`` (those of the blocks whose positions they refill go)."""
-    pages = full_blocks(nblocks, first, offset, when, payload)
-    blocks.drop_through(first + len(pages) - 1 - nblocks)  # their positions are being refilled
-    jobs = []
-    for seq, page in enumerate(pages, first):
-        blocks.append(Block(seq, offset, offset + FULL, when, FULL))
-        recs = [Rec(KIND_DATA, offset, when, BH + RH, FULL)]
-        jobs.append(Job(seq, (seq % nblocks) * BLOCK_SIZE, page, recs, BLOCK_SIZE, False))
-        offset += FULL
+    writer: runs of consecutive positions, at most RUN_PAGES pages each; their entries join
+    ``blocks`` (those of the blocks whose positions they refill go)."""
+    count = len(payload) // FULL
+    blocks.drop_through(first + count - 1 - nblocks)  # their positions are being refilled
+    jobs, items = [], blocks.items
+    seq, end = first, first + count
+    while seq < end:
+        n = min(end - seq, RUN_PAGES, nblocks - seq % nblocks)  # (a run stops at the file's end)
+        at = (seq - first) * FULL
+        image = full_blocks(nblocks, seq, offset, when, payload[at : at + n * FULL])
+        jobs.append(Job(seq, (seq % nblocks) * BLOCK_SIZE, image, [], BLOCK_SIZE, False, n))
+        for s in range(seq, seq + n):
+            items.append(Block(s, offset, offset + FULL, when, FULL))
+            offset += FULL
+        seq += n
     return jobs

@@ -28,7 +28,7 @@ from bridge.history.ringformat import (
 )
 from bridge.history.ringscan import Block
 
-PageSource = Callable[[Block], tuple[bytes | mmap.mmap, list[Rec]]]
+PageSource = Callable[[Block], tuple[bytes | memoryview | mmap.mmap, list[Rec]]]
 
 
 class BlockIndex:

@@ -55,11 +55,11 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.history.health import WriteHealth
 from bridge.history.ringformat import BLOCK_SIZE, Rec
+from bridge.history.ringjob import Job
 from bridge.history.ringstats import WriteStats
 
 log = logging.getLogger(__name__)
@@ -71,21 +71,6 @@ RETRY_INTERVAL = 1.0  # seconds between attempts to write them while writes fail
 HOLD = 1.0  # a full page waits up to this long for more, so they go out as one write...
 BATCH_PAGES = 64  # ...unless a run of this many waits, or a flush or sync (or wait_idle) asks
 THREAD_NAME = "ringlog writer"
-
-
-@dataclass(slots=True)
-class Job:
-    """A page image handed to the writer (``seq`` -1: an fdatasync after every earlier job)."""
-
-    seq: int
-    position: int
-    page: bytes
-    recs: list[Rec]  # the records of the page, for reads while it is in flight
-    used: int
-    flush: bool  # written for a flush (the partial block; SYNC follows)
-
-
-SYNC = Job(-1, 0, b"", [], 0, True)
 
 
 _cv = threading.Condition()  # guards the service below and the state of every PageWriter
@@ -198,33 +183,38 @@ class PageWriter:
         Several at once (a fast console's full pages) take the lock and wake the thread once."""
         with _cv:
             for job in jobs:
-                if job.seq >= 0 and self._queued >= QUEUE_PAGES:
+                if job.seq >= 0 and self._queued + job.count > QUEUE_PAGES:
                     # Last resort (the device is a full queue behind): wait, never drop data.
                     began = time.perf_counter()
                     self._urgent = True  # what is queued is due now: the thread makes room
                     _service.enlist(self, -math.inf)
-                    while self._queued >= QUEUE_PAGES:
+                    while self._queued + job.count > QUEUE_PAGES:
                         _cv.wait()
                     self.stats.stalls += 1
                     self.stats.stall_seconds += time.perf_counter() - began
                 if not self._jobs:
                     self._since = time.monotonic()
                 self._jobs.append(job)
-                if job.seq >= 0:
+                if job.count > 1:
+                    self._inflight.update(dict.fromkeys(range(job.seq, job.seq + job.count), job))
+                elif job.seq >= 0:
                     self._inflight[job.seq] = job
-                    self._queued += 1
+                if job.seq >= 0:
+                    self._queued += job.count
                 self._urgent |= job.seq < 0 or job.flush
             self.stats.queue_peak = max(self.stats.queue_peak, self._queued)
-            self._urgent |= len(self._jobs) >= BATCH_PAGES
+            self._urgent |= self._queued >= BATCH_PAGES
             # (a later job of a queue is due no sooner than its first, which the thread knows)
             _service.enlist(self, -math.inf if self._urgent else self._since + HOLD)
 
-    def in_flight(self, seq: int) -> Job | None:
-        """The newest image of block ``seq`` handed over and not yet in the file, if any."""
+    def in_flight(self, seq: int) -> tuple[bytes | memoryview, list[Rec]] | None:
+        """The newest image of block ``seq`` handed over and not yet in the file, if any, with
+        its records."""
         if not self._inflight:
             return None
         with _cv:  # the thread removes a job only once its page is in the file
-            return self._inflight.get(seq)
+            job = self._inflight.get(seq)
+        return None if job is None else job.image(seq)
 
     @property
     def retrying(self) -> int:
@@ -261,7 +251,7 @@ class PageWriter:
         if self._stopping:
             return -math.inf
         if self._jobs:
-            if self._urgent or len(self._jobs) >= BATCH_PAGES:
+            if self._urgent or self._queued >= BATCH_PAGES:
                 return -math.inf
             return self._since + HOLD
         return self._retry_at if self._retry or self._sync_due else math.inf
@@ -279,10 +269,12 @@ class PageWriter:
         jobs = self._jobs
         batch: list[Job] = [jobs.popleft()] if jobs else []
         if batch and batch[0].seq >= 0:  # with the pages at the positions that follow
-            at = batch[0].position + BLOCK_SIZE  # (never 0, the position SYNC has)
-            while len(batch) < RUN_PAGES and jobs and jobs[0].position == at:
-                batch.append(jobs.popleft())
-                at += BLOCK_SIZE
+            n = batch[0].count
+            at = batch[0].position + n * BLOCK_SIZE  # (never 0, the position SYNC has)
+            while jobs and jobs[0].position == at and n + jobs[0].count <= RUN_PAGES:
+                batch.append(job := jobs.popleft())
+                n += job.count
+                at += job.count * BLOCK_SIZE
         if jobs:
             self._since = time.monotonic()
         else:
@@ -301,11 +293,12 @@ class PageWriter:
     def _done(self, batch: list[Job]) -> None:
         """(Holding _cv.) Account for a batch; delist the ring once it has no work left."""
         if batch and batch[0].seq >= 0:  # (a batch is pages, or one SYNC)
-            self._queued -= len(batch)
             inflight, retry = self._inflight, self._retry
             for job in batch:
-                if inflight.get(job.seq) is job and retry.get(job.position) is not job:
-                    del inflight[job.seq]
+                self._queued -= job.count
+                for seq in range(job.seq, job.seq + job.count):
+                    if inflight.get(seq) is job and retry.get(job.position) is not job:
+                        del inflight[seq]
         self._busy = False
         self._retry_at = time.monotonic() + RETRY_INTERVAL
         if self._stopping:
@@ -317,25 +310,29 @@ class PageWriter:
         _cv.notify_all()
 
     def _write_run(self, batch: list[Job], view: memoryview) -> None:
-        for i, job in enumerate(batch):
-            view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = job.page
+        at = 0
+        for job in batch:
+            view[at : at + len(job.page)] = job.page
+            at += len(job.page)
         try:
-            self.write_page(batch[0].position, view[: len(batch) * BLOCK_SIZE])
+            self.write_page(batch[0].position, view[:at])
         except OSError as exc:
-            if len(batch) == 1:
-                self._failed(batch[0], exc)
+            pages = [page for job in batch for page in job.pages()]
+            if len(pages) == 1:
+                self._failed(pages[0], exc)
                 return
-            for i, job in enumerate(batch):  # find the pages that cannot be written
+            for i, page in enumerate(pages):  # find the pages that cannot be written
                 try:
-                    self.write_page(job.position, view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+                    self.write_page(page.position, view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
                 except OSError as exc:
-                    self._failed(job, exc)
+                    self._failed(page, exc)
                 else:
-                    self._written(job)
+                    self._written(page)
             return
         if self._retry:
             for job in batch:
-                self._keep(job.position, None)
+                for i in range(job.count):
+                    self._keep(job.position + i * BLOCK_SIZE, None)
         self._check_recovered()
 
     def _written(self, job: Job) -> None:
@@ -359,7 +356,9 @@ class PageWriter:
             if job is None:
                 return
             self._retry[position] = job
-            self._inflight.setdefault(job.seq, job)
+            held = self._inflight.get(job.seq)
+            if held is None or not held.recs:  # (a page of a run is kept on its own)
+                self._inflight[job.seq] = job
             if len(self._retry) > RETRY_PAGES:
                 oldest = min(self._retry.values(), key=lambda j: j.seq)
                 del self._retry[oldest.position]
