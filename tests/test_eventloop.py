@@ -52,7 +52,8 @@ def test_uvloop_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert eventloop.run(_loop_module()).startswith("uvloop")
 
 
-def test_an_unknown_loop_stops_serve_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_an_unknown_loop_stops_serve_and_demo_with_one_line(tmp_path: Path, command: str) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n')
     subprocess.run(
@@ -61,7 +62,8 @@ def test_an_unknown_loop_stops_serve_with_one_line(tmp_path: Path) -> None:
         input="admin-pass-1\n", text=True, check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     out = subprocess.run(
-        [sys.executable, "-m", "bridge", "serve", "--config", str(config)],
+        [sys.executable, "-m", "bridge", command]
+        + (["--config", str(config)] if command == "serve" else []),
         env={**os.environ, eventloop.ENV: "tokio"},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -80,10 +80,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        return eventloop.run(serve(config))
-    except eventloop.LoopChoiceError as exc:
-        print(f"serial-bridge: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return eventloop.run_command(serve(config))
     except StartupError as exc:  # one line naming the key; the traceback only when asked
         if args.verbose:
             traceback.print_exception(exc)

@@ -218,11 +218,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     with contextlib.suppress(KeyboardInterrupt):
-        try:
-            return eventloop.run(run_demo_async(args))  # the loop `serve` runs on
-        except eventloop.LoopChoiceError as exc:
-            print(f"serial-bridge: cannot start: {exc}", file=sys.stderr)
-            return 1
+        return eventloop.run_command(run_demo_async(args))  # the loop `serve` runs on
     return 0
 
 

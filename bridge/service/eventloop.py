@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -64,3 +65,13 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         raise
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def run_command(main: Coroutine[Any, Any, int]) -> int:
+    """run(main) for a command (`serve`, `demo`): its exit status, or 1 with the one line that
+    says why the chosen loop cannot start."""
+    try:
+        return run(main)
+    except LoopChoiceError as exc:
+        print(f"serial-bridge: cannot start: {exc}", file=sys.stderr)
+        return 1
