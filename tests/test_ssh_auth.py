@@ -181,6 +181,15 @@ async def test_a_key_login_with_totp_asks_for_the_code_in_the_session(
         term.type(b"~.")
         await term.wait()
     assert logins(door)[-1]["method"] == "totp"
+    found = samples(await scrape(bridge, "admin"))
+    codes = [
+        value(found, "serial_bridge_auth_attempts_total", method="totp", result=result)
+        for result in ("success", "failure", "throttled")
+    ]
+    assert codes == [1, 1, 0]  # the code's tries, apart from the key's login
+    assert (
+        value(found, "serial_bridge_auth_attempts_total", method="ssh-key", result="success") == 1
+    )
 
 
 async def test_failures_share_the_webs_throttle_both_ways(

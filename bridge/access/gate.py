@@ -25,7 +25,9 @@ holds at every door.
 Every identification and login is counted in `auth_counts` by method (`AUTH_METHODS`: how the
 credential came) and result (`AUTH_RESULTS`; a login refused by the throttle before any check is
 "throttled"), whichever door asked; the metrics read them. SSH keys and certificates are counted
-as the throttle counts them, once per connection (bridge.ssh.auth), not per refused offer.
+as the throttle counts them, once per connection (bridge.ssh.auth), not per refused offer. A
+one-time code is counted with its password login, or as "totp" when asked for inside an SSH
+session after a key or certificate login (which was counted when it logged in).
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ from bridge.history.audit import Auditor
 
 LOGIN_FAILED = "wrong user name, password or code"
 AUTH_METHODS = (
-    "password", "token", "session", "certificate", "ssh-key", "ssh-certificate", "oidc",
+    "password", "token", "session", "certificate", "ssh-key", "ssh-certificate", "oidc", "totp",
 )  # fmt: skip
 AUTH_RESULTS = ("success", "failure", "throttled")
-THROTTLED_METHODS = ("password", "ssh-key", "ssh-certificate")  # the login throttle's
+THROTTLED_METHODS = ("password", "ssh-key", "ssh-certificate", "totp")  # the login throttle's
 
 
 class Refusal(enum.Enum):
@@ -223,20 +225,20 @@ class Gate:
     ) -> None:
         """A TOTP code typed after an SSH login (keyboard-interactive's second prompt, with its
         `first` attempt from `check_password`; or inside the session after a key). `Denied` as
-        for `login`, under the same throttle."""
-        with self._reserve(username, peer) as attempt:
+        for `login`, under the same throttle; counted with the password, or as "totp"."""
+        method = "password" if first is not None else "totp"
+        with self._reserve(username, peer, method) as attempt:
             user = self.users.get(username)
             step = None
             if user is not None and user.totp_secret and totp.well_formed(code):
                 step = totp.verify(user.totp_secret, code, user.totp_last_step, used=user.totp_used)
             if user is None or step is None or not self.users.use_totp_step(user.name, step):
-                if first is not None:  # the end of a password login
-                    self.auth_counts["password", "failure"] += 1
+                self.auth_counts[method, "failure"] += 1
                 self.audit_login_failure(username, peer, "wrong, reused or missing TOTP code")
                 raise Denied(Refusal.UNAUTHENTICATED, LOGIN_FAILED)
             attempt.succeeded()
-            if first is not None:
-                self.auth_counts["password", "success"] += 1
+            self.auth_counts[method, "success"] += 1
+            if first is not None:  # the end of a password login
                 first.succeeded()
 
     async def login(self, username: str, password: str, code: str | None, peer: str) -> User:
@@ -281,11 +283,11 @@ class Gate:
         except Throttled as refused:
             raise self._refused(refused, username, peer, method, via="ssh") from None
 
-    def _reserve(self, username: str, peer: str) -> Attempt:
+    def _reserve(self, username: str, peer: str, method: str = "password") -> Attempt:
         try:
             return self.throttle.attempt(username, peer)
         except Throttled as refused:
-            raise self._refused(refused, username, peer, "password") from None
+            raise self._refused(refused, username, peer, method) from None
 
     def _refused(
         self, refused: Throttled, username: str, peer: str, method: str, **fields: Any
