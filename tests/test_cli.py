@@ -357,6 +357,49 @@ def test_demo_banner_prints_a_connect_command_that_runs(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith("serial-bridge "), version.stderr
 
 
+SLOW_START = """
+import asyncio, signal, sys
+from bridge.service import daemon
+from bridge.service.cli import main
+
+start = daemon.Daemon.start
+
+async def slow_start(self, *args, **kwargs):
+    print("starting", file=sys.stderr, flush=True)
+    await asyncio.sleep(1.0)  # a Ctrl-C arrives now, while the bridge starts
+    return await start(self, *args, **kwargs)
+
+daemon.Daemon.start = slow_start
+sys.exit(main(["demo", "--port", "0"]))
+"""
+
+
+def test_a_ctrl_c_while_the_demo_starts_stops_it() -> None:
+    """SIGINT ignored as a shell's background job has it, and a slow start (forced by patching
+    Daemon.start) to send it in: the demo stops once started, cleanly, instead of running on."""
+    demo = subprocess.Popen(
+        [sys.executable, "-c", SLOW_START],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert demo.stderr is not None
+        for line in demo.stderr:  # ends when the demo exits: bounded
+            if line.strip() == "starting":
+                break
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        demo.communicate()
+        raise AssertionError("a Ctrl-C sent while the demo started was lost") from None
+    assert demo.returncode == 0, err
+    assert "serial-bridge demo is running" in out and "stopping the demo" in err
+    assert "Traceback" not in err
+
+
 async def test_a_first_seen_bridge_is_confirmed_before_the_password_is_asked(
     bridge: Bridge, tmp_path: Path
 ) -> None:
