@@ -88,15 +88,19 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def pairwise(results: dict[str, Any], a: str, b: str, key: str, field: str) -> float | None:
     """Median over runs of a[r] / b[r]."""
+    return median(ratios(results, a, b, key, field))
+
+
+def ratios(results: dict[str, Any], a: str, b: str, key: str, field: str) -> list[float]:
+    """a[r] / b[r] for every run r that measured both."""
     ra, rb = _runs(results, a, key), _runs(results, b, key)
-    ratios = [
+    return [
         float(x[field]) / float(y[field])
         for x, y in zip(ra, rb, strict=False)
         if isinstance(x.get(field), int | float)
         and isinstance(y.get(field), int | float)
         and y[field]
     ]
-    return median(ratios)
 
 
 def _f(v: Any, digits: int = 1) -> str:
@@ -225,7 +229,8 @@ def table(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
 
 
 def targets(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue-8 goals: each with the figures it compares and met / missed / not measured."""
+    """The issue-8 goals, and issue 19's ring-log goal: each with the figures it compares and
+    met / missed / not measured."""
     sb = summary.get(SB, {})
     out: list[dict[str, Any]] = []
 
@@ -311,6 +316,15 @@ def targets(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> list
             None if r is None else r >= 0.85,
             f"log on / off throughput ratio {_f(r, 2)}",
         )
+    for n in range(1, 11):  # issue 19: at least 0.9 at 1-10 clients; the spread shows the noise
+        runs = ratios(results, SB_LOG, SB, f"throughput_{n}", "mib_s")
+        if runs:
+            r = median(runs)
+            add(
+                f"ring log on >= 0.9 of off, issue 19 ({n} client(s))",
+                None if r is None else r >= 0.9,
+                f"paired median {_f(r, 2)}, runs {min(runs):.2f}-{max(runs):.2f}",
+            )
     return out
 
 
