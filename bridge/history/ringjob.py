@@ -70,7 +70,7 @@ class RecentPages:
         if kept and kept[-1].seq == jobs[0].seq:
             self._pages -= kept.pop().count  # an older image of a partial block
         kept.extend(jobs)
-        self._pages += jobs[0].count if len(jobs) == 1 else sum(job.count for job in jobs)
+        self._pages += sum(job.count for job in jobs)
         if self._pages > self.limit:
             self.trim()
 

@@ -296,9 +296,10 @@ class PageWriter:
             inflight, retry = self._inflight, self._retry
             for job in batch:
                 self._queued -= job.count
-                for seq in range(job.seq, job.seq + job.count):
-                    if inflight.get(seq) is job and retry.get(job.position) is not job:
-                        del inflight[seq]
+                if retry.get(job.position) is not job:  # (kept to be written again: readable)
+                    for seq in range(job.seq, job.seq + job.count):
+                        if inflight.get(seq) is job:
+                            del inflight[seq]
         self._busy = False
         self._retry_at = time.monotonic() + RETRY_INTERVAL
         if self._stopping:
