@@ -8,6 +8,7 @@ system against run r of the other, both measured in the same harness run) and th
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -319,10 +320,10 @@ def targets(results: dict[str, Any], summary: dict[str, dict[str, Any]]) -> list
     for n in range(1, 11):  # issue 19: at least 0.9 at 1-10 clients; the spread shows the noise
         runs = ratios(results, SB_LOG, SB, f"throughput_{n}", "mib_s")
         if runs:
-            r = median(runs)
+            r = statistics.median(runs)
             add(
                 f"ring log on >= 0.9 of off, issue 19 ({n} client(s))",
-                None if r is None else r >= 0.9,
+                r >= 0.9,
                 f"paired median {_f(r, 2)}, runs {min(runs):.2f}-{max(runs):.2f}",
             )
     return out
