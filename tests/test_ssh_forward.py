@@ -31,6 +31,9 @@ async def door(
     yield target
 
 
+STOP_GRACE = 1.0  # seconds ssh has to end on SIGTERM before it is killed
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,8 +66,15 @@ class Tunnel:
         raise AssertionError("the ssh tunnel never listened")
 
     async def stop(self) -> str:
+        """End ssh and return what it wrote to stderr. SIGTERM, then SIGKILL after STOP_GRACE:
+        OpenSSH 9.2's client, signalled just after a forward was refused, goes back to poll()
+        without ending and waits for the next packet (here the bridge's keepalive, a minute)."""
         if self.proc.returncode is None:
             self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), STOP_GRACE)
+            except TimeoutError:
+                self.proc.kill()
         _out, err = await self.proc.communicate()
         return err.decode(errors="replace")
 
