@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import json
 import os
 import signal
@@ -177,8 +178,8 @@ async def test_audit_write_errors_delay_events_and_lose_none(
 
 async def test_state_files_are_never_half_written(tmp_path: Path, pty_device: PtyDevice) -> None:
     """fsync / rename of the users file fail: a TOTP login still works (the used code is kept
-    in memory, and works only once), `serial-bridge user` fails with a clear error, and the file
-    is left exactly as it was, with no temporary beside it."""
+    in memory, and works only once), `serial-bridge user` and `token` fail with a clear error, and
+    the files are left exactly as they were, with no temporary beside them."""
     state = tmp_path / "state"
     token = make_state(state)
     secret = totp.new_secret()
@@ -207,7 +208,11 @@ async def test_state_files_are_never_half_written(tmp_path: Path, pty_device: Pt
         assert await served.stop(signal.SIGTERM) == 0
     assert sorted(p.name for p in state.iterdir() if p.name.startswith(".users.json")) == []
 
-    for point, errno_ in (("posix/io/sync/fsync", EIO), ("posix/io/dir/rename", ENOSPC)):
+    tokens = state / "tokens.json"
+    tokens_before = tokens.read_bytes()
+    failures = [("posix/io/sync/fsync", EIO), ("posix/io/dir/rename", ENOSPC)]
+    commands = [("user", "del", "admin"), ("token", "create", "admin")]
+    for (point, errno_), command in itertools.product(failures, commands):
         proc = await asyncio.create_subprocess_exec(
             "fiu-run",
             "-x",
@@ -216,9 +221,7 @@ async def test_state_files_are_never_half_written(tmp_path: Path, pty_device: Pt
             "-c",
             f"enable name={point},failinfo={errno_}",
             *CLI,
-            "user",
-            "del",
-            "admin",
+            *command,
             "--config",
             str(served.config),
             stdout=asyncio.subprocess.PIPE,
@@ -230,4 +233,5 @@ async def test_state_files_are_never_half_written(tmp_path: Path, pty_device: Pt
         assert os.strerror(errno_) in err.decode(), err
         assert "Traceback" not in err.decode()
         assert users.read_bytes() == before
+        assert tokens.read_bytes() == tokens_before
         assert [p.name for p in state.iterdir() if p.name.endswith(".tmp")] == []

@@ -11,6 +11,7 @@ import argparse
 import getpass
 import sys
 import time
+from collections.abc import Callable
 
 from bridge.access import totp
 from bridge.access.passwords import hash_password
@@ -61,49 +62,57 @@ def warn_unknown_ports(ports: list[str] | None, config: Config) -> None:
         )
 
 
-def run_user(args: argparse.Namespace) -> int:
-    config = load_or_exit(args)
-    users, audit = _stores(config)
+def reported(edit: Callable[[], None]) -> int:
+    """Run one `user`/`token` command: a refusal or a disk fault is one line on stderr and exit 1
+    (on a disk fault the file is left as it was: statedir writes it whole or not at all)."""
     try:
-        if args.action in ("add", "set") and args.ports is not None:
-            warn_unknown_ports(parse_ports(args.ports), config)
-        if args.action == "list":
-            for user in sorted(users.users().values(), key=lambda u: u.name):
-                ports = ",".join(user.ports) if user.ports is not None else ALL_PORTS
-                totp = " totp" if user.totp_secret else ""
-                print(f"{user.name}\t{user.role}\tports={ports}{totp}")
-            return 0
-        if args.action == "key":
-            run_key(users, audit, args.name, args.rest)
-            return 0
-        if not args.name:
-            raise StoreError(f"user {args.action} needs a NAME")
-        if args.action == "add":
-            only, role = parse_ports(args.ports), args.role or "viewer"
-            users.add(args.name, role, hash_password(read_password(args)), only)
-            audit.record("user-add", user=args.name, role=role, ports=only, by="cli")
-            print(f"added user {args.name} ({role})")
-        elif args.action == "set":
-            set_rights(users, audit, args)
-        elif args.action == "del":
-            users.delete(args.name)
-            audit.record("user-del", user=args.name, by="cli")
-            print(f"deleted user {args.name} and their tokens")
-        elif args.action == "passwd":
-            if users.get(args.name) is None:
-                raise StoreError(f"no user {args.name!r}")
-            users.set_password(args.name, hash_password(read_password(args)))
-            audit.record("user-passwd", user=args.name, by="cli")
-            print(f"changed the password of {args.name}; their sessions end")
-        else:
-            enroll_totp(users, audit, args.name, remove=args.remove)
+        edit()
     except StoreError as exc:
         print(f"serial-bridge: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # a disk fault: the file is left as it was (statedir)
+    except OSError as exc:
         print(f"serial-bridge: could not save {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_user(args: argparse.Namespace) -> int:
+    config = load_or_exit(args)
+    users, audit = _stores(config)
+    return reported(lambda: edit_users(users, audit, args, config))
+
+
+def edit_users(users: UserStore, audit: AuditLog, args: argparse.Namespace, config: Config) -> None:
+    if args.action in ("add", "set") and args.ports is not None:
+        warn_unknown_ports(parse_ports(args.ports), config)
+    if args.action == "list":
+        for user in sorted(users.users().values(), key=lambda u: u.name):
+            ports = ",".join(user.ports) if user.ports is not None else ALL_PORTS
+            totp = " totp" if user.totp_secret else ""
+            print(f"{user.name}\t{user.role}\tports={ports}{totp}")
+    elif args.action == "key":
+        run_key(users, audit, args.name, args.rest)
+    elif not args.name:
+        raise StoreError(f"user {args.action} needs a NAME")
+    elif args.action == "add":
+        only, role = parse_ports(args.ports), args.role or "viewer"
+        users.add(args.name, role, hash_password(read_password(args)), only)
+        audit.record("user-add", user=args.name, role=role, ports=only, by="cli")
+        print(f"added user {args.name} ({role})")
+    elif args.action == "set":
+        set_rights(users, audit, args)
+    elif args.action == "del":
+        users.delete(args.name)
+        audit.record("user-del", user=args.name, by="cli")
+        print(f"deleted user {args.name} and their tokens")
+    elif args.action == "passwd":
+        if users.get(args.name) is None:
+            raise StoreError(f"no user {args.name!r}")
+        users.set_password(args.name, hash_password(read_password(args)))
+        audit.record("user-passwd", user=args.name, by="cli")
+        print(f"changed the password of {args.name}; their sessions end")
+    else:
+        enroll_totp(users, audit, args.name, remove=args.remove)
 
 
 def set_rights(users: UserStore, audit: AuditLog, args: argparse.Namespace) -> None:
@@ -185,32 +194,28 @@ def print_qr(text: str) -> None:
 
 def run_token(args: argparse.Namespace) -> int:
     users, audit = _stores(load_or_exit(args))
-    try:
-        if args.action == "create":
-            if not args.name:
-                raise StoreError("token create needs the user NAME")
-            label = args.label or f"{args.name}-{time.strftime('%Y%m%d%H%M%S')}"
-            secret = users.create_token(args.name, label)
-            audit.record("token-create", user=args.name, label=label, by="cli")
-            print(secret)
-            print(f"(token {label!r} for {args.name}; shown once, store it now)", file=sys.stderr)
-        elif args.action == "list":
-            for token in users.tokens():
-                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(token.created))
-                print(f"{token.id}\t{token.name}\t{token.user}\t{created}")
-        else:
-            if not args.name:
-                raise StoreError("token revoke needs a token id or label")
-            token = users.revoke_token(args.name)
-            audit.record("token-revoke", user=token.user, label=token.name, by="cli")
-            print(f"revoked token {token.name} ({token.id}) of {token.user}")
-    except StoreError as exc:
-        print(f"serial-bridge: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a disk fault: the file is left as it was (statedir)
-        print(f"serial-bridge: could not save {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
+    return reported(lambda: edit_tokens(users, audit, args))
+
+
+def edit_tokens(users: UserStore, audit: AuditLog, args: argparse.Namespace) -> None:
+    if args.action == "create":
+        if not args.name:
+            raise StoreError("token create needs the user NAME")
+        label = args.label or f"{args.name}-{time.strftime('%Y%m%d%H%M%S')}"
+        secret = users.create_token(args.name, label)
+        audit.record("token-create", user=args.name, label=label, by="cli")
+        print(secret)
+        print(f"(token {label!r} for {args.name}; shown once, store it now)", file=sys.stderr)
+    elif args.action == "list":
+        for token in users.tokens():
+            created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(token.created))
+            print(f"{token.id}\t{token.name}\t{token.user}\t{created}")
+    else:
+        if not args.name:
+            raise StoreError("token revoke needs a token id or label")
+        token = users.revoke_token(args.name)
+        audit.record("token-revoke", user=token.user, label=token.name, by="cli")
+        print(f"revoked token {token.name} ({token.id}) of {token.user}")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
